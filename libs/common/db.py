@@ -1,0 +1,75 @@
+"""Database helpers: async engines and Alembic migrations, for the services that own tables."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+
+def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
+    """An async engine. SQLite files get WAL and foreign keys; their parent folder is created."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_async_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def alembic_config(migrations_dir: Path, url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+async def migrate(migrations_dir: Path, url: str, revision: str = "head") -> None:
+    """Upgrade the database to ``revision``. Runs Alembic in a thread (its env.py drives the async engine)."""
+    await asyncio.to_thread(command.upgrade, alembic_config(migrations_dir, url), revision)
+
+
+def run_alembic_env(target_metadata) -> None:
+    """The body of a service's migrations/env.py: online migrations over the async engine, offline SQL otherwise."""
+    from alembic import context
+    from sqlalchemy import pool
+
+    config = context.config
+    url = config.get_main_option("sqlalchemy.url")
+
+    if context.is_offline_mode():
+        context.configure(url=url, target_metadata=target_metadata, literal_binds=True, render_as_batch=True)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+
+    def do_run(connection) -> None:
+        context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+        with context.begin_transaction():
+            context.run_migrations()
+
+    async def run_async() -> None:
+        engine = create_async_engine(url, poolclass=pool.NullPool)
+        async with engine.connect() as conn:
+            await conn.run_sync(do_run)
+        await engine.dispose()
+
+    asyncio.run(run_async())

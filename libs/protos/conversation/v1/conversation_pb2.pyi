@@ -1,0 +1,184 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class MessageStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MESSAGE_STATUS_UNSPECIFIED: _ClassVar[MessageStatus]
+    MESSAGE_STATUS_COMPLETE: _ClassVar[MessageStatus]
+    MESSAGE_STATUS_INCOMPLETE: _ClassVar[MessageStatus]
+MESSAGE_STATUS_UNSPECIFIED: MessageStatus
+MESSAGE_STATUS_COMPLETE: MessageStatus
+MESSAGE_STATUS_INCOMPLETE: MessageStatus
+
+class Conversation(_message.Message):
+    __slots__ = ("id", "title", "archived", "created_at", "updated_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    title: str
+    archived: bool
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., title: _Optional[str] = ..., archived: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Message(_message.Message):
+    __slots__ = ("id", "role", "content", "status", "model", "prompt_tokens", "completion_tokens", "finish_reason", "created_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    role: str
+    content: str
+    status: MessageStatus
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., role: _Optional[str] = ..., content: _Optional[str] = ..., status: _Optional[_Union[MessageStatus, str]] = ..., model: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., finish_reason: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ConversationWithMessages(_message.Message):
+    __slots__ = ("conversation", "messages")
+    CONVERSATION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    conversation: Conversation
+    messages: _containers.RepeatedCompositeFieldContainer[Message]
+    def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ...) -> None: ...
+
+class CreateConversationRequest(_message.Message):
+    __slots__ = ("user_id", "title")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    title: str
+    def __init__(self, user_id: _Optional[str] = ..., title: _Optional[str] = ...) -> None: ...
+
+class ListConversationsRequest(_message.Message):
+    __slots__ = ("user_id", "limit", "cursor", "include_archived")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_ARCHIVED_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    limit: int
+    cursor: str
+    include_archived: bool
+    def __init__(self, user_id: _Optional[str] = ..., limit: _Optional[int] = ..., cursor: _Optional[str] = ..., include_archived: _Optional[bool] = ...) -> None: ...
+
+class ListConversationsResponse(_message.Message):
+    __slots__ = ("conversations", "next_cursor")
+    CONVERSATIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    conversations: _containers.RepeatedCompositeFieldContainer[Conversation]
+    next_cursor: str
+    def __init__(self, conversations: _Optional[_Iterable[_Union[Conversation, _Mapping]]] = ..., next_cursor: _Optional[str] = ...) -> None: ...
+
+class GetConversationRequest(_message.Message):
+    __slots__ = ("user_id", "conversation_id")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    conversation_id: str
+    def __init__(self, user_id: _Optional[str] = ..., conversation_id: _Optional[str] = ...) -> None: ...
+
+class UpdateConversationRequest(_message.Message):
+    __slots__ = ("user_id", "conversation_id", "title", "archived")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVED_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    conversation_id: str
+    title: str
+    archived: bool
+    def __init__(self, user_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., title: _Optional[str] = ..., archived: _Optional[bool] = ...) -> None: ...
+
+class DeleteConversationRequest(_message.Message):
+    __slots__ = ("user_id", "conversation_id")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    conversation_id: str
+    def __init__(self, user_id: _Optional[str] = ..., conversation_id: _Optional[str] = ...) -> None: ...
+
+class DeleteConversationResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SendMessageRequest(_message.Message):
+    __slots__ = ("user_id", "conversation_id", "content", "max_tokens", "temperature", "model", "api_key_id", "request_id")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    conversation_id: str
+    content: str
+    max_tokens: int
+    temperature: float
+    model: str
+    api_key_id: str
+    request_id: str
+    def __init__(self, user_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., content: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., model: _Optional[str] = ..., api_key_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class SendMessageStarted(_message.Message):
+    __slots__ = ("user_message_id", "model")
+    USER_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    user_message_id: str
+    model: str
+    def __init__(self, user_message_id: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+
+class SendMessageDelta(_message.Message):
+    __slots__ = ("text",)
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    def __init__(self, text: _Optional[str] = ...) -> None: ...
+
+class SendMessageDone(_message.Message):
+    __slots__ = ("user_message_id", "assistant_message_id", "prompt_tokens", "completion_tokens", "finish_reason", "assistant_message")
+    USER_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    ASSISTANT_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    ASSISTANT_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    user_message_id: str
+    assistant_message_id: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    assistant_message: Message
+    def __init__(self, user_message_id: _Optional[str] = ..., assistant_message_id: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., finish_reason: _Optional[str] = ..., assistant_message: _Optional[_Union[Message, _Mapping]] = ...) -> None: ...
+
+class SendMessageEvent(_message.Message):
+    __slots__ = ("started", "delta", "done")
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    started: SendMessageStarted
+    delta: SendMessageDelta
+    done: SendMessageDone
+    def __init__(self, started: _Optional[_Union[SendMessageStarted, _Mapping]] = ..., delta: _Optional[_Union[SendMessageDelta, _Mapping]] = ..., done: _Optional[_Union[SendMessageDone, _Mapping]] = ...) -> None: ...
