@@ -1,0 +1,15 @@
+"""Input size limits, one place for all services (the gateway checks them first, the services check them again)."""
+
+MAX_REQUEST_BODY_BYTES = 1024 * 1024  # gateway: bigger bodies get 413
+MAX_MESSAGE_CHARS = 64_000  # one chat message's content
+MAX_MESSAGES = 512  # messages in one chat completion request
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_CHARS = 256
+MAX_TITLE_CHARS = 200
+MAX_EMAIL_CHARS = 254
+MIN_PASSWORD_CHARS = 8
+MAX_PASSWORD_CHARS = 256
+MAX_API_KEY_NAME_CHARS = 100
+MAX_CREDENTIAL_CHARS = 4096
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 20
