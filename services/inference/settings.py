@@ -1,0 +1,51 @@
+"""Inference service settings (environment prefix ``CHATPLANE_INFERENCE_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from chatplane.common.settings import ServiceSettings
+
+
+class InferenceSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="CHATPLANE_INFERENCE_")
+
+    port: int = Field(50053, description="gRPC port.")
+    engine: Literal["vllm"] = Field("vllm", description="The model engine. vLLM's AsyncLLM, in-process.")
+    model_path: Path = Field(
+        Path("data/models/SmolLM2-135M-Instruct"),
+        description="A local Hugging Face model folder (a path in the image, a mounted volume). Never a hub id.",
+    )
+    served_model_name: str = Field(
+        "", description="The model id clients ask for (`model` in requests). Empty: the model folder's name."
+    )
+    max_model_len: int | None = Field(
+        2048, ge=16, description="Context window in tokens (prompt + reply). Unset: the model's own maximum."
+    )
+    max_num_seqs: int = Field(32, ge=1, description="Requests the engine runs at once; the rest wait in its queue.")
+    dtype: str = Field("auto", description="Weights' dtype for vLLM (auto, bfloat16, float16, float32).")
+    enforce_eager: bool = Field(
+        True, description="Skip graph capture/compilation: starts in ~20 s instead of minutes; slower per token."
+    )
+    enable_prefix_caching: bool = Field(True, description="Reuse the KV cache of shared prompt prefixes.")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU only: share of GPU memory vLLM may use.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPU only: GPUs one replica shards the model across.")
+    kv_cache_gib: float = Field(
+        1.0, gt=0, description="CPU only: KV-cache size in GiB (sets VLLM_CPU_KVCACHE_SPACE)."
+    )
+    seed: int = Field(0, description="Engine seed (requests can still set their own).")
+    cache_dir: Path | None = Field(
+        None, description="vLLM's cache and temp folder (VLLM_CACHE_ROOT, TMPDIR). Default: <data_dir>/cache/vllm."
+    )
+    extra_engine_args: dict = Field(
+        default_factory=dict, description="More vllm AsyncEngineArgs as JSON, e.g. {\"swap_space\": 0}."
+    )
+    startup_timeout_seconds: float = Field(600, description="Give up when the engine is not up by then.")
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_name or self.model_path.name
