@@ -79,3 +79,49 @@ def database_url(request, tmp_path):
     else:
         with fresh_pg_database() as url:
             yield url
+
+
+# --- the real model engine, started once per test run -------------------------------------------------------------
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+MODEL_DIR = os.environ.get("CHATPLANE_TEST_MODEL_PATH", os.path.join(REPO, "data", "models", "SmolLM2-135M-Instruct"))
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> str:
+    """The SmolLM2 model folder, prepared from the packaged GGUF when missing (``make test`` prepares it first)."""
+    from pathlib import Path
+
+    from chatplane.inference.prepare_model import is_prepared, prepare
+
+    path = Path(MODEL_DIR)
+    if not is_prepared(path):
+        prepare(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def inference_server(model_dir, tmp_path_factory):
+    """A real inference service (vLLM AsyncLLM) on a free port, shared by the whole run. Yields its address."""
+    from chatplane.common.procs import Service, free_port, grpc_serving
+
+    port = free_port()
+    data = tmp_path_factory.mktemp("inference")
+    svc = Service(
+        "inference",
+        "chatplane.inference",
+        {
+            "CHATPLANE_DATA_DIR": str(data),
+            "CHATPLANE_INFERENCE_PORT": str(port),
+            "CHATPLANE_INFERENCE_MODEL_PATH": model_dir,
+            "CHATPLANE_INFERENCE_MAX_MODEL_LEN": "2048",
+        },
+        lambda: grpc_serving(f"127.0.0.1:{port}"),
+        data / "inference.log",
+    )
+    svc.start()
+    try:
+        svc.wait_ready(600)
+        yield f"127.0.0.1:{port}"
+    finally:
+        svc.stop()
