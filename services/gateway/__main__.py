@@ -1,0 +1,26 @@
+"""``python -m chatplane.gateway``: serve the public HTTP API with uvicorn."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from chatplane.common.logging import setup_logging
+from chatplane.gateway.app import create_app
+from chatplane.gateway.settings import GatewaySettings
+
+
+def main() -> None:
+    settings = GatewaySettings()
+    setup_logging("gateway", settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # keep our JSON logging
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        proxy_headers=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

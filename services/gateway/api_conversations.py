@@ -1,0 +1,234 @@
+"""Conversations of the calling user and their messages (stored by the conversation service)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import grpc
+from fastapi import APIRouter, Path, Query, Request, status
+from fastapi.responses import JSONResponse
+
+from chatplane.common import limits
+from chatplane.gateway import convert
+from chatplane.gateway.deps import BackendsDep, ConversationStub, CurrentPrincipal, SettingsDep
+from chatplane.gateway.errors import APIError, from_grpc, upstream
+from chatplane.gateway.schemas import (
+    ConversationCreate,
+    ConversationDeleted,
+    ConversationList,
+    ConversationOut,
+    ConversationUpdate,
+    ConversationWithMessagesOut,
+    MessageCreate,
+    SentMessageOut,
+)
+from chatplane.gateway.sse import DONE, EventStream, event, unless_disconnected
+from chatplane.protos.conversation.v1 import conversation_pb2
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
+
+ConversationId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ConversationOut, summary="Create a conversation")
+async def create_conversation(
+    principal: CurrentPrincipal, stub: ConversationStub, settings: SettingsDep, body: ConversationCreate | None = None
+) -> dict:
+    title = body.title if body is not None and body.title is not None else ""
+    with upstream("conversation"):
+        created = await stub.CreateConversation(
+            conversation_pb2.CreateConversationRequest(user_id=principal.user_id, title=title),
+            timeout=settings.upstream_timeout_seconds,
+        )
+    return convert.conversation(created)
+
+
+@router.get("", response_model=ConversationList, summary="List conversations, newest first")
+async def list_conversations(
+    principal: CurrentPrincipal,
+    stub: ConversationStub,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=limits.MAX_PAGE_SIZE)] = limits.DEFAULT_PAGE_SIZE,
+    after: Annotated[str | None, Query(max_length=1024, pattern=r"^[\x21-\x7e]*$")] = None,
+    include_archived: bool = False,
+) -> dict:
+    with upstream("conversation"):
+        reply = await stub.ListConversations(
+            conversation_pb2.ListConversationsRequest(
+                user_id=principal.user_id, limit=limit, cursor=after or "", include_archived=include_archived
+            ),
+            timeout=settings.upstream_timeout_seconds,
+        )
+    return {
+        "object": "list",
+        "data": [convert.conversation(c) for c in reply.conversations],
+        "has_more": bool(reply.next_cursor),
+        "next_cursor": reply.next_cursor or None,
+    }
+
+
+@router.get("/{conversation_id}", response_model=ConversationWithMessagesOut, summary="A conversation and its messages")
+async def get_conversation(
+    conversation_id: ConversationId, principal: CurrentPrincipal, stub: ConversationStub, settings: SettingsDep
+) -> dict:
+    with upstream("conversation"):
+        reply = await stub.GetConversation(
+            conversation_pb2.GetConversationRequest(user_id=principal.user_id, conversation_id=conversation_id),
+            timeout=settings.upstream_timeout_seconds,
+        )
+    return {**convert.conversation(reply.conversation), "messages": [convert.message(m) for m in reply.messages]}
+
+
+@router.patch("/{conversation_id}", response_model=ConversationOut, summary="Rename or (un)archive a conversation")
+async def update_conversation(
+    conversation_id: ConversationId,
+    body: ConversationUpdate,
+    principal: CurrentPrincipal,
+    stub: ConversationStub,
+    settings: SettingsDep,
+) -> dict:
+    request = conversation_pb2.UpdateConversationRequest(user_id=principal.user_id, conversation_id=conversation_id)
+    if body.title is not None:
+        request.title = body.title
+    if body.archived is not None:
+        request.archived = body.archived
+    with upstream("conversation"):
+        updated = await stub.UpdateConversation(request, timeout=settings.upstream_timeout_seconds)
+    return convert.conversation(updated)
+
+
+@router.delete("/{conversation_id}", response_model=ConversationDeleted, summary="Delete a conversation")
+async def delete_conversation(
+    conversation_id: ConversationId, principal: CurrentPrincipal, stub: ConversationStub, settings: SettingsDep
+) -> dict:
+    with upstream("conversation"):
+        await stub.DeleteConversation(
+            conversation_pb2.DeleteConversationRequest(user_id=principal.user_id, conversation_id=conversation_id),
+            timeout=settings.upstream_timeout_seconds,
+        )
+    return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
+
+
+async def _read(call: Any) -> conversation_pb2.SendMessageEvent | None:
+    try:
+        reply = await call.read()
+    except grpc.aio.AioRpcError as err:
+        raise from_grpc(err, "conversation") from None
+    return None if reply is grpc.aio.EOF else reply
+
+
+def _broken() -> APIError:
+    return APIError(502, "The conversation service ended the reply unexpectedly.", type="server_error")
+
+
+@router.post(
+    "/{conversation_id}/messages",
+    status_code=status.HTTP_201_CREATED,
+    response_model=SentMessageOut,
+    summary="Send a message and get the assistant's reply (streamed as server-sent events with stream=true)",
+)
+async def send_message(
+    conversation_id: ConversationId,
+    body: MessageCreate,
+    principal: CurrentPrincipal,
+    backends: BackendsDep,
+    request: Request,
+) -> Any:
+    request_id = f"msg-{uuid.uuid4().hex}"
+    send = conversation_pb2.SendMessageRequest(
+        user_id=principal.user_id,
+        conversation_id=conversation_id,
+        content=body.content,
+        model=body.model or "",
+        api_key_id=principal.api_key_id,
+        request_id=request_id,
+    )
+    if body.max_tokens is not None:
+        send.max_tokens = body.max_tokens
+    if body.temperature is not None:
+        send.temperature = body.temperature
+    call = backends.conversation.SendMessage(send, timeout=backends.settings.stream_timeout_seconds)
+    try:
+        # `started`, or an ordinary HTTP error (404 conversation, 400 too long, ...).
+        first = await unless_disconnected(request.receive, _read(call))
+        if first is None:
+            raise _broken()
+    except BaseException:
+        call.cancel()
+        raise
+    if body.stream:
+        return EventStream(_stream(call, first, request_id))
+    try:
+        reply = await unless_disconnected(request.receive, _complete(call, first))
+        return JSONResponse(reply, status_code=status.HTTP_201_CREATED)
+    finally:
+        call.cancel()
+
+
+async def _complete(call: Any, reply: conversation_pb2.SendMessageEvent | None) -> dict[str, Any]:
+    parts: list[str] = []
+    model = ""
+    user_message_id = ""
+    while reply is not None:
+        kind = reply.WhichOneof("event")
+        if kind == "started":
+            user_message_id, model = reply.started.user_message_id, reply.started.model
+        elif kind == "delta":
+            parts.append(reply.delta.text)
+        elif kind == "done":
+            done = reply.done
+            if done.HasField("assistant_message"):
+                out = convert.message(done.assistant_message)
+            else:
+                out = {
+                    "id": done.assistant_message_id,
+                    "object": "conversation.message",
+                    "role": "assistant",
+                    "content": "".join(parts),
+                    "status": "complete",
+                    "model": model or None,
+                    "finish_reason": done.finish_reason or None,
+                    "usage": None,
+                    "created_at": None,
+                }
+            out["usage"] = convert.usage(done.prompt_tokens, done.completion_tokens)
+            out["user_message_id"] = done.user_message_id or user_message_id
+            return out
+        reply = await _read(call)
+    raise _broken()
+
+
+async def _stream(call: Any, reply: conversation_pb2.SendMessageEvent | None, request_id: str) -> AsyncIterator[bytes]:
+    try:
+        while reply is not None:
+            kind = reply.WhichOneof("event")
+            if kind == "started":
+                yield event({"type": "message.started", "user_message_id": reply.started.user_message_id,
+                             "model": reply.started.model})
+            elif kind == "delta":
+                if reply.delta.text:
+                    yield event({"type": "message.delta", "delta": reply.delta.text})
+            elif kind == "done":
+                done = reply.done
+                yield event({
+                    "type": "message.done",
+                    "user_message_id": done.user_message_id,
+                    "assistant_message_id": done.assistant_message_id,
+                    "finish_reason": done.finish_reason or None,
+                    "usage": convert.usage(done.prompt_tokens, done.completion_tokens),
+                })
+                yield DONE
+                return
+            reply = await _read(call)
+        raise _broken()
+    except APIError as err:
+        yield event(err.body())
+    except Exception:
+        log.exception("conversation stream failed", extra={"request_id": request_id})
+        yield event(APIError(500, "The server had an error while streaming the response.", type="server_error").body())
+    finally:
+        call.cancel()

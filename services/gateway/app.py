@@ -1,0 +1,46 @@
+"""The FastAPI application. ``create_app(settings)``; the lifespan opens and closes the gRPC channels."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from chatplane.gateway import api_auth, api_chat, api_conversations, api_health, api_keys, api_models
+from chatplane.gateway.backends import Backends
+from chatplane.gateway.errors import install_handlers
+from chatplane.gateway.middleware import BodyLimitMiddleware
+from chatplane.gateway.settings import GatewaySettings
+
+DESCRIPTION = """\
+The public API of chatplane, compatible with OpenAI's Chat Completions API (use the official `openai` SDK with
+`base_url=<this server>/v1`). Authenticate with `Authorization: Bearer <API key or access token>`.
+"""
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        backends = Backends(settings)
+        app.state.backends = backends
+        try:
+            yield
+        finally:
+            await backends.close()
+
+    app = FastAPI(title="chatplane", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    install_handlers(app)
+    for module in (api_health, api_auth, api_keys, api_models, api_chat, api_conversations):
+        app.include_router(module.router)
+    # Outermost first: CORS answers preflights; the body limit runs before anything reads the body.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    return app

@@ -1,0 +1,226 @@
+"""Request and response bodies of the public API.
+
+Requests forbid unknown fields (answered like OpenAI: "Unrecognized request argument supplied: <name>"). Value
+constraints (sizes, ranges, NUL characters) give 400 naming the field; wrong types and missing fields give 422.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from chatplane.common import limits
+
+INT64_MAX = 2**63 - 1
+UINT32_MAX = 2**32 - 1
+
+
+def no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL (\\u0000) characters")
+    return value
+
+
+SafeStr = Annotated[str, AfterValidator(no_nul)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- auth ---------------------------------------------------------------------------------------------------------
+
+
+class SignupRequest(_Request):
+    email: Annotated[SafeStr, Field(min_length=3, max_length=limits.MAX_EMAIL_CHARS)]
+    password: Annotated[SafeStr, Field(min_length=limits.MIN_PASSWORD_CHARS, max_length=limits.MAX_PASSWORD_CHARS)]
+
+
+class LoginRequest(_Request):
+    email: Annotated[SafeStr, Field(min_length=1, max_length=limits.MAX_EMAIL_CHARS)]
+    password: Annotated[SafeStr, Field(min_length=1, max_length=limits.MAX_PASSWORD_CHARS)]
+
+
+class UserOut(BaseModel):
+    id: str
+    object: Literal["user"] = "user"
+    email: str
+    created_at: int | None
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int
+
+
+# --- API keys -----------------------------------------------------------------------------------------------------
+
+
+class ApiKeyCreate(_Request):
+    name: Annotated[SafeStr, Field(min_length=1, max_length=limits.MAX_API_KEY_NAME_CHARS)]
+
+
+class ApiKeyOut(BaseModel):
+    id: str
+    object: Literal["api_key"] = "api_key"
+    name: str
+    prefix: str
+    created_at: int | None
+    last_used_at: int | None
+    revoked_at: int | None
+
+
+class CreatedApiKeyOut(ApiKeyOut):
+    key: str = Field(description="The secret key. Shown only in this answer: store it now.")
+
+
+class ApiKeyList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ApiKeyOut]
+
+
+# --- models -------------------------------------------------------------------------------------------------------
+
+
+class ModelOut(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelOut]
+
+
+# --- chat completions ---------------------------------------------------------------------------------------------
+
+
+class ChatMessageIn(_Request):
+    role: Literal["system", "user", "assistant"]
+    # A string, or a list of {"type": "text", "text": ...} parts (checked in the route for precise error params).
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    # Known to OpenAI but not supported here: rejected with a 400 naming them when set.
+    tool_calls: Any = None
+    tool_call_id: Any = None
+    function_call: Any = None
+    audio: Any = None
+    refusal: Any = None
+
+
+class StreamOptions(_Request):
+    include_usage: bool | None = None
+    include_obfuscation: bool | None = None
+
+
+class ChatCompletionRequest(_Request):
+    model: Annotated[SafeStr, Field(min_length=1, max_length=256)]
+    messages: Annotated[list[ChatMessageIn], Field(min_length=1, max_length=limits.MAX_MESSAGES)]
+    max_tokens: Annotated[int, Field(ge=1, le=UINT32_MAX)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=UINT32_MAX)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    stop: str | list[str] | None = None
+    seed: Annotated[int, Field(ge=-(2**63), le=INT64_MAX)] | None = None
+    user: Annotated[SafeStr, Field(max_length=256)] | None = None
+    safety_identifier: Annotated[SafeStr, Field(max_length=256)] | None = None
+    prompt_cache_key: Annotated[SafeStr, Field(max_length=256)] | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    n: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logprobs: bool | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    # Known to OpenAI but not supported here (or only in their neutral value): checked in the route.
+    top_logprobs: Any = None
+    response_format: Any = None
+    logit_bias: Any = None
+    tools: Any = None
+    tool_choice: Any = None
+    parallel_tool_calls: Any = None
+    functions: Any = None
+    function_call: Any = None
+    audio: Any = None
+    modalities: Any = None
+    prediction: Any = None
+    metadata: Any = None
+    reasoning_effort: Any = None
+    verbosity: Any = None
+    web_search_options: Any = None
+
+
+# --- conversations ------------------------------------------------------------------------------------------------
+
+
+Title = Annotated[SafeStr, Field(max_length=limits.MAX_TITLE_CHARS)]
+
+
+class ConversationCreate(_Request):
+    title: Title | None = None
+
+
+class ConversationUpdate(_Request):
+    title: Title | None = None
+    archived: bool | None = None
+
+
+class MessageCreate(_Request):
+    content: Annotated[SafeStr, Field(min_length=1, max_length=limits.MAX_MESSAGE_CHARS)]
+    stream: bool = False
+    max_tokens: Annotated[int, Field(ge=1, le=UINT32_MAX)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    model: Annotated[SafeStr, Field(min_length=1, max_length=256)] | None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ConversationOut(BaseModel):
+    id: str
+    object: Literal["conversation"] = "conversation"
+    title: str
+    archived: bool
+    created_at: int | None
+    updated_at: int | None
+
+
+class MessageOut(BaseModel):
+    id: str
+    object: Literal["conversation.message"] = "conversation.message"
+    role: str
+    content: str
+    status: Literal["complete", "incomplete"]
+    model: str | None
+    finish_reason: str | None
+    usage: Usage | None
+    created_at: int | None
+
+
+class ConversationWithMessagesOut(ConversationOut):
+    messages: list[MessageOut]
+
+
+class ConversationList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ConversationOut]
+    has_more: bool
+    next_cursor: str | None
+
+
+class ConversationDeleted(BaseModel):
+    id: str
+    object: Literal["conversation.deleted"] = "conversation.deleted"
+    deleted: bool = True
+
+
+class SentMessageOut(MessageOut):
+    user_message_id: str

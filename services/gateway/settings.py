@@ -1,0 +1,52 @@
+"""Gateway settings (env prefix ``CHATPLANE_GATEWAY_``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from chatplane.common import limits
+from chatplane.common.settings import ServiceSettings
+
+
+class GatewaySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="CHATPLANE_GATEWAY_", extra="ignore", populate_by_name=True)
+
+    port: int = Field(8000, description="HTTP port to listen on.")
+    auth_target: str = Field("127.0.0.1:50051", description="gRPC address of the auth service.")
+    conversation_target: str = Field("127.0.0.1:50052", description="gRPC address of the conversation service.")
+    inference_target: str = Field("127.0.0.1:50053", description="gRPC address of the inference service.")
+    max_body_bytes: int = Field(
+        limits.MAX_REQUEST_BODY_BYTES, gt=0, description="Request bodies larger than this get 413 without being read."
+    )
+    auth_cache_ttl_seconds: float = Field(
+        30.0,
+        ge=0,
+        description=(
+            "Upper bound for caching an API key's principal (the auth service's cache_ttl_seconds may lower it)."
+        ),
+    )
+    auth_negative_cache_seconds: float = Field(
+        2.0, ge=0, description="How long an API key that auth rejected is remembered as invalid."
+    )
+    auth_cache_size: int = Field(10_000, gt=0, description="Most API keys kept in the authentication cache.")
+    jwks_refresh_seconds: float = Field(
+        5.0, ge=0, description="Least time between two JWKS fetches triggered by a JWT with an unknown key id."
+    )
+    jwks_max_age_seconds: float = Field(
+        3600.0, gt=0, description="The JWKS is fetched again after this long even when every key id is known."
+    )
+    models_cache_seconds: float = Field(10.0, ge=0, description="How long the model list from inference is cached.")
+    upstream_timeout_seconds: float = Field(
+        10.0, gt=0, description="Deadline for unary gRPC calls to the auth, conversation and inference services."
+    )
+    stream_timeout_seconds: float = Field(
+        900.0, gt=0, description="Deadline for one streamed generation (chat completion or conversation message)."
+    )
+    readiness_timeout_seconds: float = Field(
+        1.0, gt=0, description="How long /readyz waits for each backend's grpc.health.v1 answer."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description='Browser origins allowed by CORS, as a JSON list (e.g. ["https://chat.example.com"]); empty: off.',
+    )

@@ -1,0 +1,277 @@
+"""Chat completions: OpenAI's request rules, response and SSE format, the openai SDK, and cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import openai
+import pytest
+
+
+def chat(content: str = "Hi", **extra) -> dict:
+    return {"model": "test-model", "messages": [{"role": "user", "content": content}], **extra}
+
+
+def sse_data(text: str) -> list[str]:
+    """The data fields of an SSE body, checking the framing on the way."""
+    assert text.endswith("\n\n")
+    events = text[:-2].split("\n\n")
+    out = []
+    for ev in events:
+        assert ev.startswith("data: "), ev
+        out.append(ev[len("data: "):])
+    return out
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"tool_choice": "auto"}, "tool_choice"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"logprobs": True}, "logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"n": 2}, "n"),
+        ({"logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"audio": {"voice": "alloy", "format": "mp3"}}, "audio"),
+        ({"modalities": ["text", "audio"]}, "modalities"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"frequency_penalty": 1}, "frequency_penalty"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),  # without stream
+    ],
+)
+async def test_unsupported_params_are_400_naming_them(client, auth_headers, fakes, extra, param):
+    resp = await client.post("/v1/chat/completions", json=chat(**extra), headers=auth_headers)
+    assert resp.status_code == 400, resp.text
+    err = resp.json()["error"]
+    assert err["type"] == "invalid_request_error"
+    assert err["param"] == param
+    assert param in err["message"]
+    assert fakes.inference.requests == []
+
+
+async def test_neutral_values_of_unsupported_params_are_accepted(client, auth_headers):
+    body = chat(n=1, presence_penalty=0, frequency_penalty=0, logprobs=False, response_format={"type": "text"},
+                user="u-1")
+    resp = await client.post("/v1/chat/completions", json=body, headers=auth_headers)
+    assert resp.status_code == 200, resp.text
+
+
+async def test_unknown_param_is_400_like_openai(client, auth_headers):
+    resp = await client.post("/v1/chat/completions", json=chat(frobnicate=True), headers=auth_headers)
+    assert resp.status_code == 400
+    assert resp.json()["error"] == {
+        "message": "Unrecognized request argument supplied: frobnicate",
+        "type": "invalid_request_error",
+        "param": "frobnicate",
+        "code": None,
+    }
+
+
+async def test_non_streaming_response_shape(client, auth_headers, fakes):
+    body = {
+        "model": "test-model",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "Hello"}, {"type": "text", "text": "there"}]},
+        ],
+        "max_completion_tokens": 100, "temperature": 0.5, "top_p": 0.9, "stop": ["\n\n"], "seed": 42,
+    }
+    resp = await client.post("/v1/chat/completions", json=body, headers=auth_headers)
+    assert resp.status_code == 200, resp.text
+    data = resp.json()
+    assert data["id"].startswith("chatcmpl-")
+    assert data["object"] == "chat.completion"
+    assert isinstance(data["created"], int)
+    assert data["model"] == "test-model"
+    assert data["system_fingerprint"] is None
+    assert data["choices"] == [{
+        "index": 0,
+        "message": {"role": "assistant", "content": fakes.reply_text, "refusal": None},
+        "logprobs": None,
+        "finish_reason": "stop",
+    }]
+    n = len(fakes.reply_pieces)
+    assert data["usage"] == {"prompt_tokens": fakes.prompt_tokens, "completion_tokens": n,
+                             "total_tokens": fakes.prompt_tokens + n}
+    # What inference was asked.
+    (sent,) = fakes.inference.requests
+    assert [(m.role, m.content) for m in sent.chat.messages] == [("system", "Be brief."), ("user", "Hello\nthere")]
+    assert sent.sampling.max_tokens == 100
+    assert sent.sampling.temperature == pytest.approx(0.5)
+    assert sent.sampling.top_p == pytest.approx(0.9)
+    assert list(sent.sampling.stop) == ["\n\n"]
+    assert sent.sampling.seed == 42
+    assert sent.request_id == data["id"]
+
+
+async def test_max_tokens_gives_finish_reason_length(client, auth_headers, fakes):
+    resp = await client.post("/v1/chat/completions", json=chat(max_tokens=2), headers=auth_headers)
+    data = resp.json()
+    assert data["choices"][0]["finish_reason"] == "length"
+    assert data["choices"][0]["message"]["content"] == "".join(fakes.reply_pieces[:2])
+
+
+async def test_model_ids_with_slashes(client, auth_headers, fakes):
+    resp = await client.get(f"/v1/models/{fakes.slash_model}", headers=auth_headers)
+    assert resp.status_code == 200
+    assert resp.json() == {"id": fakes.slash_model, "object": "model", "created": 1_700_000_001, "owned_by": "org"}
+    resp = await client.post("/v1/chat/completions", json={**chat(), "model": fakes.slash_model},
+                             headers=auth_headers)
+    assert resp.json()["model"] == fakes.slash_model
+
+
+async def test_models_list_is_cached(client, auth_headers, fakes):
+    for _ in range(3):
+        resp = await client.get("/v1/models", headers=auth_headers)
+        assert resp.status_code == 200
+    assert resp.json()["object"] == "list"
+    assert [m["id"] for m in resp.json()["data"]] == [fakes.model, fakes.slash_model]
+    assert fakes.inference.list_models_calls == 1
+
+
+async def test_stream_is_openai_sse(live_url, auth_headers, fakes):
+    async with httpx.AsyncClient(base_url=live_url) as c:
+        resp = await c.post("/v1/chat/completions", json=chat(stream=True), headers=auth_headers)
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    assert resp.headers["cache-control"] == "no-cache"
+    assert resp.headers["x-accel-buffering"] == "no"
+    data = sse_data(resp.text)
+    assert data[-1] == "[DONE]"
+    chunks = [json.loads(d) for d in data[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert len({c["id"] for c in chunks}) == 1
+    assert all("usage" not in c for c in chunks)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert [c["choices"][0]["delta"].get("content") for c in chunks[1:-1]] == list(fakes.reply_pieces)
+    assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1])
+    assert chunks[-1]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
+
+
+async def test_stream_with_include_usage(live_url, auth_headers, fakes):
+    body = chat(stream=True, stream_options={"include_usage": True})
+    async with httpx.AsyncClient(base_url=live_url) as c:
+        resp = await c.post("/v1/chat/completions", json=body, headers=auth_headers)
+    data = sse_data(resp.text)
+    assert data[-1] == "[DONE]"
+    chunks = [json.loads(d) for d in data[:-1]]
+    assert all(c["usage"] is None for c in chunks[:-1])
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["choices"] == []
+    n = len(fakes.reply_pieces)
+    assert chunks[-1]["usage"] == {"prompt_tokens": fakes.prompt_tokens, "completion_tokens": n,
+                                   "total_tokens": fakes.prompt_tokens + n}
+
+
+async def test_stream_error_before_first_byte_is_an_http_error(live_url, auth_headers):
+    async with httpx.AsyncClient(base_url=live_url) as c:
+        resp = await c.post("/v1/chat/completions", json=chat("busy", stream=True), headers=auth_headers)
+    assert resp.status_code == 429
+    assert resp.headers["content-type"].startswith("application/json")
+    assert resp.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+async def test_stream_error_after_start_is_an_error_event(live_url, auth_headers, fakes):
+    async with httpx.AsyncClient(base_url=live_url) as c:
+        resp = await c.post("/v1/chat/completions", json=chat("break", stream=True), headers=auth_headers)
+    assert resp.status_code == 200
+    data = sse_data(resp.text)
+    assert "[DONE]" not in data
+    last = json.loads(data[-1])
+    assert set(last["error"]) == {"message", "type", "param", "code"}
+    assert last["error"]["type"] == "server_error"
+    assert "hunter2" not in resp.text
+    assert json.loads(data[1])["choices"][0]["delta"]["content"] == "Half"
+
+
+async def test_engine_abort_is_not_a_normal_finish(client, live_url, auth_headers):
+    resp = await client.post("/v1/chat/completions", json=chat("abort"), headers=auth_headers)
+    assert resp.status_code == 503
+    async with httpx.AsyncClient(base_url=live_url) as c:
+        resp = await c.post("/v1/chat/completions", json=chat("abort", stream=True), headers=auth_headers)
+    data = sse_data(resp.text)
+    assert "[DONE]" not in data
+    assert "error" in json.loads(data[-1])
+    assert not any(json.loads(d).get("choices", [{}])[0].get("finish_reason") for d in data[:-1])
+
+
+async def test_openai_sdk_non_streaming(live_url, user_key, fakes):
+    sdk = openai.AsyncOpenAI(base_url=f"{live_url}/v1", api_key=user_key.secret, max_retries=0)
+    completion = await sdk.chat.completions.create(
+        model="test-model", messages=[{"role": "user", "content": "Hi"}], max_tokens=50
+    )
+    assert completion.choices[0].message.content == fakes.reply_text
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage.completion_tokens == len(fakes.reply_pieces)
+    assert completion.usage.total_tokens == fakes.prompt_tokens + len(fakes.reply_pieces)
+    models = await sdk.models.list()
+    assert [m.id for m in models.data] == [fakes.model, fakes.slash_model]
+    await sdk.close()
+
+
+async def test_openai_sdk_streaming_with_usage(live_url, user_key, fakes):
+    sdk = openai.AsyncOpenAI(base_url=f"{live_url}/v1", api_key=user_key.secret, max_retries=0)
+    stream = await sdk.chat.completions.create(
+        model="test-model", messages=[{"role": "user", "content": "Hi"}], stream=True,
+        stream_options={"include_usage": True},
+    )
+    text, finish, usage = "", None, None
+    async for chunk in stream:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+            finish = chunk.choices[0].finish_reason or finish
+        if chunk.usage is not None:
+            usage = chunk.usage
+    assert text == fakes.reply_text
+    assert finish == "stop"
+    assert usage.prompt_tokens == fakes.prompt_tokens
+    assert usage.completion_tokens == len(fakes.reply_pieces)
+    await sdk.close()
+
+
+async def test_openai_sdk_errors(live_url, user_key):
+    sdk = openai.AsyncOpenAI(base_url=f"{live_url}/v1", api_key=user_key.secret, max_retries=0)
+    with pytest.raises(openai.NotFoundError) as exc:
+        await sdk.chat.completions.create(model="nope", messages=[{"role": "user", "content": "Hi"}])
+    assert exc.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as exc:
+        await sdk.chat.completions.create(
+            model="test-model", messages=[{"role": "user", "content": "Hi"}],
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        )
+    assert exc.value.param == "tools"
+    bad = openai.AsyncOpenAI(base_url=f"{live_url}/v1", api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        await bad.models.list()
+    # An error after the stream started reaches the SDK as an APIError.
+    stream = await sdk.chat.completions.create(
+        model="test-model", messages=[{"role": "user", "content": "break"}], stream=True
+    )
+    with pytest.raises(openai.APIError):
+        async for _ in stream:
+            pass
+    await sdk.close()
+    await bad.close()
+
+
+async def test_client_disconnect_cancels_generation(live_url, auth_headers, fakes):
+    async with httpx.AsyncClient(base_url=live_url, timeout=10) as c:
+        async with c.stream("POST", "/v1/chat/completions", json=chat("slow", stream=True),
+                            headers=auth_headers) as resp:
+            assert resp.status_code == 200
+            async for line in resp.aiter_lines():
+                if "Thinking" in line:
+                    break
+        # Leaving the block closes the connection mid-stream.
+    await asyncio.wait_for(fakes.inference.cancelled.wait(), 5)
+
+
+async def test_client_leaving_a_non_streaming_request_cancels_generation(live_url, auth_headers, fakes):
+    async with httpx.AsyncClient(base_url=live_url, timeout=0.5) as c:
+        with pytest.raises(httpx.ReadTimeout):
+            await c.post("/v1/chat/completions", json=chat("slow"), headers=auth_headers)
+    await asyncio.wait_for(fakes.inference.cancelled.wait(), 5)
