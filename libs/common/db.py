@@ -11,13 +11,22 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 
-def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
-    """An async engine. SQLite files get WAL and foreign keys; their parent folder is created."""
+def _ensure_sqlite_folder(url: str) -> None:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
+
+
+def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
+    """An async engine. SQLite files get WAL and foreign keys; their parent folder is created.
+
+    Bound parameters are hidden from SQL error messages: they hold user data (emails, hashes, message text) that
+    must not reach the logs.
+    """
+    _ensure_sqlite_folder(url)
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, echo=echo, hide_parameters=True, connect_args={"timeout": 30})
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
@@ -28,7 +37,9 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
             cur.close()
 
         return engine
-    return create_async_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return create_async_engine(
+        url, echo=echo, hide_parameters=True, pool_pre_ping=True, pool_size=10, max_overflow=10
+    )
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker:
@@ -44,6 +55,7 @@ def alembic_config(migrations_dir: Path, url: str) -> Config:
 
 async def migrate(migrations_dir: Path, url: str, revision: str = "head") -> None:
     """Upgrade the database to ``revision``. Runs Alembic in a thread (its env.py drives the async engine)."""
+    _ensure_sqlite_folder(url)
     await asyncio.to_thread(command.upgrade, alembic_config(migrations_dir, url), revision)
 
 
@@ -67,7 +79,7 @@ def run_alembic_env(target_metadata) -> None:
             context.run_migrations()
 
     async def run_async() -> None:
-        engine = create_async_engine(url, poolclass=pool.NullPool)
+        engine = create_async_engine(url, poolclass=pool.NullPool, hide_parameters=True)
         async with engine.connect() as conn:
             await conn.run_sync(do_run)
         await engine.dispose()

@@ -1,0 +1,6 @@
+"""Alembic environment of the auth service (driven by chatplane.common.db.migrate)."""
+
+from chatplane.auth.models import Base
+from chatplane.common.db import run_alembic_env
+
+run_alembic_env(Base.metadata)

@@ -1,0 +1,70 @@
+"""Settings of the auth service (environment variables prefixed ``CHATPLANE_AUTH_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from chatplane.common.settings import ServiceSettings
+
+DEV_KEY_FILENAME = "auth-jwt-key.pem"
+
+
+class AuthSettings(ServiceSettings):
+    # hide_input_in_errors: a validation error must never echo the private key.
+    model_config = SettingsConfigDict(
+        env_prefix="CHATPLANE_AUTH_", extra="ignore", populate_by_name=True, hide_input_in_errors=True
+    )
+
+    port: int = Field(50051, description="Port to listen on (gRPC).")
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy async URL. Unset: sqlite+aiosqlite:///{data_dir}/auth.db (development only).",
+    )
+    auto_migrate: bool = Field(True, description="Run the Alembic migrations on start.")
+    jwt_private_key: SecretStr | None = Field(
+        None, description="Ed25519 private key (PKCS#8 PEM) that signs access tokens. Required in production."
+    )
+    jwt_private_key_file: Path | None = Field(
+        None, description="Path to the Ed25519 private key PEM (alternative to jwt_private_key, e.g. a mounted Secret)."
+    )
+    jwt_issuer: str = Field("chatplane", description="The `iss` claim of issued tokens, checked on verification.")
+    jwt_audience: str = Field("chatplane", description="The `aud` claim of issued tokens, checked on verification.")
+    access_token_ttl_seconds: int = Field(3600, ge=60, le=30 * 24 * 3600, description="Lifetime of access tokens.")
+    principal_cache_ttl_seconds: int = Field(
+        30,
+        ge=0,
+        description="How long the gateway may cache an Authenticate answer (API keys; for JWTs the remaining "
+        "token lifetime, capped at this). Also the longest a revoked key may keep working at the gateway.",
+    )
+    last_used_update_interval_seconds: int = Field(
+        60, ge=0, description="An API key's last_used_at is written at most this often (not on every request)."
+    )
+
+    @model_validator(mode="after")
+    def _defaults_and_production_rules(self) -> AuthSettings:
+        if not self.database_url:
+            self.database_url = f"sqlite+aiosqlite:///{self.data_dir}/auth.db"
+        if self.jwt_private_key is not None and self.jwt_private_key_file is not None:
+            raise ValueError("set only one of CHATPLANE_AUTH_JWT_PRIVATE_KEY and CHATPLANE_AUTH_JWT_PRIVATE_KEY_FILE")
+        if self.jwt_private_key_file is not None and not self.jwt_private_key_file.is_file():
+            raise ValueError(f"CHATPLANE_AUTH_JWT_PRIVATE_KEY_FILE {self.jwt_private_key_file} is not a readable file")
+        if self.is_production:
+            if self.database_url.startswith("sqlite"):
+                raise ValueError(
+                    "production refuses SQLite: set CHATPLANE_AUTH_DATABASE_URL to a PostgreSQL URL "
+                    "(postgresql+asyncpg://...)"
+                )
+            if self.jwt_private_key is None and self.jwt_private_key_file is None:
+                raise ValueError(
+                    "production needs a configured signing key: set CHATPLANE_AUTH_JWT_PRIVATE_KEY or "
+                    "CHATPLANE_AUTH_JWT_PRIVATE_KEY_FILE (an Ed25519 PKCS#8 PEM); generated keys are for development"
+                )
+        return self
+
+    @property
+    def dev_key_path(self) -> Path:
+        """Where development persists its generated signing key."""
+        return self.data_dir / DEV_KEY_FILENAME
