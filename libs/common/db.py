@@ -59,8 +59,11 @@ async def migrate(migrations_dir: Path, url: str, revision: str = "head") -> Non
     await asyncio.to_thread(command.upgrade, alembic_config(migrations_dir, url), revision)
 
 
-def run_alembic_env(target_metadata) -> None:
-    """The body of a service's migrations/env.py: online migrations over the async engine, offline SQL otherwise."""
+def run_alembic_env(target_metadata, version_table: str) -> None:
+    """The body of a service's migrations/env.py: online migrations over the async engine, offline SQL otherwise.
+
+    Each service keeps its own ``version_table``, so that services sharing one database never collide.
+    """
     from alembic import context
     from sqlalchemy import pool
 
@@ -68,13 +71,21 @@ def run_alembic_env(target_metadata) -> None:
     url = config.get_main_option("sqlalchemy.url")
 
     if context.is_offline_mode():
-        context.configure(url=url, target_metadata=target_metadata, literal_binds=True, render_as_batch=True)
+        context.configure(
+            url=url,
+            target_metadata=target_metadata,
+            literal_binds=True,
+            render_as_batch=True,
+            version_table=version_table,
+        )
         with context.begin_transaction():
             context.run_migrations()
         return
 
     def do_run(connection) -> None:
-        context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+        context.configure(
+            connection=connection, target_metadata=target_metadata, render_as_batch=True, version_table=version_table
+        )
         with context.begin_transaction():
             context.run_migrations()
 

@@ -58,13 +58,17 @@ class Service:
     def start(self) -> None:
         env = {**os.environ, **self.env}
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", self.module],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT if self.log_path else None,
-            start_new_session=True,
-        )
+        try:
+            self.proc = subprocess.Popen(  # noqa: S603
+                [sys.executable, "-m", self.module],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT if self.log_path else None,
+                start_new_session=True,
+            )
+        finally:
+            if self.log_path:
+                out.close()  # the child holds its own descriptor
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

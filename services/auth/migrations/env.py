@@ -3,4 +3,4 @@
 from chatplane.auth.models import Base
 from chatplane.common.db import run_alembic_env
 
-run_alembic_env(Base.metadata)
+run_alembic_env(Base.metadata, version_table="alembic_version_auth")

@@ -22,7 +22,8 @@ async def test_migration_matches_the_models_and_downgrades(database_url, tmp_pat
     engine = make_engine(database_url)
     try:
         async with engine.connect() as conn:
-            diff = await conn.run_sync(lambda c: compare_metadata(MigrationContext.configure(c), Base.metadata))
+            diff = await conn.run_sync(lambda c: compare_metadata(
+                MigrationContext.configure(c, opts={"version_table": "alembic_version_auth"}), Base.metadata))
             assert diff == []
         await engine.dispose()
 

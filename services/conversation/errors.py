@@ -1,0 +1,61 @@
+"""Errors of the conversation core, as gRPC status codes plus an OpenAI-style code and param (see common.errors)."""
+
+from __future__ import annotations
+
+import grpc
+
+from chatplane.common.errors import error_details
+
+NOT_FOUND_MESSAGE = "conversation not found"
+
+# Upstream statuses that mean the same to our caller as to us; anything else from inference is our problem.
+_PASS_THROUGH = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+class ServiceError(Exception):
+    """A request failed in a way the caller should hear about as ``status`` (with optional code and param)."""
+
+    def __init__(
+        self, status: grpc.StatusCode, message: str, *, code: str | None = None, param: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+
+
+def not_found() -> ServiceError:
+    """The same answer for a missing, ill-formed or another user's conversation: existence is not disclosed."""
+    return ServiceError(grpc.StatusCode.NOT_FOUND, NOT_FOUND_MESSAGE)
+
+
+def invalid(message: str, param: str, code: str | None = None) -> ServiceError:
+    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message, code=code, param=param)
+
+
+def from_inference(err: grpc.aio.AioRpcError) -> ServiceError:
+    """What a failed inference call means to our caller.
+
+    INVALID_ARGUMENT (and the other request-related statuses) pass through with the code and param inference
+    attached; NOT_FOUND from inference is an unknown model (never to be confused with a missing conversation);
+    everything else (unreachable, internal errors, cancelled by a shutting-down peer) is UNAVAILABLE.
+    """
+    code, param = error_details(err)
+    status = err.code()
+    if status in _PASS_THROUGH:
+        return ServiceError(status, err.details() or "inference request failed", code=code, param=param)
+    if status == grpc.StatusCode.NOT_FOUND:
+        return ServiceError(
+            grpc.StatusCode.NOT_FOUND,
+            err.details() or "model not found",
+            code=code or "model_not_found",
+            param=param or "model",
+        )
+    return ServiceError(grpc.StatusCode.UNAVAILABLE, "the inference service is unavailable, please retry")

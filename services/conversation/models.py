@@ -1,0 +1,110 @@
+"""Tables of the conversation service: one row per conversation, one row per message (normalised, not a blob)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    false,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from chatplane.common.limits import MAX_TITLE_CHARS
+
+ID_CHARS = 32  # uuid4 hex
+USER_ID_CHARS = 64
+MODEL_CHARS = 200
+FINISH_REASON_CHARS = 32
+
+ROLE_USER = "user"
+ROLE_ASSISTANT = "assistant"
+STATUS_COMPLETE = "complete"
+STATUS_INCOMPLETE = "incomplete"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timezone-aware UTC timestamp on every store.
+
+    SQLite keeps no time zone: values are written as UTC and read back as naive, so they are marked UTC again here.
+    Values are stored with microseconds, which keeps (updated_at, id) cursors exact.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: use timezone-aware UTC")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Conversation(Base):
+    __tablename__ = "conversations"
+
+    id: Mapped[str] = mapped_column(String(ID_CHARS), primary_key=True)
+    # Indexed by ix_conversations_listing below, whose leading column is user_id (a separate index would duplicate it).
+    user_id: Mapped[str] = mapped_column(String(USER_ID_CHARS))
+    title: Mapped[str] = mapped_column(String(MAX_TITLE_CHARS))
+    archived: Mapped[bool] = mapped_column(default=False, server_default=false())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+# Listing: one user's conversations, newest first, keyset-paginated on (updated_at, id).
+Index("ix_conversations_listing", Conversation.user_id, Conversation.updated_at.desc(), Conversation.id)
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    __table_args__ = (
+        # One position per message in its conversation; also the index that serves history reads and the cascade.
+        UniqueConstraint("conversation_id", "seq"),
+        CheckConstraint(f"role IN ('{ROLE_USER}', '{ROLE_ASSISTANT}')", name="role"),
+        CheckConstraint(f"status IN ('{STATUS_COMPLETE}', '{STATUS_INCOMPLETE}')", name="status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(ID_CHARS), primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(String(ID_CHARS), ForeignKey("conversations.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))
+    content: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default=STATUS_COMPLETE)
+    model: Mapped[str] = mapped_column(String(MODEL_CHARS), default="")
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    finish_reason: Mapped[str] = mapped_column(String(FINISH_REASON_CHARS), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

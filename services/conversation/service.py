@@ -1,0 +1,387 @@
+"""The conversation domain core: conversations owned by users, and replies streamed through inference.
+
+Transport-agnostic: the gRPC adapter (servicer.py) converts messages and maps :class:`ServiceError` to statuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from chatplane.common.db import make_engine, migrate
+from chatplane.common.grpc_client import channel
+from chatplane.conversation import validation
+from chatplane.conversation.errors import ServiceError, from_inference, invalid, not_found
+from chatplane.conversation.models import (
+    ROLE_ASSISTANT,
+    ROLE_USER,
+    STATUS_COMPLETE,
+    STATUS_INCOMPLETE,
+    Conversation,
+    Message,
+)
+from chatplane.conversation.prompt import (
+    MAX_HISTORY_MESSAGES,
+    ChatMessage,
+    ContextLengthExceeded,
+    build_prompt,
+)
+from chatplane.conversation.settings import ConversationSettings
+from chatplane.conversation.store import ConversationStore, NewMessage, PageKey, new_id
+from chatplane.protos.inference.v1 import inference_pb2, inference_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+UNARY_TIMEOUT_SECONDS = 30.0  # CountTokens, ListModels (capped by inference_timeout_seconds)
+PARTIAL_COUNT_TIMEOUT_SECONDS = 2.0  # best-effort token count of a partial reply
+MODEL_CACHE_SECONDS = 60.0
+
+T = TypeVar("T")
+
+
+async def migrate_database(url: str) -> None:
+    """Upgrade the database to the latest revision."""
+    await migrate(MIGRATIONS, url)
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    user_id: str
+    conversation_id: str
+    content: str
+    max_tokens: int | None = None
+    temperature: float | None = None
+    model: str = ""  # empty: the served model
+    api_key_id: str = ""
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class Started:
+    user_message: Message
+    model: str
+
+
+@dataclass(frozen=True)
+class Delta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Done:
+    user_message: Message
+    assistant_message: Message
+
+
+Event = Started | Delta | Done
+Emit = Callable[[Event], Awaitable[None]]
+
+
+@dataclass
+class _Reply:
+    """What the inference stream has said so far."""
+
+    model: str
+    prompt_tokens: int
+    parts: list[str] = field(default_factory=list)
+    finish_reason: str = ""
+    completion_tokens: int | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def absorb(self, chunk: inference_pb2.GenerateResponse) -> None:
+        if chunk.text:
+            self.parts.append(chunk.text)
+        if chunk.model:
+            self.model = chunk.model
+        if chunk.finish_reason:
+            self.finish_reason = chunk.finish_reason
+        if chunk.HasField("usage"):
+            self.prompt_tokens = chunk.usage.prompt_tokens or self.prompt_tokens
+            self.completion_tokens = chunk.usage.completion_tokens
+
+
+class ConversationCore:
+    def __init__(
+        self,
+        settings: ConversationSettings,
+        store: ConversationStore,
+        inference: inference_pb2_grpc.InferenceServiceStub,
+        *,
+        on_close: Sequence[Callable[[], Awaitable[Any]]] = (),
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.inference = inference
+        self._on_close = list(on_close)
+        self._unary_timeout = min(UNARY_TIMEOUT_SECONDS, settings.inference_timeout_seconds)
+        self._served_model: tuple[str, float] | None = None
+        self._pending: set[asyncio.Task] = set()
+
+    @classmethod
+    def from_settings(cls, settings: ConversationSettings) -> ConversationCore:
+        """A core with its own database engine and inference channel (closed by :meth:`close`)."""
+        engine = make_engine(settings.database_url)
+        chan = channel(settings.inference_target)
+        return cls(
+            settings,
+            ConversationStore(engine),
+            inference_pb2_grpc.InferenceServiceStub(chan),
+            on_close=[chan.close, engine.dispose],
+        )
+
+    async def prepare(self) -> None:
+        """Make the service ready: migrate the database when ``auto_migrate`` is set."""
+        if self.settings.auto_migrate:
+            await migrate_database(self.settings.database_url)
+            log.info("database migrated")
+
+    async def close(self) -> None:
+        """Finish the protected writes still running (partial replies), then close the channel and engine."""
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        for close in self._on_close:
+            await close()
+
+    # -- conversations ---------------------------------------------------------------------------------------------
+
+    async def create_conversation(self, user_id: str, title: str) -> Conversation:
+        user_id = validation.user_id(user_id)
+        title = validation.title(title, default=validation.DEFAULT_TITLE)
+        return await self.store.create_conversation(user_id, title)
+
+    async def list_conversations(
+        self, user_id: str, *, limit: int, cursor: str, include_archived: bool
+    ) -> tuple[list[Conversation], str]:
+        """A page of the user's conversations, newest first, and the cursor of the next page ("" when none)."""
+        user_id = validation.user_id(user_id)
+        size = validation.page_size(limit)
+        after = validation.decode_cursor(cursor)
+        rows = await self.store.list_conversations(
+            user_id, limit=size + 1, after=after, include_archived=include_archived
+        )
+        if len(rows) <= size:
+            return rows, ""
+        rows = rows[:size]
+        last = rows[-1]
+        return rows, validation.encode_cursor(PageKey(last.updated_at, last.id))
+
+    async def get_conversation(self, user_id: str, conversation_id: str) -> tuple[Conversation, list[Message]]:
+        user_id = validation.user_id(user_id)
+        conversation_id = validation.conversation_id(conversation_id)
+        row = await self.store.get_conversation(user_id, conversation_id)
+        if row is None:
+            raise not_found()
+        return row, await self.store.messages(conversation_id)
+
+    async def update_conversation(
+        self, user_id: str, conversation_id: str, *, title: str | None = None, archived: bool | None = None
+    ) -> Conversation:
+        user_id = validation.user_id(user_id)
+        conversation_id = validation.conversation_id(conversation_id)
+        if title is not None:
+            title = validation.title(title)
+        row = await self.store.update_conversation(user_id, conversation_id, title=title, archived=archived)
+        if row is None:
+            raise not_found()
+        return row
+
+    async def delete_conversation(self, user_id: str, conversation_id: str) -> None:
+        user_id = validation.user_id(user_id)
+        conversation_id = validation.conversation_id(conversation_id)
+        if not await self.store.delete_conversation(user_id, conversation_id):
+            raise not_found()
+
+    # -- replies ---------------------------------------------------------------------------------------------------
+
+    async def send_message(self, request: SendRequest, emit: Emit) -> None:
+        """Store the user's message, stream the reply from inference through ``emit``, store the reply.
+
+        Events: one :class:`Started`, a :class:`Delta` per text chunk, one :class:`Done`. Nothing is stored when the
+        request is invalid, the prompt cannot fit or inference cannot be reached before the user message is stored.
+        When the caller goes away (cancellation) the inference call is cancelled and the partial reply is stored as
+        incomplete; when inference fails mid-stream the partial reply (if any) is stored as incomplete and the
+        failure is raised as a :class:`ServiceError`.
+        """
+        user_id = validation.user_id(request.user_id)
+        content = validation.content(request.content)
+        max_tokens = validation.max_tokens(request.max_tokens)
+        temperature = validation.temperature(request.temperature)
+        requested_model = validation.model(request.model)
+        request_id = validation.request_id(request.request_id) or new_id()
+        conversation_id = validation.conversation_id(request.conversation_id)
+
+        loaded = await self.store.conversation_with_recent_messages(user_id, conversation_id, MAX_HISTORY_MESSAGES)
+        if loaded is None:
+            raise not_found()
+        _, history = loaded
+        model = requested_model or await self._resolve_served_model()
+        try:
+            prompt = await build_prompt(
+                system_prompt=self.settings.system_prompt,
+                history=[ChatMessage(m.role, m.content) for m in history],
+                new_message=ChatMessage(ROLE_USER, content),
+                max_tokens=max_tokens,
+                default_max_tokens=self.settings.default_max_tokens,
+                count=self._token_counter(requested_model),
+            )
+        except ContextLengthExceeded as exc:
+            raise invalid(exc.message, exc.param, code="context_length_exceeded") from None
+        log.info(
+            "sending message",
+            extra={
+                "conversation_id": conversation_id,
+                "request_id": request_id,
+                "prompt_tokens": prompt.prompt_tokens,
+                "max_tokens": prompt.max_tokens,
+                "dropped_messages": prompt.dropped_messages,
+            },
+        )
+
+        user_message = await self.store.append_message(
+            user_id, conversation_id, NewMessage(role=ROLE_USER, content=content, status=STATUS_COMPLETE)
+        )
+        if user_message is None:  # deleted since it was read
+            raise not_found()
+        await emit(Started(user_message=user_message, model=model))
+
+        sampling = inference_pb2.SamplingParams(max_tokens=prompt.max_tokens)
+        if temperature is not None:
+            sampling.temperature = temperature
+        call = self.inference.Generate(
+            inference_pb2.GenerateRequest(
+                model=requested_model,
+                chat=_chat(prompt.messages),
+                sampling=sampling,
+                request_id=request_id,
+            ),
+            timeout=self.settings.inference_timeout_seconds,
+        )
+        reply = _Reply(model=model, prompt_tokens=prompt.prompt_tokens)
+        try:
+            async for chunk in call:
+                reply.absorb(chunk)
+                if chunk.text:
+                    await emit(Delta(chunk.text))
+        except grpc.aio.AioRpcError as err:
+            log.warning(
+                "inference failed mid-reply",
+                extra={"request_id": request_id, "status": err.code().name, "details": err.details()},
+            )
+            if reply.parts:
+                await self._protected(self._store_partial(user_id, conversation_id, reply, "error"))
+            raise from_inference(err) from None
+        except BaseException:
+            # The caller went away (CancelledError) or could not be written to: stop the generation, keep what
+            # arrived. The write is shielded so that a cancellation cannot tear it half-way.
+            call.cancel()
+            log.info("reply cancelled", extra={"request_id": request_id, "chars": len(reply.text)})
+            await self._protected(self._store_partial(user_id, conversation_id, reply, "abort"))
+            raise
+
+        finish_reason = reply.finish_reason or "stop"
+        assistant = await self._protected(
+            self.store.append_message(
+                user_id,
+                conversation_id,
+                NewMessage(
+                    role=ROLE_ASSISTANT,
+                    content=reply.text,
+                    status=STATUS_INCOMPLETE if finish_reason == "abort" else STATUS_COMPLETE,
+                    model=reply.model,
+                    prompt_tokens=reply.prompt_tokens,
+                    completion_tokens=reply.completion_tokens or 0,
+                    finish_reason=finish_reason,
+                ),
+            )
+        )
+        if assistant is None:  # the conversation was deleted while the reply streamed
+            raise not_found()
+        await emit(Done(user_message=user_message, assistant_message=assistant))
+
+    # -- helpers ---------------------------------------------------------------------------------------------------
+
+    async def _protected(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run a write to its end even if the caller is cancelled meanwhile (the task is kept until close())."""
+        task = asyncio.ensure_future(work)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return await asyncio.shield(task)
+
+    async def _store_partial(self, user_id: str, conversation_id: str, reply: _Reply, finish_reason: str) -> None:
+        completion_tokens = reply.completion_tokens
+        if completion_tokens is None:
+            completion_tokens = await self._count_text(reply.text)
+        try:
+            stored = await self.store.append_message(
+                user_id,
+                conversation_id,
+                NewMessage(
+                    role=ROLE_ASSISTANT,
+                    content=reply.text,
+                    status=STATUS_INCOMPLETE,
+                    model=reply.model,
+                    prompt_tokens=reply.prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    finish_reason=finish_reason,
+                ),
+            )
+        except Exception:
+            log.exception("storing a partial reply failed", extra={"conversation_id": conversation_id})
+            return
+        if stored is None:
+            log.info("partial reply dropped: conversation deleted", extra={"conversation_id": conversation_id})
+
+    async def _count_text(self, text: str) -> int:
+        """Tokens of a partial reply, best effort (inference may be the thing that just failed)."""
+        if not text:
+            return 0
+        try:
+            reply = await self.inference.CountTokens(
+                inference_pb2.CountTokensRequest(prompt=text), timeout=PARTIAL_COUNT_TIMEOUT_SECONDS
+            )
+        except grpc.aio.AioRpcError:
+            return 0
+        return reply.token_count
+
+    def _token_counter(self, model: str):
+        async def count(messages: Sequence[ChatMessage]) -> tuple[int, int]:
+            try:
+                reply = await self.inference.CountTokens(
+                    inference_pb2.CountTokensRequest(model=model, chat=_chat(messages)), timeout=self._unary_timeout
+                )
+            except grpc.aio.AioRpcError as err:
+                raise from_inference(err) from None
+            return reply.token_count, reply.max_model_len
+
+        return count
+
+    async def _resolve_served_model(self) -> str:
+        """The name of the served model (for the `started` event), cached for a minute."""
+        now = time.monotonic()
+        if self._served_model is not None and now - self._served_model[1] < MODEL_CACHE_SECONDS:
+            return self._served_model[0]
+        try:
+            reply = await self.inference.ListModels(inference_pb2.ListModelsRequest(), timeout=self._unary_timeout)
+        except grpc.aio.AioRpcError as err:
+            raise from_inference(err) from None
+        if not reply.models:
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE, "the inference service serves no model yet")
+        self._served_model = (reply.models[0].id, now)
+        return reply.models[0].id
+
+
+def _chat(messages: Sequence[ChatMessage]) -> inference_pb2.ChatMessages:
+    return inference_pb2.ChatMessages(
+        messages=[inference_pb2.ChatMessage(role=m.role, content=m.content) for m in messages]
+    )

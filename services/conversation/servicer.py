@@ -1,0 +1,143 @@
+"""The gRPC adapter: converts messages and statuses, and calls the domain core. No logic of its own."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import grpc
+
+from chatplane.common.errors import abort
+from chatplane.conversation.errors import ServiceError
+from chatplane.conversation.models import STATUS_COMPLETE, STATUS_INCOMPLETE, Conversation, Message
+from chatplane.conversation.service import ConversationCore, Delta, Done, Event, SendRequest, Started
+from chatplane.protos.conversation.v1 import conversation_pb2 as pb
+from chatplane.protos.conversation.v1 import conversation_pb2_grpc
+
+_STATUS = {STATUS_COMPLETE: pb.MESSAGE_STATUS_COMPLETE, STATUS_INCOMPLETE: pb.MESSAGE_STATUS_INCOMPLETE}
+
+
+def conversation_pb(row: Conversation) -> pb.Conversation:
+    msg = pb.Conversation(id=row.id, title=row.title, archived=row.archived)
+    msg.created_at.FromDatetime(row.created_at)
+    msg.updated_at.FromDatetime(row.updated_at)
+    return msg
+
+
+def message_pb(row: Message) -> pb.Message:
+    msg = pb.Message(
+        id=row.id,
+        role=row.role,
+        content=row.content,
+        status=_STATUS.get(row.status, pb.MESSAGE_STATUS_UNSPECIFIED),
+        model=row.model,
+        prompt_tokens=row.prompt_tokens,
+        completion_tokens=row.completion_tokens,
+        finish_reason=row.finish_reason,
+    )
+    msg.created_at.FromDatetime(row.created_at)
+    return msg
+
+
+def event_pb(event: Event) -> pb.SendMessageEvent:
+    if isinstance(event, Started):
+        return pb.SendMessageEvent(
+            started=pb.SendMessageStarted(user_message_id=event.user_message.id, model=event.model)
+        )
+    if isinstance(event, Delta):
+        return pb.SendMessageEvent(delta=pb.SendMessageDelta(text=event.text))
+    if isinstance(event, Done):
+        reply = event.assistant_message
+        return pb.SendMessageEvent(
+            done=pb.SendMessageDone(
+                user_message_id=event.user_message.id,
+                assistant_message_id=reply.id,
+                prompt_tokens=reply.prompt_tokens,
+                completion_tokens=reply.completion_tokens,
+                finish_reason=reply.finish_reason,
+                assistant_message=message_pb(reply),
+            )
+        )
+    raise TypeError(f"unknown event {event!r}")
+
+
+async def _fail(context: grpc.aio.ServicerContext, err: ServiceError) -> NoReturn:
+    await abort(context, err.status, err.message, code=err.code, param=err.param)
+
+
+class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
+    def __init__(self, core: ConversationCore) -> None:
+        self.core = core
+
+    async def CreateConversation(self, request: pb.CreateConversationRequest, context) -> pb.Conversation:  # noqa: N802
+        try:
+            row = await self.core.create_conversation(request.user_id, request.title)
+        except ServiceError as err:
+            await _fail(context, err)
+        return conversation_pb(row)
+
+    async def ListConversations(  # noqa: N802
+        self, request: pb.ListConversationsRequest, context
+    ) -> pb.ListConversationsResponse:
+        try:
+            rows, cursor = await self.core.list_conversations(
+                request.user_id,
+                limit=request.limit,
+                cursor=request.cursor,
+                include_archived=request.include_archived,
+            )
+        except ServiceError as err:
+            await _fail(context, err)
+        return pb.ListConversationsResponse(conversations=[conversation_pb(r) for r in rows], next_cursor=cursor)
+
+    async def GetConversation(  # noqa: N802
+        self, request: pb.GetConversationRequest, context
+    ) -> pb.ConversationWithMessages:
+        try:
+            row, messages = await self.core.get_conversation(request.user_id, request.conversation_id)
+        except ServiceError as err:
+            await _fail(context, err)
+        return pb.ConversationWithMessages(
+            conversation=conversation_pb(row), messages=[message_pb(m) for m in messages]
+        )
+
+    async def UpdateConversation(self, request: pb.UpdateConversationRequest, context) -> pb.Conversation:  # noqa: N802
+        try:
+            row = await self.core.update_conversation(
+                request.user_id,
+                request.conversation_id,
+                title=request.title if request.HasField("title") else None,
+                archived=request.archived if request.HasField("archived") else None,
+            )
+        except ServiceError as err:
+            await _fail(context, err)
+        return conversation_pb(row)
+
+    async def DeleteConversation(  # noqa: N802
+        self, request: pb.DeleteConversationRequest, context
+    ) -> pb.DeleteConversationResponse:
+        try:
+            await self.core.delete_conversation(request.user_id, request.conversation_id)
+        except ServiceError as err:
+            await _fail(context, err)
+        return pb.DeleteConversationResponse()
+
+    async def SendMessage(self, request: pb.SendMessageRequest, context) -> None:  # noqa: N802
+        # Written with context.write (not as a generator) so that a client cancellation lands inside the core, which
+        # then cancels inference and stores the partial reply.
+        async def emit(event: Event) -> None:
+            await context.write(event_pb(event))
+
+        send = SendRequest(
+            user_id=request.user_id,
+            conversation_id=request.conversation_id,
+            content=request.content,
+            max_tokens=request.max_tokens if request.HasField("max_tokens") else None,
+            temperature=request.temperature if request.HasField("temperature") else None,
+            model=request.model,
+            api_key_id=request.api_key_id,
+            request_id=request.request_id,
+        )
+        try:
+            await self.core.send_message(send, emit)
+        except ServiceError as err:
+            await _fail(context, err)

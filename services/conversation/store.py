@@ -1,0 +1,194 @@
+"""Storage of conversations and messages (SQLAlchemy async ORM; bound parameters only).
+
+Conversation queries are scoped by the owning user; message queries take a conversation id whose ownership the
+caller has checked. ``ConversationStore.transaction`` is the single seam where state changes commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from chatplane.common.db import sessionmaker
+from chatplane.conversation.models import FINISH_REASON_CHARS, MODEL_CHARS, Conversation, Message, utcnow
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class PageKey:
+    """Position in a listing: the (updated_at, id) of the last conversation of the previous page."""
+
+    updated_at: datetime
+    id: str
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    role: str
+    content: str
+    status: str
+    model: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = ""
+
+
+class ConversationStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """The one place where state changes commit.
+
+        Everything done on the yielded session commits together or not at all. Domain events (the transactional
+        outbox) are to be added to this same session, so they commit atomically with the change they describe.
+        """
+        async with self._sessions() as session, session.begin():
+            yield session
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncSession]:
+        async with self._sessions() as session:
+            yield session
+
+    # -- conversations ---------------------------------------------------------------------------------------------
+
+    async def create_conversation(self, user_id: str, title: str) -> Conversation:
+        now = utcnow()
+        row = Conversation(id=new_id(), user_id=user_id, title=title, archived=False, created_at=now, updated_at=now)
+        async with self.transaction() as session:
+            session.add(row)
+        return row
+
+    async def get_conversation(self, user_id: str, conversation_id: str) -> Conversation | None:
+        async with self._read() as session:
+            return await _owned(session, user_id, conversation_id)
+
+    async def list_conversations(
+        self, user_id: str, *, limit: int, after: PageKey | None, include_archived: bool
+    ) -> list[Conversation]:
+        """Newest first by (updated_at, id); at most ``limit`` rows after ``after``."""
+        query = select(Conversation).where(Conversation.user_id == user_id)
+        if not include_archived:
+            query = query.where(Conversation.archived.is_(False))
+        if after is not None:
+            query = query.where(
+                or_(
+                    Conversation.updated_at < after.updated_at,
+                    and_(Conversation.updated_at == after.updated_at, Conversation.id < after.id),
+                )
+            )
+        query = query.order_by(Conversation.updated_at.desc(), Conversation.id.desc()).limit(limit)
+        async with self._read() as session:
+            return list((await session.scalars(query)).all())
+
+    async def update_conversation(
+        self, user_id: str, conversation_id: str, *, title: str | None, archived: bool | None
+    ) -> Conversation | None:
+        """Change the given fields; updated_at moves only when something actually changed."""
+        values: dict[str, object] = {}
+        if title is not None:
+            values["title"] = title
+        if archived is not None:
+            values["archived"] = archived
+        async with self.transaction() as session:
+            if values:
+                # Writing first takes the lock up front (SQLite cannot upgrade a read to a write under contention).
+                await session.execute(
+                    update(Conversation)
+                    .where(
+                        Conversation.id == conversation_id,
+                        Conversation.user_id == user_id,
+                        or_(*(getattr(Conversation, name) != value for name, value in values.items())),
+                    )
+                    .values(**values, updated_at=utcnow())
+                    .execution_options(synchronize_session=False)
+                )
+            return await _owned(session, user_id, conversation_id)
+
+    async def delete_conversation(self, user_id: str, conversation_id: str) -> bool:
+        """Delete a conversation and its messages (explicitly, and by ON DELETE CASCADE as a safety net)."""
+        owned = select(Conversation.id).where(Conversation.id == conversation_id, Conversation.user_id == user_id)
+        async with self.transaction() as session:
+            await session.execute(delete(Message).where(Message.conversation_id.in_(owned)))
+            deleted = await session.execute(
+                delete(Conversation).where(Conversation.id == conversation_id, Conversation.user_id == user_id)
+            )
+        return deleted.rowcount == 1
+
+    # -- messages --------------------------------------------------------------------------------------------------
+
+    async def messages(self, conversation_id: str) -> list[Message]:
+        """All messages of a conversation, oldest first. Callers check ownership first."""
+        query = select(Message).where(Message.conversation_id == conversation_id).order_by(Message.seq)
+        async with self._read() as session:
+            return list((await session.scalars(query)).all())
+
+    async def conversation_with_recent_messages(
+        self, user_id: str, conversation_id: str, limit: int
+    ) -> tuple[Conversation, list[Message]] | None:
+        """The conversation (if owned) and its last ``limit`` messages, oldest first, read in one snapshot."""
+        async with self._read() as session, session.begin():
+            row = await _owned(session, user_id, conversation_id)
+            if row is None:
+                return None
+            query = (
+                select(Message)
+                .where(Message.conversation_id == conversation_id)
+                .order_by(Message.seq.desc())
+                .limit(limit)
+            )
+            recent = list((await session.scalars(query)).all())
+        recent.reverse()
+        return row, recent
+
+    async def append_message(self, user_id: str, conversation_id: str, new: NewMessage) -> Message | None:
+        """Store a message at the end of a conversation and touch the conversation's updated_at.
+
+        None when the conversation does not exist (any more) or is not the user's. The conversation row is updated
+        first: that takes its row lock (PostgreSQL) or the write lock (SQLite), so concurrent appends to one
+        conversation get distinct, ordered ``seq`` values.
+        """
+        now = utcnow()
+        async with self.transaction() as session:
+            touched = await session.execute(
+                update(Conversation)
+                .where(Conversation.id == conversation_id, Conversation.user_id == user_id)
+                .values(updated_at=now)
+            )
+            if touched.rowcount != 1:
+                return None
+            last = await session.scalar(
+                select(func.max(Message.seq)).where(Message.conversation_id == conversation_id)
+            )
+            row = Message(
+                id=new_id(),
+                conversation_id=conversation_id,
+                seq=(last or 0) + 1,
+                role=new.role,
+                content=new.content,
+                status=new.status,
+                model=new.model[:MODEL_CHARS],  # names come from inference; never fail a reply on a long one
+                prompt_tokens=new.prompt_tokens,
+                completion_tokens=new.completion_tokens,
+                finish_reason=new.finish_reason[:FINISH_REASON_CHARS],
+                created_at=now,
+            )
+            session.add(row)
+        return row
+
+
+async def _owned(session: AsyncSession, user_id: str, conversation_id: str) -> Conversation | None:
+    query = select(Conversation).where(Conversation.id == conversation_id, Conversation.user_id == user_id)
+    return await session.scalar(query)

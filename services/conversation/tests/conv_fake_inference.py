@@ -1,0 +1,106 @@
+"""A test double of the inference service for the conversation service's unit tests (tests only).
+
+Deterministic: a message costs its word count plus MESSAGE_OVERHEAD tokens, a chat REPLY_PRIMER more (roughly what a
+chat template adds). Generate streams the configured chunks, one token each, with a delay so a test can cancel
+mid-stream, and records every request and every cancellation it saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import grpc
+
+from chatplane.common.errors import abort
+from chatplane.protos.inference.v1 import inference_pb2 as pb
+from chatplane.protos.inference.v1 import inference_pb2_grpc
+
+MODEL = "fake-model"
+MESSAGE_OVERHEAD = 4
+REPLY_PRIMER = 2
+
+
+def chat_tokens(messages: Iterable[tuple[str, str]]) -> int:
+    return sum(len(content.split()) + MESSAGE_OVERHEAD for _, content in messages) + REPLY_PRIMER
+
+
+@dataclass
+class Failure:
+    status: grpc.StatusCode
+    message: str
+    code: str | None = None
+    param: str | None = None
+
+
+class FakeInferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
+    def __init__(self, max_model_len: int = 256) -> None:
+        self.max_model_len = max_model_len
+        self.chunks: list[str] = ["Hello", " from", " the", " fake", " model."]
+        self.chunk_delay = 0.0
+        self.fail_after: int | None = None  # abort Generate with UNAVAILABLE after this many chunks
+        self.generate_failure: Failure | None = None  # fail Generate before any chunk
+        self.count_failure: Failure | None = None
+        self.generate_requests: list[pb.GenerateRequest] = []
+        self.count_requests: list[pb.CountTokensRequest] = []
+        self.cancelled: list[str] = []  # request ids of Generate calls cancelled by the caller
+        self.target = ""  # host:port, set by the fixture
+
+    @staticmethod
+    def chat(request) -> list[tuple[str, str]]:
+        return [(m.role, m.content) for m in request.chat.messages]
+
+    def _check_model(self, model: str) -> bool:
+        return model in ("", MODEL)
+
+    async def CountTokens(self, request: pb.CountTokensRequest, context) -> pb.CountTokensResponse:  # noqa: N802
+        self.count_requests.append(request)
+        if self.count_failure:
+            f = self.count_failure
+            await abort(context, f.status, f.message, code=f.code, param=f.param)
+        if not self._check_model(request.model):
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"model {request.model} not found")
+        if request.WhichOneof("input") == "prompt":
+            count = len(request.prompt.split())
+        else:
+            count = chat_tokens(self.chat(request))
+        return pb.CountTokensResponse(token_count=count, max_model_len=self.max_model_len)
+
+    async def ListModels(self, request, context) -> pb.ListModelsResponse:  # noqa: N802
+        return pb.ListModelsResponse(models=[pb.Model(id=MODEL, max_model_len=self.max_model_len, owned_by="tests")])
+
+    async def Generate(self, request: pb.GenerateRequest, context) -> None:  # noqa: N802
+        self.generate_requests.append(request)
+        if self.generate_failure:
+            f = self.generate_failure
+            await abort(context, f.status, f.message, code=f.code, param=f.param)
+        budget = request.sampling.max_tokens if request.sampling.HasField("max_tokens") else len(self.chunks)
+        chunks = self.chunks[:budget]
+        sent = 0
+        try:
+            for chunk in chunks:
+                if self.fail_after is not None and sent == self.fail_after:
+                    await abort(context, grpc.StatusCode.UNAVAILABLE, "engine died")
+                await asyncio.sleep(self.chunk_delay)
+                await context.write(pb.GenerateResponse(text=chunk, model=MODEL))
+                sent += 1
+            await context.write(
+                pb.GenerateResponse(
+                    finish_reason="length" if len(chunks) < len(self.chunks) else "stop",
+                    usage=pb.Usage(prompt_tokens=chat_tokens(self.chat(request)), completion_tokens=sent),
+                    model=MODEL,
+                )
+            )
+        except asyncio.CancelledError:
+            self.cancelled.append(request.request_id)
+            raise
+
+
+async def start_fake_inference(servicer: FakeInferenceServicer) -> grpc.aio.Server:
+    server = grpc.aio.server()
+    inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    servicer.target = f"127.0.0.1:{port}"
+    return server

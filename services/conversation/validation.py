@@ -1,0 +1,110 @@
+"""Checks of request fields, and the opaque listing cursor."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from datetime import datetime
+
+from chatplane.common.limits import DEFAULT_PAGE_SIZE, MAX_MESSAGE_CHARS, MAX_PAGE_SIZE, MAX_TITLE_CHARS
+from chatplane.conversation.errors import invalid, not_found
+from chatplane.conversation.models import MODEL_CHARS, USER_ID_CHARS
+from chatplane.conversation.store import PageKey
+
+DEFAULT_TITLE = "New conversation"
+MAX_REQUEST_ID_CHARS = 128
+MAX_CURSOR_CHARS = 200
+_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def user_id(value: str) -> str:
+    if not value or len(value) > USER_ID_CHARS or "\x00" in value:
+        raise invalid("user_id must be 1 to 64 characters", "user_id")
+    return value
+
+
+def conversation_id(value: str) -> str:
+    """An ill-formed id is NOT_FOUND, exactly like a missing one."""
+    if not _ID.fullmatch(value):
+        raise not_found()
+    return value
+
+
+def title(value: str, *, default: str | None = None) -> str:
+    """Surrounding whitespace is dropped; an empty title becomes ``default`` when there is one."""
+    if "\x00" in value:
+        raise invalid("title must not contain NUL characters", "title")
+    value = value.strip()
+    if not value and default is not None:
+        return default
+    if not 1 <= len(value) <= MAX_TITLE_CHARS:
+        raise invalid(f"title must be 1 to {MAX_TITLE_CHARS} characters", "title")
+    return value
+
+
+def content(value: str) -> str:
+    """Stored verbatim (control characters and all), except that NUL cannot be stored."""
+    if not value.strip():
+        raise invalid("content must not be empty", "content")
+    if len(value) > MAX_MESSAGE_CHARS:
+        raise invalid(f"content must be at most {MAX_MESSAGE_CHARS} characters", "content")
+    if "\x00" in value:
+        raise invalid("content must not contain NUL characters", "content")
+    return value
+
+
+def max_tokens(value: int | None) -> int | None:
+    if value is not None and value < 1:
+        raise invalid("max_tokens must be at least 1", "max_tokens")
+    return value
+
+
+def temperature(value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and 0.0 <= value <= 2.0):
+        raise invalid("temperature must be between 0 and 2", "temperature")
+    return value
+
+
+def model(value: str) -> str:
+    if len(value) > MODEL_CHARS or "\x00" in value:
+        raise invalid(f"model must be at most {MODEL_CHARS} characters", "model")
+    return value
+
+
+def request_id(value: str) -> str:
+    if len(value) > MAX_REQUEST_ID_CHARS or "\x00" in value:
+        raise invalid(f"request_id must be at most {MAX_REQUEST_ID_CHARS} characters", "request_id")
+    return value
+
+
+def page_size(value: int) -> int:
+    if value == 0:
+        return DEFAULT_PAGE_SIZE
+    if not 1 <= value <= MAX_PAGE_SIZE:
+        raise invalid(f"limit must be between 1 and {MAX_PAGE_SIZE}", "limit")
+    return value
+
+
+def encode_cursor(key: PageKey) -> str:
+    raw = json.dumps([key.updated_at.isoformat(), key.id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(value: str) -> PageKey | None:
+    """The position a cursor names; None for no cursor. Anything not made by :func:`encode_cursor` is rejected."""
+    if not value:
+        return None
+    try:
+        if len(value) > MAX_CURSOR_CHARS:
+            raise ValueError("too long")
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        stamp, ident = json.loads(raw)
+        updated_at = datetime.fromisoformat(stamp)
+        if updated_at.tzinfo is None or not isinstance(ident, str) or not _ID.fullmatch(ident):
+            raise ValueError("bad cursor")
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise invalid("cursor is not valid", "cursor") from None
+    return PageKey(updated_at=updated_at, id=ident)
