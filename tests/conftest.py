@@ -1,0 +1,89 @@
+"""End-to-end fixtures: the whole platform as real processes (auth, conversation, gateway on PostgreSQL, sharing the
+run's one real inference engine), and helpers to get a user and an API key through the public API."""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from chatplane.common.procs import free_port
+from chatplane.common.stack import Ports, services, start_all, stop_all
+
+@dataclass
+class Stack:
+    base_url: str
+    ports: Ports
+    inference: str
+    data_dir: str
+    auth_db: str
+    conversation_db: str
+
+
+@pytest.fixture(scope="session")
+def stack(inference_server, tmp_path_factory, pg_database_factory):
+    data = tmp_path_factory.mktemp("stack")
+    ports = Ports(gateway=free_port(), auth=free_port(), conversation=free_port(), inference=0)
+    with ExitStack() as dbs:
+        auth_db = dbs.enter_context(pg_database_factory())
+        conv_db = dbs.enter_context(pg_database_factory())
+        svcs = services(
+            ports,
+            data,
+            log_dir=data,
+            env={
+                "CHATPLANE_AUTH_DATABASE_URL": auth_db,
+                "CHATPLANE_CONVERSATION_DATABASE_URL": conv_db,
+            },
+            inference_target=inference_server,
+        )
+        try:
+            start_all(svcs, 120)
+            yield Stack(f"http://127.0.0.1:{ports.gateway}", ports, inference_server, str(data), auth_db, conv_db)
+        finally:
+            stop_all(svcs)
+
+
+@dataclass
+class Account:
+    email: str
+    password: str
+    token: str  # JWT access token
+    api_key: str
+    api_key_id: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+
+def new_account(base_url: str) -> Account:
+    email = f"user-{uuid.uuid4().hex[:10]}@example.com"
+    password = "correct horse battery staple"
+    with httpx.Client(base_url=base_url, timeout=30) as http:
+        r = http.post("/v1/auth/signup", json={"email": email, "password": password})
+        assert r.status_code == 201, r.text
+        token = http.post("/v1/auth/login", json={"email": email, "password": password}).json()["access_token"]
+        r = http.post("/v1/api-keys", json={"name": "tests"}, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 201, r.text
+        key = r.json()
+    return Account(email, password, token, key["key"], key["id"])
+
+
+@pytest.fixture(scope="session")
+def account(stack) -> Account:
+    return new_account(stack.base_url)
+
+
+@pytest.fixture(scope="session")
+def other_account(stack) -> Account:
+    return new_account(stack.base_url)
+
+
+@pytest.fixture
+async def http(stack):
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=60) as client:
+        yield client
