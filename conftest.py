@@ -66,6 +66,12 @@ class fresh_pg_database:  # noqa: N801 - used as a context manager
         asyncio.run(drop())
 
 
+@pytest.fixture(scope="session")
+def pg_database_factory():
+    """``with pg_database_factory() as url:`` gives a new, empty PostgreSQL database, dropped afterwards."""
+    return fresh_pg_database
+
+
 @pytest.fixture
 def sqlite_database_url(tmp_path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"

@@ -14,13 +14,14 @@ import secrets
 import signal
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from chatplane.common.procs import Service, grpc_serving, http_ok
 
-DEV_EMAIL = "dev@chatplane.local"
+DEV_EMAIL = "dev@example.com"  # a reserved example domain that email validation accepts
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,11 @@ def _post(url: str, body: dict, token: str | None = None) -> dict:
     req.add_header("content-type", "application/json")
     if token:
         req.add_header("authorization", f"Bearer {token}")
-    with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - loopback only
-        return json.loads(resp.read())
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - loopback only
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        raise RuntimeError(f"POST {url}: {e.code} {e.read().decode(errors='replace')}") from None
 
 
 def dev_api_key(base_url: str, data_dir: Path) -> str:
@@ -137,17 +141,17 @@ def usage_text(base_url: str, key: str, model: str) -> str:
 chatplane is ready at {base_url}   (API docs: {base_url}/docs)
 Development API key (also in data/dev-credentials.json): {key}
 
-  curl {base_url}/v1/chat/completions \\
-    -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
-    -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "What is the capital of France?"}}]}}'
+curl {base_url}/v1/chat/completions \\
+  -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
+  -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "What is the capital of France?"}}]}}'
 
-  python - <<'PY'
-  from openai import OpenAI
-  client = OpenAI(base_url="{base_url}/v1", api_key="{key}")
-  reply = client.chat.completions.create(
-      model="{model}", messages=[{{"role": "user", "content": "What is the capital of France?"}}])
-  print(reply.choices[0].message.content)
-  PY
+python - <<'PY'
+from openai import OpenAI
+client = OpenAI(base_url="{base_url}/v1", api_key="{key}")
+reply = client.chat.completions.create(
+    model="{model}", messages=[{{"role": "user", "content": "What is the capital of France?"}}])
+print(reply.choices[0].message.content)
+PY
 
 Press Ctrl-C to stop.
 """
