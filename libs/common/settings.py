@@ -1,11 +1,15 @@
-"""Settings shared by every service. Each service subclasses :class:`ServiceSettings` with its own env prefix."""
+"""Settings shared by every service. Each service subclasses :class:`ServiceSettings` with its own env prefix.
+
+Services that own a database subclass :class:`DatabaseServiceSettings` instead.
+"""
 
 from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import ClassVar, Self
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -41,3 +45,37 @@ class ServiceSettings(BaseSettings):
 
     def listen_address(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+class DatabaseServiceSettings(ServiceSettings):
+    """Settings of a service that owns a database: its URL (SQLite by default, PostgreSQL in production) and migrations.
+
+    Subclasses set ``database_file``, the name of the SQLite file in ``data_dir`` used when no URL is given.
+    Validation errors never echo the input: a database URL may carry a password.
+    """
+
+    model_config = SettingsConfigDict(hide_input_in_errors=True)
+    database_file: ClassVar[str]
+
+    database_url: str = Field(
+        "",
+        description="SQLAlchemy async URL of the service's database (postgresql+asyncpg://user:password@host:5432/db). "
+        "Empty: a SQLite file, sqlite+aiosqlite:///{data_dir}/{service}.db (development only: production refuses "
+        "SQLite).",
+    )
+    auto_migrate: bool = Field(
+        True,
+        description="Apply the Alembic migrations on start, before reporting SERVING "
+        "(`python -m chatplane.{service} migrate` runs them alone).",
+    )
+
+    @model_validator(mode="after")
+    def _database(self) -> Self:
+        if not self.database_url:
+            self.database_url = f"sqlite+aiosqlite:///{self.data_dir}/{self.database_file}"
+        if self.is_production and self.database_url.startswith("sqlite"):
+            variable = f"{self.model_config['env_prefix']}DATABASE_URL".upper()
+            raise ValueError(
+                f"production refuses SQLite: set {variable} to a PostgreSQL URL (postgresql+asyncpg://...)"
+            )
+        return self

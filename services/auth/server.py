@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from chatplane.auth.keys import load_signing_key
 from chatplane.auth.models import User
-from chatplane.auth.service import AuthCore, utcnow
+from chatplane.auth.service import AuthCore
 from chatplane.auth.servicer import AuthServicer
 from chatplane.auth.settings import AuthSettings
 from chatplane.auth.tokens import TokenIssuer
@@ -38,7 +38,7 @@ async def serve(settings: AuthSettings) -> None:
 class AuthServer:
     """The auth service in one object; ``serve()`` for the process, ``start()``/``wait_ready()`` for tests."""
 
-    def __init__(self, settings: AuthSettings, *, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(self, settings: AuthSettings, *, clock: Callable[[], datetime] = db.utcnow) -> None:
         self.settings = settings
         signing_key = load_signing_key(settings)  # fail fast on a bad or missing key, before listening
         self.engine = db.make_engine(settings.database_url)  # hides bound parameters (emails, hashes) in errors

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import Enum
 
 import jwt
@@ -26,16 +26,13 @@ from chatplane.auth.models import ApiKey, User
 from chatplane.auth.passwords import Passwords
 from chatplane.auth.settings import AuthSettings
 from chatplane.auth.tokens import TokenIssuer
+from chatplane.common.db import utcnow
 
 log = logging.getLogger(__name__)
 
 BAD_LOGIN = "invalid email or password"
 BAD_API_KEY = "invalid API key"
 BAD_TOKEN = "invalid or expired token"
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def new_id() -> str:

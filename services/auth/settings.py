@@ -3,27 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from chatplane.common.settings import ServiceSettings
+from chatplane.common.settings import DatabaseServiceSettings
 
 DEV_KEY_FILENAME = "auth-jwt-key.pem"
 
 
-class AuthSettings(ServiceSettings):
+class AuthSettings(DatabaseServiceSettings):
     # hide_input_in_errors: a validation error must never echo the private key.
     model_config = SettingsConfigDict(
         env_prefix="CHATPLANE_AUTH_", extra="ignore", populate_by_name=True, hide_input_in_errors=True
     )
+    database_file: ClassVar[str] = "auth.db"
 
     port: int = Field(50051, description="Port to listen on (gRPC).")
-    database_url: str | None = Field(
-        None,
-        description="SQLAlchemy async URL. Unset: sqlite+aiosqlite:///{data_dir}/auth.db (development only).",
-    )
-    auto_migrate: bool = Field(True, description="Run the Alembic migrations on start.")
     jwt_private_key: SecretStr | None = Field(
         None, description="Ed25519 private key (PKCS#8 PEM) that signs access tokens. Required in production."
     )
@@ -44,24 +41,16 @@ class AuthSettings(ServiceSettings):
     )
 
     @model_validator(mode="after")
-    def _defaults_and_production_rules(self) -> AuthSettings:
-        if not self.database_url:
-            self.database_url = f"sqlite+aiosqlite:///{self.data_dir}/auth.db"
+    def _signing_key_rules(self) -> AuthSettings:
         if self.jwt_private_key is not None and self.jwt_private_key_file is not None:
             raise ValueError("set only one of CHATPLANE_AUTH_JWT_PRIVATE_KEY and CHATPLANE_AUTH_JWT_PRIVATE_KEY_FILE")
         if self.jwt_private_key_file is not None and not self.jwt_private_key_file.is_file():
             raise ValueError(f"CHATPLANE_AUTH_JWT_PRIVATE_KEY_FILE {self.jwt_private_key_file} is not a readable file")
-        if self.is_production:
-            if self.database_url.startswith("sqlite"):
-                raise ValueError(
-                    "production refuses SQLite: set CHATPLANE_AUTH_DATABASE_URL to a PostgreSQL URL "
-                    "(postgresql+asyncpg://...)"
-                )
-            if self.jwt_private_key is None and self.jwt_private_key_file is None:
-                raise ValueError(
-                    "production needs a configured signing key: set CHATPLANE_AUTH_JWT_PRIVATE_KEY or "
-                    "CHATPLANE_AUTH_JWT_PRIVATE_KEY_FILE (an Ed25519 PKCS#8 PEM); generated keys are for development"
-                )
+        if self.is_production and self.jwt_private_key is None and self.jwt_private_key_file is None:
+            raise ValueError(
+                "production needs a configured signing key: set CHATPLANE_AUTH_JWT_PRIVATE_KEY or "
+                "CHATPLANE_AUTH_JWT_PRIVATE_KEY_FILE (an Ed25519 PKCS#8 PEM); generated keys are for development"
+            )
         return self
 
     @property

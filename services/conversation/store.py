@@ -15,8 +15,8 @@ from datetime import datetime
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from chatplane.common.db import sessionmaker
-from chatplane.conversation.models import FINISH_REASON_CHARS, MODEL_CHARS, Conversation, Message, utcnow
+from chatplane.common.db import sessionmaker, utcnow
+from chatplane.conversation.models import FINISH_REASON_CHARS, MODEL_CHARS, Conversation, Message
 
 
 def new_id() -> str:

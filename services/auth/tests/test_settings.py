@@ -39,7 +39,7 @@ def test_production_without_a_key_fails_fast():
 
 
 def test_production_refuses_sqlite(ed25519_pem, tmp_path):
-    for url in [None, f"sqlite+aiosqlite:///{tmp_path}/auth.db"]:
+    for url in ["", f"sqlite+aiosqlite:///{tmp_path}/auth.db"]:
         with pytest.raises(ValidationError, match="SQLite") as info:
             AuthSettings(environment="production", database_url=url, jwt_private_key=ed25519_pem)
         assert "PRIVATE KEY" not in str(info.value)  # the key is never echoed in the error
