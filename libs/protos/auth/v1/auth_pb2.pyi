@@ -1,5 +1,6 @@
 import datetime
 
+from chatplane.protos.events.v1 import events_pb2 as _events_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -15,9 +16,18 @@ class CredentialType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CREDENTIAL_TYPE_UNSPECIFIED: _ClassVar[CredentialType]
     CREDENTIAL_TYPE_API_KEY: _ClassVar[CredentialType]
     CREDENTIAL_TYPE_JWT: _ClassVar[CredentialType]
+
+class QuotaPeriod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    QUOTA_PERIOD_UNSPECIFIED: _ClassVar[QuotaPeriod]
+    QUOTA_PERIOD_DAY: _ClassVar[QuotaPeriod]
+    QUOTA_PERIOD_MONTH: _ClassVar[QuotaPeriod]
 CREDENTIAL_TYPE_UNSPECIFIED: CredentialType
 CREDENTIAL_TYPE_API_KEY: CredentialType
 CREDENTIAL_TYPE_JWT: CredentialType
+QUOTA_PERIOD_UNSPECIFIED: QuotaPeriod
+QUOTA_PERIOD_DAY: QuotaPeriod
+QUOTA_PERIOD_MONTH: QuotaPeriod
 
 class User(_message.Message):
     __slots__ = ("id", "email", "created_at")
@@ -62,18 +72,20 @@ class AuthenticateRequest(_message.Message):
     def __init__(self, credential: _Optional[str] = ...) -> None: ...
 
 class Principal(_message.Message):
-    __slots__ = ("user_id", "email", "credential_type", "api_key_id", "cache_ttl_seconds")
+    __slots__ = ("user_id", "email", "credential_type", "api_key_id", "cache_ttl_seconds", "limits")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     EMAIL_FIELD_NUMBER: _ClassVar[int]
     CREDENTIAL_TYPE_FIELD_NUMBER: _ClassVar[int]
     API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     CACHE_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     email: str
     credential_type: CredentialType
     api_key_id: str
     cache_ttl_seconds: int
-    def __init__(self, user_id: _Optional[str] = ..., email: _Optional[str] = ..., credential_type: _Optional[_Union[CredentialType, str]] = ..., api_key_id: _Optional[str] = ..., cache_ttl_seconds: _Optional[int] = ...) -> None: ...
+    limits: Limits
+    def __init__(self, user_id: _Optional[str] = ..., email: _Optional[str] = ..., credential_type: _Optional[_Union[CredentialType, str]] = ..., api_key_id: _Optional[str] = ..., cache_ttl_seconds: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
 
 class GetJwksRequest(_message.Message):
     __slots__ = ()
@@ -140,3 +152,143 @@ class RevokeApiKeyRequest(_message.Message):
     user_id: str
     api_key_id: str
     def __init__(self, user_id: _Optional[str] = ..., api_key_id: _Optional[str] = ...) -> None: ...
+
+class RecordCompletionRequest(_message.Message):
+    __slots__ = ("event_id", "completion", "traceparent")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    completion: _events_pb2.CompletionFinished
+    traceparent: str
+    def __init__(self, event_id: _Optional[str] = ..., completion: _Optional[_Union[_events_pb2.CompletionFinished, _Mapping]] = ..., traceparent: _Optional[str] = ...) -> None: ...
+
+class RecordCompletionResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Quota(_message.Message):
+    __slots__ = ("user_id", "api_key_id", "period", "token_limit", "used_tokens", "period_start", "period_end")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    USED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_START_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_END_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    api_key_id: str
+    period: QuotaPeriod
+    token_limit: int
+    used_tokens: int
+    period_start: _timestamp_pb2.Timestamp
+    period_end: _timestamp_pb2.Timestamp
+    def __init__(self, user_id: _Optional[str] = ..., api_key_id: _Optional[str] = ..., period: _Optional[_Union[QuotaPeriod, str]] = ..., token_limit: _Optional[int] = ..., used_tokens: _Optional[int] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RateLimits(_message.Message):
+    __slots__ = ("requests_per_minute", "tokens_per_minute")
+    REQUESTS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    requests_per_minute: int
+    tokens_per_minute: int
+    def __init__(self, requests_per_minute: _Optional[int] = ..., tokens_per_minute: _Optional[int] = ...) -> None: ...
+
+class Limits(_message.Message):
+    __slots__ = ("is_admin", "rate_limits", "quotas")
+    IS_ADMIN_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMITS_FIELD_NUMBER: _ClassVar[int]
+    QUOTAS_FIELD_NUMBER: _ClassVar[int]
+    is_admin: bool
+    rate_limits: RateLimits
+    quotas: _containers.RepeatedCompositeFieldContainer[Quota]
+    def __init__(self, is_admin: _Optional[bool] = ..., rate_limits: _Optional[_Union[RateLimits, _Mapping]] = ..., quotas: _Optional[_Iterable[_Union[Quota, _Mapping]]] = ...) -> None: ...
+
+class GetLimitsRequest(_message.Message):
+    __slots__ = ("user_id", "api_key_id")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    api_key_id: str
+    def __init__(self, user_id: _Optional[str] = ..., api_key_id: _Optional[str] = ...) -> None: ...
+
+class GetUsageRequest(_message.Message):
+    __slots__ = ("user_id", "all_users", "start_date", "end_date")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ALL_USERS_FIELD_NUMBER: _ClassVar[int]
+    START_DATE_FIELD_NUMBER: _ClassVar[int]
+    END_DATE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    all_users: bool
+    start_date: str
+    end_date: str
+    def __init__(self, user_id: _Optional[str] = ..., all_users: _Optional[bool] = ..., start_date: _Optional[str] = ..., end_date: _Optional[str] = ...) -> None: ...
+
+class UsageRow(_message.Message):
+    __slots__ = ("date", "user_id", "api_key_id", "model", "requests", "prompt_tokens", "completion_tokens")
+    DATE_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    date: str
+    user_id: str
+    api_key_id: str
+    model: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    def __init__(self, date: _Optional[str] = ..., user_id: _Optional[str] = ..., api_key_id: _Optional[str] = ..., model: _Optional[str] = ..., requests: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
+
+class GetUsageResponse(_message.Message):
+    __slots__ = ("rows",)
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[UsageRow]
+    def __init__(self, rows: _Optional[_Iterable[_Union[UsageRow, _Mapping]]] = ...) -> None: ...
+
+class SetQuotaRequest(_message.Message):
+    __slots__ = ("user_id", "api_key_id", "period", "token_limit")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    api_key_id: str
+    period: QuotaPeriod
+    token_limit: int
+    def __init__(self, user_id: _Optional[str] = ..., api_key_id: _Optional[str] = ..., period: _Optional[_Union[QuotaPeriod, str]] = ..., token_limit: _Optional[int] = ...) -> None: ...
+
+class DeleteQuotaRequest(_message.Message):
+    __slots__ = ("user_id", "api_key_id", "period")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    api_key_id: str
+    period: QuotaPeriod
+    def __init__(self, user_id: _Optional[str] = ..., api_key_id: _Optional[str] = ..., period: _Optional[_Union[QuotaPeriod, str]] = ...) -> None: ...
+
+class DeleteQuotaResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListQuotasRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class ListQuotasResponse(_message.Message):
+    __slots__ = ("quotas",)
+    QUOTAS_FIELD_NUMBER: _ClassVar[int]
+    quotas: _containers.RepeatedCompositeFieldContainer[Quota]
+    def __init__(self, quotas: _Optional[_Iterable[_Union[Quota, _Mapping]]] = ...) -> None: ...
+
+class SetRateLimitsRequest(_message.Message):
+    __slots__ = ("api_key_id", "rate_limits")
+    API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMITS_FIELD_NUMBER: _ClassVar[int]
+    api_key_id: str
+    rate_limits: RateLimits
+    def __init__(self, api_key_id: _Optional[str] = ..., rate_limits: _Optional[_Union[RateLimits, _Mapping]] = ...) -> None: ...

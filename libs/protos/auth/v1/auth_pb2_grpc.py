@@ -69,6 +69,41 @@ class AuthServiceStub:
                 request_serializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.RevokeApiKeyRequest.SerializeToString,
                 response_deserializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.ApiKey.FromString,
                 _registered_method=True)
+        self.RecordCompletion = channel.unary_unary(
+                '/chatplane.auth.v1.AuthService/RecordCompletion',
+                request_serializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.RecordCompletionRequest.SerializeToString,
+                response_deserializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.RecordCompletionResponse.FromString,
+                _registered_method=True)
+        self.GetLimits = channel.unary_unary(
+                '/chatplane.auth.v1.AuthService/GetLimits',
+                request_serializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.GetLimitsRequest.SerializeToString,
+                response_deserializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.Limits.FromString,
+                _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/chatplane.auth.v1.AuthService/GetUsage',
+                request_serializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
+        self.SetQuota = channel.unary_unary(
+                '/chatplane.auth.v1.AuthService/SetQuota',
+                request_serializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.SetQuotaRequest.SerializeToString,
+                response_deserializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.Quota.FromString,
+                _registered_method=True)
+        self.DeleteQuota = channel.unary_unary(
+                '/chatplane.auth.v1.AuthService/DeleteQuota',
+                request_serializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.DeleteQuotaRequest.SerializeToString,
+                response_deserializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.DeleteQuotaResponse.FromString,
+                _registered_method=True)
+        self.ListQuotas = channel.unary_unary(
+                '/chatplane.auth.v1.AuthService/ListQuotas',
+                request_serializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.ListQuotasRequest.SerializeToString,
+                response_deserializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.ListQuotasResponse.FromString,
+                _registered_method=True)
+        self.SetRateLimits = channel.unary_unary(
+                '/chatplane.auth.v1.AuthService/SetRateLimits',
+                request_serializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.SetRateLimitsRequest.SerializeToString,
+                response_deserializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.RateLimits.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -120,6 +155,55 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordCompletion(self, request, context):
+        """Usage, quotas and rate limits (auth owns them).
+        The gateway reports a finished stateless completion: auth writes the CompletionFinished event into its outbox.
+        Idempotent by event_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLimits(self, request, context):
+        """The quotas (with their current use) and rate limits that apply to a user, or to one of the user's API keys.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUsage(self, request, context):
+        """Token usage per day, model and API key, built from the completion events. INVALID_ARGUMENT on a bad range.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetQuota(self, request, context):
+        """Creates or replaces the quota of a user (api_key_id empty) or of one of the user's API keys for a period.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteQuota(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListQuotas(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetRateLimits(self, request, context):
+        """Per-key rate limit overrides (0: the gateway's default). NOT_FOUND for an unknown key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -157,6 +241,41 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.RevokeApiKey,
                     request_deserializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.RevokeApiKeyRequest.FromString,
                     response_serializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.ApiKey.SerializeToString,
+            ),
+            'RecordCompletion': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordCompletion,
+                    request_deserializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.RecordCompletionRequest.FromString,
+                    response_serializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.RecordCompletionResponse.SerializeToString,
+            ),
+            'GetLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLimits,
+                    request_deserializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.GetLimitsRequest.FromString,
+                    response_serializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.Limits.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.GetUsageRequest.FromString,
+                    response_serializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'SetQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetQuota,
+                    request_deserializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.SetQuotaRequest.FromString,
+                    response_serializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.Quota.SerializeToString,
+            ),
+            'DeleteQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteQuota,
+                    request_deserializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.DeleteQuotaRequest.FromString,
+                    response_serializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.DeleteQuotaResponse.SerializeToString,
+            ),
+            'ListQuotas': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQuotas,
+                    request_deserializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.ListQuotasRequest.FromString,
+                    response_serializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.ListQuotasResponse.SerializeToString,
+            ),
+            'SetRateLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRateLimits,
+                    request_deserializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.SetRateLimitsRequest.FromString,
+                    response_serializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.RateLimits.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -348,6 +467,195 @@ class AuthService:
             '/chatplane.auth.v1.AuthService/RevokeApiKey',
             chatplane_dot_auth_dot_v1_dot_auth__pb2.RevokeApiKeyRequest.SerializeToString,
             chatplane_dot_auth_dot_v1_dot_auth__pb2.ApiKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordCompletion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.auth.v1.AuthService/RecordCompletion',
+            chatplane_dot_auth_dot_v1_dot_auth__pb2.RecordCompletionRequest.SerializeToString,
+            chatplane_dot_auth_dot_v1_dot_auth__pb2.RecordCompletionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.auth.v1.AuthService/GetLimits',
+            chatplane_dot_auth_dot_v1_dot_auth__pb2.GetLimitsRequest.SerializeToString,
+            chatplane_dot_auth_dot_v1_dot_auth__pb2.Limits.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.auth.v1.AuthService/GetUsage',
+            chatplane_dot_auth_dot_v1_dot_auth__pb2.GetUsageRequest.SerializeToString,
+            chatplane_dot_auth_dot_v1_dot_auth__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.auth.v1.AuthService/SetQuota',
+            chatplane_dot_auth_dot_v1_dot_auth__pb2.SetQuotaRequest.SerializeToString,
+            chatplane_dot_auth_dot_v1_dot_auth__pb2.Quota.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.auth.v1.AuthService/DeleteQuota',
+            chatplane_dot_auth_dot_v1_dot_auth__pb2.DeleteQuotaRequest.SerializeToString,
+            chatplane_dot_auth_dot_v1_dot_auth__pb2.DeleteQuotaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQuotas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.auth.v1.AuthService/ListQuotas',
+            chatplane_dot_auth_dot_v1_dot_auth__pb2.ListQuotasRequest.SerializeToString,
+            chatplane_dot_auth_dot_v1_dot_auth__pb2.ListQuotasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRateLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.auth.v1.AuthService/SetRateLimits',
+            chatplane_dot_auth_dot_v1_dot_auth__pb2.SetRateLimitsRequest.SerializeToString,
+            chatplane_dot_auth_dot_v1_dot_auth__pb2.RateLimits.FromString,
             options,
             channel_credentials,
             insecure,

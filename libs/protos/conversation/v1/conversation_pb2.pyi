@@ -15,9 +15,29 @@ class MessageStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MESSAGE_STATUS_UNSPECIFIED: _ClassVar[MessageStatus]
     MESSAGE_STATUS_COMPLETE: _ClassVar[MessageStatus]
     MESSAGE_STATUS_INCOMPLETE: _ClassVar[MessageStatus]
+
+class ExportFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXPORT_FORMAT_UNSPECIFIED: _ClassVar[ExportFormat]
+    EXPORT_FORMAT_MARKDOWN: _ClassVar[ExportFormat]
+    EXPORT_FORMAT_JSON: _ClassVar[ExportFormat]
+
+class ExportStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXPORT_STATUS_UNSPECIFIED: _ClassVar[ExportStatus]
+    EXPORT_STATUS_PENDING: _ClassVar[ExportStatus]
+    EXPORT_STATUS_COMPLETED: _ClassVar[ExportStatus]
+    EXPORT_STATUS_FAILED: _ClassVar[ExportStatus]
 MESSAGE_STATUS_UNSPECIFIED: MessageStatus
 MESSAGE_STATUS_COMPLETE: MessageStatus
 MESSAGE_STATUS_INCOMPLETE: MessageStatus
+EXPORT_FORMAT_UNSPECIFIED: ExportFormat
+EXPORT_FORMAT_MARKDOWN: ExportFormat
+EXPORT_FORMAT_JSON: ExportFormat
+EXPORT_STATUS_UNSPECIFIED: ExportStatus
+EXPORT_STATUS_PENDING: ExportStatus
+EXPORT_STATUS_COMPLETED: ExportStatus
+EXPORT_STATUS_FAILED: ExportStatus
 
 class Conversation(_message.Message):
     __slots__ = ("id", "title", "archived", "created_at", "updated_at")
@@ -182,3 +202,43 @@ class SendMessageEvent(_message.Message):
     delta: SendMessageDelta
     done: SendMessageDone
     def __init__(self, started: _Optional[_Union[SendMessageStarted, _Mapping]] = ..., delta: _Optional[_Union[SendMessageDelta, _Mapping]] = ..., done: _Optional[_Union[SendMessageDone, _Mapping]] = ...) -> None: ...
+
+class Export(_message.Message):
+    __slots__ = ("id", "conversation_id", "format", "status", "content", "error", "created_at", "completed_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    conversation_id: str
+    format: ExportFormat
+    status: ExportStatus
+    content: str
+    error: str
+    created_at: _timestamp_pb2.Timestamp
+    completed_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., format: _Optional[_Union[ExportFormat, str]] = ..., status: _Optional[_Union[ExportStatus, str]] = ..., content: _Optional[str] = ..., error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateExportRequest(_message.Message):
+    __slots__ = ("user_id", "conversation_id", "format")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    conversation_id: str
+    format: ExportFormat
+    def __init__(self, user_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., format: _Optional[_Union[ExportFormat, str]] = ...) -> None: ...
+
+class GetExportRequest(_message.Message):
+    __slots__ = ("user_id", "conversation_id", "export_id")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPORT_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    conversation_id: str
+    export_id: str
+    def __init__(self, user_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., export_id: _Optional[str] = ...) -> None: ...

@@ -64,6 +64,16 @@ class ConversationServiceStub:
                 request_serializer=chatplane_dot_conversation_dot_v1_dot_conversation__pb2.SendMessageRequest.SerializeToString,
                 response_deserializer=chatplane_dot_conversation_dot_v1_dot_conversation__pb2.SendMessageEvent.FromString,
                 _registered_method=True)
+        self.CreateExport = channel.unary_unary(
+                '/chatplane.conversation.v1.ConversationService/CreateExport',
+                request_serializer=chatplane_dot_conversation_dot_v1_dot_conversation__pb2.CreateExportRequest.SerializeToString,
+                response_deserializer=chatplane_dot_conversation_dot_v1_dot_conversation__pb2.Export.FromString,
+                _registered_method=True)
+        self.GetExport = channel.unary_unary(
+                '/chatplane.conversation.v1.ConversationService/GetExport',
+                request_serializer=chatplane_dot_conversation_dot_v1_dot_conversation__pb2.GetExportRequest.SerializeToString,
+                response_deserializer=chatplane_dot_conversation_dot_v1_dot_conversation__pb2.Export.FromString,
+                _registered_method=True)
 
 
 class ConversationServiceServicer:
@@ -107,6 +117,19 @@ class ConversationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateExport(self, request, context):
+        """Queues an export of the conversation (rendered by the worker); poll GetExport for the result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetExport(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConversationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -139,6 +162,16 @@ def add_ConversationServiceServicer_to_server(servicer, server):
                     servicer.SendMessage,
                     request_deserializer=chatplane_dot_conversation_dot_v1_dot_conversation__pb2.SendMessageRequest.FromString,
                     response_serializer=chatplane_dot_conversation_dot_v1_dot_conversation__pb2.SendMessageEvent.SerializeToString,
+            ),
+            'CreateExport': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateExport,
+                    request_deserializer=chatplane_dot_conversation_dot_v1_dot_conversation__pb2.CreateExportRequest.FromString,
+                    response_serializer=chatplane_dot_conversation_dot_v1_dot_conversation__pb2.Export.SerializeToString,
+            ),
+            'GetExport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetExport,
+                    request_deserializer=chatplane_dot_conversation_dot_v1_dot_conversation__pb2.GetExportRequest.FromString,
+                    response_serializer=chatplane_dot_conversation_dot_v1_dot_conversation__pb2.Export.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -303,6 +336,60 @@ class ConversationService:
             '/chatplane.conversation.v1.ConversationService/SendMessage',
             chatplane_dot_conversation_dot_v1_dot_conversation__pb2.SendMessageRequest.SerializeToString,
             chatplane_dot_conversation_dot_v1_dot_conversation__pb2.SendMessageEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateExport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.conversation.v1.ConversationService/CreateExport',
+            chatplane_dot_conversation_dot_v1_dot_conversation__pb2.CreateExportRequest.SerializeToString,
+            chatplane_dot_conversation_dot_v1_dot_conversation__pb2.Export.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetExport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.conversation.v1.ConversationService/GetExport',
+            chatplane_dot_conversation_dot_v1_dot_conversation__pb2.GetExportRequest.SerializeToString,
+            chatplane_dot_conversation_dot_v1_dot_conversation__pb2.Export.FromString,
             options,
             channel_credentials,
             insecure,

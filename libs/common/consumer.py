@@ -1,0 +1,170 @@
+"""Consuming domain events: a kafka-python consumer group, idempotent by event id, committing after processing.
+
+For each record the handler runs inside a database transaction that also inserts ``(consumer, event_id)`` into the
+consumer's ``processed_events`` table (:func:`chatplane.common.outbox.processed_events_table`): an event delivered
+again (after a crash before the offset commit, a rebalance, or a relay that re-sent it) finds its id there and is
+skipped, so its effect is applied exactly once. Offsets are committed only after the batch was processed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from sqlalchemy import String, column, insert, table
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from chatplane.common.db import UTCDateTime, utcnow
+from chatplane.common import metrics, tracing
+from chatplane.common.events import EventEnvelope, decode, topic_of
+from chatplane.common.outbox import PROCESSED_EVENTS
+from chatplane.common.relay import ensure_topics
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[AsyncSession, EventEnvelope], Awaitable[None]]
+
+_processed = table(
+    PROCESSED_EVENTS, column("consumer", String), column("event_id", String), column("processed_at", UTCDateTime())
+)
+
+
+def consumer_config(bootstrap_servers: str, group_id: str, session_timeout_ms: int) -> dict[str, Any]:
+    return {
+        "bootstrap_servers": [s.strip() for s in bootstrap_servers.split(",") if s.strip()],
+        "group_id": group_id,
+        "client_id": f"chatplane-{group_id}",
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": session_timeout_ms,
+        "heartbeat_interval_ms": max(500, session_timeout_ms // 4),
+        "max_poll_records": 500,
+        "fetch_max_wait_ms": 100,  # a quiet topic answers a fetch after 100 ms instead of 500: lower latency
+        "request_timeout_ms": max(30000, session_timeout_ms + 5000),
+    }
+
+
+class EventConsumer:
+    """Apply events from ``topics`` with ``handler(session, envelope)``; one instance per process and group.
+
+    ``handler`` is called only for events this group has not processed yet, inside the transaction that records the
+    event id. Event types the handler does not care about should simply return.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        group_id: str,
+        topics: Iterable[str],
+        sessions: async_sessionmaker[AsyncSession],
+        handler: Handler,
+        *,
+        session_timeout_ms: int = 10000,
+        poll_timeout_ms: int = 500,
+    ) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.group_id = group_id
+        self.topics = list(topics)
+        self.sessions = sessions
+        self.handler = handler
+        self.session_timeout_ms = session_timeout_ms
+        self.poll_timeout_ms = poll_timeout_ms
+        self.processed = 0  # events applied by this instance
+        self.skipped = 0  # duplicates recognised by event id
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"consumer-{group_id}")
+        self._consumer: Any = None
+        self._stopping = False
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _open(self) -> Any:
+        from kafka import KafkaConsumer
+
+        ensure_topics(self.bootstrap_servers, client_id=f"chatplane-{self.group_id}-admin")
+        consumer = KafkaConsumer(**consumer_config(self.bootstrap_servers, self.group_id, self.session_timeout_ms))
+        consumer.subscribe(self.topics)
+        return consumer
+
+    async def run(self, *, before_commit: Callable[[], None] | None = None) -> None:
+        """Consume until :meth:`stop` (or cancellation). Reconnects with backoff while the broker is unreachable.
+
+        ``before_commit`` runs after a batch is applied and before its offsets are committed (tests use it to crash
+        at exactly that point).
+        """
+        backoff = 0.5
+        while not self._stopping:
+            try:
+                if self._consumer is None:
+                    self._consumer = await self._in_thread(self._open)
+                    log.info("consumer started", extra={"group": self.group_id, "topics": self.topics})
+                batch = await self._in_thread(self._poll)
+                if batch:
+                    for record in batch:
+                        await self.apply(record.value)
+                    if before_commit is not None:
+                        before_commit()
+                    await self._in_thread(self._consumer.commit)
+                backoff = 0.5
+            except (asyncio.CancelledError, SimulatedCrash):
+                raise
+            except Exception as exc:  # noqa: BLE001 - broker or database unreachable: reconnect with backoff
+                log.warning("consumer error, retrying", extra={"group": self.group_id, "error": repr(exc)[:300]})
+                await self._in_thread(self._close)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def _poll(self) -> list[Any]:
+        records = self._consumer.poll(timeout_ms=self.poll_timeout_ms)
+        metrics.record_consumer_lag(self.group_id, self._consumer)
+        # Within a partition records come in offset order; partitions are independent (their keys differ).
+        return [r for part in records.values() for r in part]
+
+    async def apply(self, value: bytes) -> bool:
+        """Apply one serialized envelope unless this group already has; True when applied."""
+        env = decode(value)
+        if not env.event_id:
+            log.warning("event without id skipped", extra={"group": self.group_id})
+            return False
+        topic = topic_of(env) if env.WhichOneof("payload") else "unknown"
+        # A span in the trace of the request that produced the event (its envelope carries the traceparent).
+        with tracing.consumer_span(topic, self.group_id, env.type, env.traceparent):
+            try:
+                async with self.sessions() as session, session.begin():
+                    await session.execute(
+                        insert(_processed).values(consumer=self.group_id, event_id=env.event_id, processed_at=utcnow())
+                    )
+                    await self.handler(session, env)
+            except IntegrityError:
+                self.skipped += 1
+                metrics.record_consumed(topic, self.group_id, applied=False)
+                return False
+        self.processed += 1
+        metrics.record_consumed(topic, self.group_id, applied=True)
+        return True
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the current poll."""
+        self._stopping = True
+
+    def _close(self, *, commit: bool = False) -> None:
+        if self._consumer is not None:
+            try:
+                self._consumer.close(autocommit=commit)
+            except Exception:  # noqa: BLE001, S110 - closing a broken consumer
+                pass
+            self._consumer = None
+
+    async def close(self) -> None:
+        """Leave the group (without committing anything not yet committed) and release the thread."""
+        self._stopping = True
+        await self._in_thread(self._close)
+        self._executor.shutdown(wait=False)
+
+
+class SimulatedCrash(Exception):
+    """Raised by a test's ``before_commit`` hook: :meth:`EventConsumer.run` lets it through instead of retrying."""
