@@ -1,0 +1,164 @@
+"""Exports of a conversation: the stored export jobs, and the Markdown and JSON renderings the worker writes into them.
+
+The renderings depend only on the stored conversation (no "exported at" clock), so running an export twice gives
+the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chatplane.common.db import sessionmaker, utcnow
+from chatplane.conversation.models import (
+    EXPORT_COMPLETED,
+    EXPORT_ERROR_CHARS,
+    EXPORT_FAILED,
+    EXPORT_JSON,
+    EXPORT_MARKDOWN,
+    EXPORT_PENDING,
+    Conversation,
+    ExportJob,
+    Message,
+)
+from chatplane.conversation.store import new_id
+
+FORMATS = (EXPORT_MARKDOWN, EXPORT_JSON)
+
+
+class ExportStore:
+    """Export rows. Reads by a user are scoped by owner and conversation; the worker reads by id."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._sessions = sessionmaker(engine)
+
+    async def create(self, user_id: str, conversation_id: str, fmt: str) -> ExportJob | None:
+        """A pending export of an owned conversation; None when the conversation is not the user's."""
+        async with self._sessions() as session, session.begin():
+            owned = await session.scalar(
+                select(Conversation.id).where(Conversation.id == conversation_id, Conversation.user_id == user_id)
+            )
+            if owned is None:
+                return None
+            row = ExportJob(
+                id=new_id(),
+                conversation_id=conversation_id,
+                user_id=user_id,
+                format=fmt,
+                status=EXPORT_PENDING,
+                content=None,
+                error="",
+                created_at=utcnow(),
+                completed_at=None,
+            )
+            session.add(row)
+        return row
+
+    async def get(self, user_id: str, conversation_id: str, export_id: str) -> ExportJob | None:
+        query = select(ExportJob).where(
+            ExportJob.id == export_id, ExportJob.conversation_id == conversation_id, ExportJob.user_id == user_id
+        )
+        async with self._sessions() as session:
+            return await session.scalar(query)
+
+    async def by_id(self, export_id: str) -> ExportJob | None:
+        async with self._sessions() as session:
+            return await session.scalar(select(ExportJob).where(ExportJob.id == export_id))
+
+    async def snapshot(self, conversation_id: str) -> tuple[Conversation, list[Message]] | None:
+        """The conversation and all its messages, oldest first, read in one transaction."""
+        async with self._sessions() as session, session.begin():
+            row = await session.scalar(select(Conversation).where(Conversation.id == conversation_id))
+            if row is None:
+                return None
+            messages = await session.scalars(
+                select(Message).where(Message.conversation_id == conversation_id).order_by(Message.seq)
+            )
+            return row, list(messages.all())
+
+    async def finish(self, export_id: str, *, content: str | None = None, error: str = "") -> bool:
+        """Complete (content) or fail (error) a pending export. False when it is not pending any more."""
+        values = {
+            "status": EXPORT_FAILED if content is None else EXPORT_COMPLETED,
+            "content": content,
+            "error": error[:EXPORT_ERROR_CHARS],
+            "completed_at": utcnow(),
+        }
+        async with self._sessions() as session, session.begin():
+            result = await session.execute(
+                update(ExportJob)
+                .where(ExportJob.id == export_id, ExportJob.status == EXPORT_PENDING)
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+        return result.rowcount == 1
+
+
+def _stamp(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def render_json(conversation: Conversation, messages: Sequence[Message]) -> str:
+    doc = {
+        "id": conversation.id,
+        "object": "conversation",
+        "title": conversation.title,
+        "archived": conversation.archived,
+        "created_at": _stamp(conversation.created_at),
+        "updated_at": _stamp(conversation.updated_at),
+        "messages": [
+            {
+                "id": m.id,
+                "role": m.role,
+                "content": m.content,
+                "status": m.status,
+                "model": m.model or None,
+                "finish_reason": m.finish_reason or None,
+                "usage": (
+                    {"prompt_tokens": m.prompt_tokens, "completion_tokens": m.completion_tokens}
+                    if m.role == "assistant"
+                    else None
+                ),
+                "created_at": _stamp(m.created_at),
+            }
+            for m in messages
+        ],
+    }
+    return json.dumps(doc, ensure_ascii=False, indent=2)
+
+
+def render_markdown(conversation: Conversation, messages: Sequence[Message]) -> str:
+    """A readable transcript: a heading per message; message text verbatim (it is often Markdown itself)."""
+    lines = [
+        f"# {_one_line(conversation.title)}",
+        "",
+        f"- Conversation: `{conversation.id}`",
+        f"- Created: {_stamp(conversation.created_at)}",
+        f"- Updated: {_stamp(conversation.updated_at)}",
+        f"- Messages: {len(messages)}",
+    ]
+    for m in messages:
+        heading = "User" if m.role == "user" else "Assistant"
+        notes = [_stamp(m.created_at)]
+        if m.model:
+            notes.append(m.model)
+        if m.status != "complete":
+            notes.append(f"{m.status}: {m.finish_reason or 'cut short'}")
+        lines += ["", f"## {heading}", "", f"_{' · '.join(notes)}_", "", m.content]
+    return "\n".join(lines) + "\n"
+
+
+def render(fmt: str, conversation: Conversation, messages: Sequence[Message]) -> str:
+    if fmt == EXPORT_JSON:
+        return render_json(conversation, messages)
+    if fmt == EXPORT_MARKDOWN:
+        return render_markdown(conversation, messages)
+    raise ValueError(f"unknown export format {fmt!r}")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

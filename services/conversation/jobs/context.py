@@ -1,0 +1,79 @@
+"""What the job bodies work with: the settings, the database and the inference service (one per worker process)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from chatplane.common.db import make_engine, sessionmaker
+from chatplane.common.grpc_client import channel
+from chatplane.conversation.exports import ExportStore
+from chatplane.conversation.settings import ConversationSettings
+from chatplane.protos.inference.v1 import inference_pb2_grpc
+
+T = TypeVar("T")
+
+
+@dataclass
+class JobContext:
+    settings: ConversationSettings
+    engine: AsyncEngine
+    sessions: async_sessionmaker
+    exports: ExportStore
+    inference: inference_pb2_grpc.InferenceServiceStub
+    _channel: grpc.aio.Channel
+
+    @classmethod
+    def open(cls, settings: ConversationSettings) -> JobContext:
+        """Call inside the event loop that will use it (the gRPC channel binds to it)."""
+        engine = make_engine(settings.database_url)
+        chan = channel(settings.inference_target)
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=sessionmaker(engine),
+            exports=ExportStore(engine),
+            inference=inference_pb2_grpc.InferenceServiceStub(chan),
+            _channel=chan,
+        )
+
+    async def close(self) -> None:
+        await self._channel.close()
+        await self.engine.dispose()
+
+
+class Runtime:
+    """One event loop and one :class:`JobContext` per worker process, made on first use.
+
+    Celery tasks are synchronous functions; the job bodies are coroutines. Keeping the loop (instead of
+    ``asyncio.run`` per task) keeps the database pool and the gRPC channel open between jobs. A forked child
+    notices the new pid and makes its own.
+    """
+
+    def __init__(self, settings: ConversationSettings) -> None:
+        self.settings = settings
+        self._pid: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._context: JobContext | None = None
+
+    def run(self, body: Callable[[JobContext], Coroutine[Any, Any, T]]) -> T:
+        if self._pid != os.getpid() or self._loop is None or self._context is None:
+            self._loop = asyncio.new_event_loop()
+            self._context = self._loop.run_until_complete(self._open())
+            self._pid = os.getpid()
+        return self._loop.run_until_complete(body(self._context))
+
+    async def _open(self) -> JobContext:
+        return JobContext.open(self.settings)
+
+    def close(self) -> None:
+        if self._loop is not None and self._context is not None and self._pid == os.getpid():
+            self._loop.run_until_complete(self._context.close())
+            self._loop.close()
+        self._loop = self._context = self._pid = None

@@ -1,0 +1,21 @@
+"""Which failures of a job are worth retrying."""
+
+from __future__ import annotations
+
+import grpc
+
+_TRANSIENT = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.ABORTED,
+}
+
+
+class PermanentJobError(Exception):
+    """The job can never succeed (retrying would not help): it is logged and dropped."""
+
+
+def transient_inference(err: grpc.aio.AioRpcError) -> bool:
+    return err.code() in _TRANSIENT
