@@ -1,0 +1,217 @@
+"""The gateway's metrics: an ASGI middleware that sees every request as the client does, and ``GET /metrics``.
+
+What the client sees is measured on the bytes leaving the app: a request's status and duration (a stream: until its
+last byte), the time to the first token and between tokens of server-sent event streams (a token event is a
+``message.delta`` event or a chat-completion chunk with content), streams in flight, clients that went away first,
+and 429 rejections by their error code (rate limit or quota).
+
+Labels stay bounded: ``route`` is the route's path template (``/v1/conversations/{conversation_id}``, never the
+path itself; unmatched paths are ``other``), ``model`` is set by the routes only once the model is known to be one
+the inference service serves, ``api_key`` is the API key's id (``jwt`` for access tokens, empty before
+authentication). Routes add to the request's :class:`Observation` through :func:`observe`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from chatplane.common import tracing
+
+TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 20, 30, 60)
+ITL_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2.5, 5)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+REQUESTS = Counter(
+    "chatplane_gateway_requests_total",
+    "HTTP requests answered, by route template, method, status and model.",
+    ["route", "method", "status", "model"],
+)
+LATENCY = Histogram(
+    "chatplane_gateway_request_duration_seconds",
+    "Time from the request's arrival to the last byte of its answer (a stream: its end).",
+    ["route", "method", "status"],
+    buckets=LATENCY_BUCKETS,
+)
+TENANT_REQUESTS = Counter(
+    "chatplane_gateway_tenant_requests_total",
+    "Authenticated requests by API key id and status class (2xx, 4xx, 5xx).",
+    ["api_key", "status_class"],
+)
+TTFT = Histogram(
+    "chatplane_gateway_time_to_first_token_seconds",
+    "Streams: time from the request's arrival to the first token event sent to the client.",
+    ["route", "model", "api_key"],
+    buckets=TTFT_BUCKETS,
+)
+ITL = Histogram(
+    "chatplane_gateway_inter_token_latency_seconds",
+    "Streams: time between two token events sent to the client.",
+    ["route", "model"],
+    buckets=ITL_BUCKETS,
+)
+TOKENS = Counter(
+    "chatplane_gateway_tokens_total",
+    "Tokens of finished generations: direction prompt (in) or completion (out), by model and API key id.",
+    ["model", "api_key", "direction"],
+)
+REJECTIONS = Counter(
+    "chatplane_gateway_rejections_total",
+    "Requests refused with 429: reason rate_limit_exceeded or insufficient_quota, by API key id.",
+    ["reason", "api_key"],
+)
+STREAMS_IN_FLIGHT = Gauge(
+    "chatplane_gateway_streams_in_flight", "Server-sent event streams being sent now.", ["route"]
+)
+DISCONNECTS = Counter(
+    "chatplane_gateway_client_disconnects_total",
+    "Requests whose client went away before the answer was complete (the upstream work is cancelled).",
+    ["route"],
+)
+
+_TOKEN_MARKERS = (b'"type":"message.delta"', b'"delta":{"content":"')
+_EMPTY_CONTENT = b'"delta":{"content":""'
+_REJECTION_REASONS = {"rate_limit_exceeded", "insufficient_quota"}
+
+
+@dataclass(slots=True)
+class Observation:
+    """What the routes tell the middleware about one request."""
+
+    model: str = ""
+    api_key: str = ""
+
+    def principal(self, api_key_id: str) -> None:
+        self.api_key = api_key_id or "jwt"
+
+    def tokens(self, model: str, prompt: int, completion: int) -> None:
+        """A generation finished with this usage (``model``: the served model that produced it)."""
+        self.model = model or self.model
+        tracing.annotate(**{"gen_ai.response.model": self.model, "gen_ai.usage.input_tokens": prompt,
+                            "gen_ai.usage.output_tokens": completion})
+        if prompt > 0:
+            TOKENS.labels(self.model, self.api_key, "prompt").inc(prompt)
+        if completion > 0:
+            TOKENS.labels(self.model, self.api_key, "completion").inc(completion)
+
+
+_current: ContextVar[Observation | None] = ContextVar("chatplane_observation", default=None)
+
+
+def observe() -> Observation:
+    """The current request's observation (a detached one outside a request, e.g. in unit tests of a route)."""
+    return _current.get() or Observation()
+
+
+def _route(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "other"
+
+
+def _is_token_event(body: bytes) -> bool:
+    return any(marker in body for marker in _TOKEN_MARKERS) and _EMPTY_CONTENT not in body
+
+
+def _rejection_reason(body: bytes) -> str:
+    try:
+        code = json.loads(body)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return "other"
+    return code if code in _REJECTION_REASONS else "other"
+
+
+class MetricsMiddleware:
+    """Outermost middleware: every request, with the timings of what is sent."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        observation = Observation()
+        token = _current.set(observation)
+        status = 500
+        stream = False
+        complete = False
+        gone = False
+        last_token: float | None = None
+        rejected_body = b""
+
+        async def receive_watch() -> Message:
+            nonlocal gone
+            message = await receive()
+            if message["type"] == "http.disconnect" and not complete:
+                gone = True
+            return message
+
+        async def send_watch(message: Message) -> None:
+            nonlocal status, stream, complete, last_token, rejected_body
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                stream = any(k == b"content-type" and v.startswith(b"text/event-stream")
+                             for k, v in message.get("headers", ()))
+                if stream:
+                    STREAMS_IN_FLIGHT.labels(_route(scope)).inc()
+            elif message["type"] == "http.response.body":
+                body = message.get("body", b"")
+                if stream and body and _is_token_event(body):
+                    now = time.perf_counter()
+                    route = _route(scope)
+                    if last_token is None:
+                        TTFT.labels(route, observation.model, observation.api_key).observe(now - started)
+                        tracing.annotate(**{"chatplane.time_to_first_token_s": now - started})
+                    else:
+                        ITL.labels(route, observation.model).observe(now - last_token)
+                    last_token = now
+                elif status == 429 and len(rejected_body) < 4096:
+                    rejected_body += body
+                if not message.get("more_body", False):
+                    complete = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive_watch, send_watch)
+        finally:
+            _current.reset(token)
+            route = _route(scope)
+            if stream:
+                STREAMS_IN_FLIGHT.labels(route).dec()
+            if gone or (stream and not complete):
+                DISCONNECTS.labels(route).inc()
+            code = str(status)
+            REQUESTS.labels(route, scope["method"], code, observation.model).inc()
+            LATENCY.labels(route, scope["method"], code).observe(time.perf_counter() - started)
+            if observation.api_key:
+                TENANT_REQUESTS.labels(observation.api_key, f"{code[0]}xx").inc()
+            if status == 429:
+                REJECTIONS.labels(_rejection_reason(rejected_body), observation.api_key).inc()
+
+
+def instrument_tracing(app: ASGIApp) -> None:
+    """A server span per request (when tracing is on), the parent of the gRPC calls the request makes."""
+    if not tracing.enabled():
+        return
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    FastAPIInstrumentor.instrument_app(
+        app,
+        tracer_provider=tracing.provider(),
+        excluded_urls="healthz,readyz,metrics",
+        exclude_spans=["receive", "send"],  # not one span per streamed chunk
+    )
+
+
+async def metrics_endpoint(_: Request) -> Response:
+    """Prometheus' scrape target (the gateway has no separate metrics port: its HTTP port serves it)."""
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
