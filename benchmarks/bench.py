@@ -1,0 +1,354 @@
+"""``make bench``: what the platform itself costs per request, and the real engine through it.
+
+    python benchmarks/bench.py [--clients 1 32 128] [--skip-engine] [--out bench-results]
+
+1. overhead: load generator -> gateway -> inference (synthetic engine, as fast as possible) against a bare HTTP
+   server streaming the same 64 SSE events (benchmarks/bare_server.py), both started here, measured one after the
+   other, never at once. For ``/v1/chat/completions`` and for the conversation path (gateway -> conversation ->
+   inference, messages stored in SQLite, the embedded default). Figures: requests/s, TTFT p50/p99, the ratio to the
+   bare server, and the CPU time the platform's processes spent per request (from /proc, their own utime + stime).
+2. real engine: ``benchmarks/throughput.py`` (the full stack against vLLM's AsyncLLM called directly, 1 and 8 streams).
+3. events: outbox -> consumer, once the platform has an events path.
+
+Everything listens on 127.0.0.1; every run is bounded by a request count and a deadline. Prints a table and writes
+the JSON to ``<out>/bench-<time>.json``. Figures on a shared machine are noisy: the load average is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import loadgen  # noqa: E402
+
+CHUNKS = 64
+PROMPT = "Hello, world!"
+CHAT_MARKER = b'"delta":{"content"'
+CONVERSATION_MARKER = b'"type":"message.delta"'
+TICKS = os.sysconf("SC_CLK_TCK")
+# Limits of the platform that a load test must not trip over (ignored by a gateway that does not know them).
+PLATFORM_ENV = {
+    "CHATPLANE_INFERENCE_ENGINE": "synthetic",
+    "CHATPLANE_INFERENCE_SERVED_MODEL_NAME": "synthetic",
+    "CHATPLANE_INFERENCE_MAX_NUM_SEQS": "1024",
+    # Rate limits stay on (their cost is part of the platform's) but high enough for one key's load test.
+    "CHATPLANE_GATEWAY_RATE_LIMIT_REQUESTS_PER_MINUTE": "10000000",
+    "CHATPLANE_GATEWAY_RATE_LIMIT_TOKENS_PER_MINUTE": "1000000000",
+}
+
+
+def cpu_seconds(pid: int) -> float:
+    """The process's own user + system CPU time."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def loadavg() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def requests_for(clients: int, scale: float) -> int:
+    return max(int(clients * (100 if clients == 1 else 10 if clients <= 32 else 5) * scale), clients)
+
+
+async def _json_post(port: int, path: str, body: dict, key: str | None = None) -> dict:
+    conn = loadgen.Connection(port)
+    headers = {"content-type": "application/json"}
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    try:
+        status, _, data = await conn.post(path, json.dumps(body).encode(), headers, b"")
+    finally:
+        await conn.close()
+    if status >= 300:
+        raise RuntimeError(f"POST {path}: {status} {data[:300]!r}")
+    return json.loads(data)
+
+
+class Target:
+    """What the load generator talks to: the platform or the bare server, and the processes that do its work."""
+
+    def __init__(self, name: str, port: int, pids: dict[str, int], key: str = "", model: str = "bare") -> None:
+        self.name, self.port, self.pids, self.key, self.model = name, port, pids, key, model
+
+    def cpu(self) -> dict[str, float]:
+        return {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    async def conversations(self, clients: int, per_client: int) -> list[list[str]]:
+        if not self.key:
+            return [["bare"] * per_client for _ in range(clients)]
+        sem = asyncio.Semaphore(16)
+
+        async def one() -> str:
+            async with sem:
+                return (await _json_post(self.port, "/v1/conversations", {"title": "bench"}, self.key))["id"]
+
+        ids = await asyncio.gather(*(one() for _ in range(clients * per_client)))
+        return [ids[c * per_client:(c + 1) * per_client] for c in range(clients)]
+
+    async def measure(self, path: str, clients: int, requests: int, deadline: float) -> dict:
+        headers = {"content-type": "application/json"}
+        if self.key:
+            headers["authorization"] = f"Bearer {self.key}"
+        if path == "chat":
+            body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": PROMPT}],
+                               "max_tokens": CHUNKS, "stream": True}).encode()
+            marker = CHAT_MARKER
+
+            def make(c: int, n: int) -> tuple[str, bytes, dict[str, str]]:
+                return "/v1/chat/completions", body, headers
+        else:
+            body = json.dumps({"content": PROMPT, "max_tokens": CHUNKS, "stream": True}).encode()
+            marker = CONVERSATION_MARKER
+            # A fresh conversation every 8 messages, so that histories stay short as in ordinary use.
+            per_client = -(-requests // clients) // 8 + 2
+            pool = await self.conversations(clients, per_client)
+
+            def make(c: int, n: int) -> tuple[str, bytes, dict[str, str]]:
+                ids = pool[c]
+                return f"/v1/conversations/{ids[(n // 8) % len(ids)]}/messages", body, headers
+
+        def check(data: bytes) -> bool:
+            return data.count(marker) == CHUNKS and b"data: [DONE]" in data
+
+        # Warm-up: connections, caches, the first conversation rows.
+        await loadgen.run(self.port, clients, min(requests, 2 * clients), deadline, make, marker, check)
+        before, t0 = self.cpu(), time.perf_counter()
+        result = await loadgen.run(self.port, clients, requests, deadline, make, marker, check)
+        after = self.cpu()
+        out = result.summary()
+        wall = time.perf_counter() - t0
+        spent = {name: after[name] - before[name] for name in after}
+        out["cpu_ms_per_request"] = {n: round(s * 1000 / max(result.ok, 1), 3) for n, s in spent.items()}
+        out["cpu_ms_per_request_total"] = round(sum(spent.values()) * 1000 / max(result.ok, 1), 3)
+        out["cpu_utilisation"] = {n: round(s / wall, 2) for n, s in spent.items()}
+        out["loadavg"] = loadavg()
+        return out
+
+
+def start_bare(port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, str(HERE / "bare_server.py"), str(port), str(CHUNKS)],  # noqa: S603
+                            start_new_session=True)
+    from chatplane.common.procs import http_ok
+
+    deadline = time.monotonic() + 30
+    while not http_ok(f"http://127.0.0.1:{port}/healthz"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the bare server did not start")
+        time.sleep(0.1)
+    return proc
+
+
+def overhead(args: argparse.Namespace, report: dict) -> None:
+    from chatplane.common.procs import free_port
+    from chatplane.common.stack import Ports, dev_api_key, services, start_all, stop_all
+
+    section: dict = {"chunks": CHUNKS, "paths": {}}
+    report["overhead"] = section
+    results: dict[tuple[str, str, int], dict] = {}
+
+    # The bare server first, alone.
+    port = free_port()
+    bare_proc = start_bare(port)
+    try:
+        bare = Target("bare", port, {"bare": bare_proc.pid})
+        for path in args.paths:
+            for n in args.clients:
+                results["bare", path, n] = asyncio.run(
+                    bare.measure(path, n, requests_for(n, args.scale), args.deadline))
+                print(f"  bare      {path:<13} {n:>4} clients: {fmt_run(results['bare', path, n])}", flush=True)
+    finally:
+        bare_proc.terminate()
+        bare_proc.wait(10)
+
+    # Then the platform, alone.
+    with tempfile.TemporaryDirectory(prefix="chatplane-bench-") as tmp:
+        ports = Ports(gateway=free_port(), auth=free_port(), conversation=free_port(), inference=free_port())
+        env = {**PLATFORM_ENV, **dict(kv.split("=", 1) for kv in args.env)}
+        svcs = services(ports, Path(tmp), log_dir=Path(tmp), env=env)
+        try:
+            start_all(svcs, 120)
+            base = f"http://127.0.0.1:{ports.gateway}"
+            key = dev_api_key(base, Path(tmp))
+            pids = {s.name: s.proc.pid for s in svcs if s.proc is not None}
+            for path in args.paths:
+                involved = ["gateway", "inference"] + (["conversation"] if path == "conversation" else [])
+                plat = Target("platform", ports.gateway, {n: pids[n] for n in [*involved, "auth"]}, key, "synthetic")
+                for n in args.clients:
+                    results["platform", path, n] = asyncio.run(
+                        plat.measure(path, n, requests_for(n, args.scale), args.deadline))
+                    print(f"  platform  {path:<13} {n:>4} clients: {fmt_run(results['platform', path, n])}",
+                          flush=True)
+        finally:
+            stop_all(svcs)
+            report["platform_logs_tail"] = _log_errors(Path(tmp))
+
+    for path in args.paths:
+        rows = []
+        for n in args.clients:
+            p, b = results["platform", path, n], results["bare", path, n]
+            rows.append({
+                "clients": n,
+                "platform": p,
+                "bare": b,
+                "throughput_ratio": (round(p["requests_per_s"] / b["requests_per_s"], 3)
+                                     if b["requests_per_s"] else None),
+                "added_ttft_p50_ms": _sub(p["ttft_p50_ms"], b["ttft_p50_ms"]),
+                "platform_cpu_ms_per_request": round(
+                    sum(v for k, v in p["cpu_ms_per_request"].items() if k != "auth"), 3),
+            })
+        section["paths"][path] = rows
+
+
+def _sub(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(a - b, 2)
+
+
+def _log_errors(folder: Path) -> list[str]:
+    lines = []
+    for log in folder.glob("*.log"):
+        lines += [f"{log.stem}: {line[:300]}" for line in log.read_text(errors="replace").splitlines()
+                  if '"levelname": "ERROR"' in line or "Traceback" in line][:5]
+    return lines
+
+
+def fmt_run(r: dict) -> str:
+    return (f"{r['requests_per_s']:>7} req/s  TTFT p50 {r['ttft_p50_ms']} ms p99 {r['ttft_p99_ms']} ms  "
+            f"CPU {r['cpu_ms_per_request_total']} ms/req  errors {r['errors'] or 0}")
+
+
+def real_engine(args: argparse.Namespace, report: dict) -> None:
+    for attempt in (1, 2):  # vLLM's start-up can fail on a busy shared machine: one more try
+        with tempfile.NamedTemporaryFile(suffix=".json") as out:
+            cmd = [sys.executable, str(HERE / "throughput.py"), "--streams", "1", "8", "--max-tokens", "64",
+                   "--json", out.name]
+            try:
+                done = subprocess.run(cmd, timeout=args.engine_timeout, capture_output=True, text=True)  # noqa: S603
+            except subprocess.TimeoutExpired:
+                report["real_engine"] = {"error": f"timed out after {args.engine_timeout} s"}
+                return
+            if done.returncode == 0:
+                report["real_engine"] = json.loads(Path(out.name).read_text())
+                report["real_engine"]["attempts"] = attempt
+                return
+            errors = [line for line in done.stderr.splitlines() if "Error" in line or "error" in line]
+            report["real_engine"] = {"error": "\n".join(errors[-20:]) + "\n" + done.stderr[-1500:]}
+            print(f"  real engine attempt {attempt} failed", flush=True)
+
+
+def events(args: argparse.Namespace, report: dict) -> None:
+    if not all(importlib.util.find_spec(f"chatplane.common.{m}") for m in ("outbox", "relay", "consumer", "broker")):
+        print("events: events path not built yet (no chatplane.common outbox/relay): skipped")
+        report["events"] = {"skipped": "events path not built yet"}
+        return
+    print("events section (benchmarks/events_bench.py) ...", flush=True)
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        cmd = [sys.executable, str(HERE / "events_bench.py"), "--json", out.name]
+        try:
+            done = subprocess.run(cmd, timeout=args.events_timeout, capture_output=True, text=True)  # noqa: S603
+        except subprocess.TimeoutExpired:
+            report["events"] = {"error": f"timed out after {args.events_timeout} s"}
+            return
+        if done.returncode != 0:
+            report["events"] = {"error": done.stderr[-2000:]}
+            return
+        report["events"] = json.loads(Path(out.name).read_text())
+
+
+def print_tables(report: dict) -> None:
+    ov = report.get("overhead")
+    if ov:
+        print(f"\noverhead: platform (synthetic engine) vs bare server, {ov['chunks']} SSE chunks a request; "
+              f"load average {report['loadavg_start']} at start")
+        print(f"{'path':<13} {'clients':>7} {'req/s plat':>10} {'req/s bare':>10} {'ratio':>6} "
+              f"{'TTFT p50 plat/bare ms':>22} {'TTFT p99 plat/bare ms':>22} {'platform CPU ms/req':>20} {'auth':>6}")
+        for path, rows in ov["paths"].items():
+            for r in rows:
+                p, b = r["platform"], r["bare"]
+                print(f"{path:<13} {r['clients']:>7} {p['requests_per_s']:>10} {b['requests_per_s']:>10} "
+                      f"{r['throughput_ratio']:>6} {p['ttft_p50_ms']:>11} / {b['ttft_p50_ms']:<8} "
+                      f"{p['ttft_p99_ms']:>11} / {b['ttft_p99_ms']:<8} {r['platform_cpu_ms_per_request']:>20} "
+                      f"{p['cpu_ms_per_request'].get('auth', 0):>6}")
+        print("  (platform CPU: gateway + inference [+ conversation], the bare server's own for bare; auth: the auth "
+              "service's CPU per request, apart; per process in the JSON)")
+    eng = report.get("real_engine")
+    if eng and "error" not in eng:
+        print(f"\nreal engine ({eng['max_tokens']} tokens a stream, platform ready in {eng.get('ready_seconds')} s)")
+        print(f"{'streams':>7} {'platform tok/s':>14} {'direct tok/s':>13} {'ratio':>6} "
+              f"{'TTFT p50 plat/direct ms':>24}")
+        for n, g in eng["gateway"].items():
+            d = eng["direct"].get(n) or eng["direct"].get(int(n))
+            print(f"{n:>7} {g['tokens_per_s']:>14} {d['tokens_per_s']:>13} "
+                  f"{g['tokens_per_s'] / d['tokens_per_s']:>6.2f} {g['ttft_p50_ms']:>12} / {d['ttft_p50_ms']}")
+    elif eng:
+        print(f"\nreal engine: failed: {eng['error'][-500:]}")
+    ev = report.get("events") or {}
+    if "throughput" in ev:
+        t, lat = ev["throughput"], ev["latency"]
+        print(f"\nevents ({ev['path']}): {t['events_per_s']} events/s ({t['events']} events); "
+              f"commit -> applied at {lat['rate_per_s']}/s: p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms")
+    elif ev:
+        print(f"\nevents: {ev.get('skipped') or 'failed: ' + ev.get('error', '')[-500:]}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 32, 128])
+    parser.add_argument("--paths", nargs="+", default=["chat", "conversation"], choices=["chat", "conversation"])
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply the request counts")
+    parser.add_argument("--deadline", type=float, default=30.0, help="seconds at most for one measured run")
+    parser.add_argument("--skip-engine", action="store_true", help="skip the real-engine section")
+    parser.add_argument("--engine-timeout", type=float, default=360.0)
+    parser.add_argument("--skip-events", action="store_true", help="skip the events section")
+    parser.add_argument("--events-timeout", type=float, default=180.0)
+    parser.add_argument("--env", nargs="*", default=[], help="KEY=VALUE settings for the platform's services")
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    args = parser.parse_args()
+
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())  # the load generator's loop
+    started = time.perf_counter()
+    report: dict = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "loadavg_start": loadavg(),
+        "client": "benchmarks/loadgen.py (raw asyncio HTTP/1.1, uvloop, one keep-alive connection per client)",
+    }
+    print(f"overhead section (load average {report['loadavg_start']})", flush=True)
+    overhead(args, report)
+    if args.skip_engine:
+        report["real_engine"] = None
+    else:
+        print("real engine section (benchmarks/throughput.py) ...", flush=True)
+        real_engine(args, report)
+    if args.skip_events:
+        report["events"] = None
+    else:
+        events(args, report)
+    report["loadavg_end"] = loadavg()
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    print_tables(report)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(report, indent=2))
+    print(f"\n{report['seconds']} s; load average {report['loadavg_end']} at the end; JSON: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
