@@ -149,7 +149,10 @@ def test_auth_gets_its_key_and_database_from_secrets(default_render):
 
 def test_only_event_producers_get_kafka(default_render):
     bootstrap = f"{fullname('kafka')}.chat.svc.cluster.local:9092"
-    for name, expected in (("auth", bootstrap), ("conversation", bootstrap), ("gateway", ""), ("inference", "")):
+    for name, expected in (
+        ("auth", bootstrap), ("conversation", bootstrap), ("gateway", ""), ("inference", ""),
+        ("auth-usage-consumer", bootstrap), ("conversation-worker", ""),  # the worker only fills the outbox
+    ):
         c = default_render.get("Deployment", fullname(name))["spec"]["template"]["spec"]["containers"][0]
         assert env_of(c)["CHATPLANE_KAFKA_BOOTSTRAP_SERVERS"]["value"] == expected, name
     conversation = default_render.get("Deployment", fullname("conversation"))["spec"]["template"]["spec"]
@@ -285,15 +288,22 @@ def test_network_policies_let_each_service_hear_only_its_callers(default_render)
     assert policies[f"cp-chatplane-default-deny"]["spec"]["policyTypes"] == ["Ingress"]
     assert ingress_sources(policies[fullname("gateway")]) == ["*"], "only the gateway is open"
     assert sorted(ingress_sources(policies[fullname("auth")])) == ["gateway"]
-    assert sorted(ingress_sources(policies[fullname("inference")])) == ["conversation", "gateway"]
+    assert sorted(ingress_sources(policies[fullname("inference")])) == [
+        "conversation", "conversation-worker", "gateway"
+    ]
     assert sorted(ingress_sources(policies[fullname("conversation")])) == ["gateway"]
     assert sorted(ingress_sources(policies[fullname("postgresql")])) == [
-        "auth", "auth-migrate", "conversation", "conversation-migrate"
+        "auth", "auth-migrate", "auth-usage-consumer", "conversation", "conversation-migrate", "conversation-worker"
     ]
-    assert sorted(ingress_sources(policies[fullname("redis")])) == ["conversation", "gateway"]
-    assert sorted(ingress_sources(policies[fullname("kafka")])) == ["auth", "conversation"]
+    assert sorted(ingress_sources(policies[fullname("redis")])) == ["conversation", "conversation-worker", "gateway"]
+    assert sorted(ingress_sources(policies[fullname("kafka")])) == ["auth", "auth-usage-consumer", "conversation"]
     for name in ("auth", "conversation", "inference", "postgresql", "redis", "kafka"):
         assert "*" not in ingress_sources(policies[fullname(name)]), name
+    # the side processes are called by nobody: only Prometheus' namespace reaches their metrics port
+    for name, port in (("conversation-worker", 9104), ("auth-usage-consumer", 9105)):
+        (rule,) = policies[fullname(name)]["spec"]["ingress"]
+        assert rule["ports"] == [{"port": port, "protocol": "TCP"}], name
+        assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
 
 
 def test_migrations_run_as_a_hook_before_the_services(renders):
@@ -392,7 +402,11 @@ def test_alert_rules_become_one_prometheus_rule(observed_chart):
 def test_service_monitors_scrape_every_service(renders):
     rendered = renders["ci/gpu-adapter-eks-values.yaml"]
     monitors = {m["metadata"]["name"]: m for m in rendered.of_kind("ServiceMonitor")}
-    assert set(monitors) == {fullname(n) for n in ("auth", "conversation", "gateway", "inference")}
+    assert set(monitors) == {
+        fullname(n)
+        for n in ("auth", "conversation", "gateway", "inference", "conversation-worker", "auth-usage-consumer")
+    }
+    assert monitors[fullname("conversation-worker")]["spec"]["endpoints"][0]["port"] == "metrics"
     assert monitors[fullname("gateway")]["spec"]["endpoints"][0]["port"] == "http"
     assert monitors[fullname("inference")]["spec"]["endpoints"][0]["port"] == "metrics"
     for monitor in monitors.values():
@@ -408,3 +422,96 @@ def test_otlp_endpoint_is_one_value(renders):
         if obj["kind"] == "Deployment":
             env = env_of(spec["containers"][0])
             assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://otel-collector.monitoring:4317"
+
+
+# The side processes: the conversation jobs' Celery worker and the auth usage consumer -------------------------------
+SIDE_PROCESSES = {
+    "conversation-worker": (
+        ["python", "-m", "chatplane.conversation", "worker"], "CHATPLANE_CONVERSATION_WORKER_METRICS_PORT", 9104
+    ),
+    "auth-usage-consumer": (
+        ["python", "-m", "chatplane.auth", "consume-usage"], "CHATPLANE_AUTH_CONSUMER_METRICS_PORT", 9105
+    ),
+}
+
+
+def test_side_processes_are_rendered_by_default_without_a_serving_port(default_render):
+    for name, (args, metrics_env, port) in SIDE_PROCESSES.items():
+        deployment = default_render.get("Deployment", fullname(name))
+        (c,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert c["args"] == args, name
+        assert c["ports"] == [{"name": "metrics", "containerPort": port, "protocol": "TCP"}], name
+        env = env_of(c)
+        assert env[metrics_env]["value"] == str(port), name
+        assert not any(n.endswith("_PORT") and n != metrics_env for n in env), f"{name} serves no other port"
+        assert not any(n.endswith("_AUTO_MIGRATE") for n in env), f"{name} never migrates: its service does"
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert c[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}, (name, probe)
+        assert "lifecycle" not in c, f"{name}: no endpoints to drain"
+        service = default_render.get("Service", fullname(name))
+        assert service["spec"]["clusterIP"] == "None"
+        assert [p["name"] for p in service["spec"]["ports"]] == ["metrics"], "the Service exists for scraping only"
+
+
+def test_side_processes_get_secrets_only_through_secret_key_refs(renders):
+    for rendered in renders.values():
+        for name in SIDE_PROCESSES:
+            deployment = rendered.find("Deployment", fullname(name))
+            if deployment is None:
+                continue
+            env = env_of(deployment["spec"]["template"]["spec"]["containers"][0])
+            for var, e in env.items():
+                if "valueFrom" in e:
+                    assert set(e["valueFrom"]) == {"secretKeyRef"}, (rendered.name, name, var)
+            url = env[f"CHATPLANE_{name.split('-')[0].upper()}_DATABASE_URL"]["value"]
+            assert url.startswith("postgresql+asyncpg://chatplane:$(CHATPLANE_DB_PASSWORD)@"), rendered.name
+            assert "secretKeyRef" in env["CHATPLANE_DB_PASSWORD"]["valueFrom"]
+    def main_env(name):
+        return env_of(renders["default"].get("Deployment", fullname(name))["spec"]["template"]["spec"]["containers"][0])
+
+    worker = main_env("conversation-worker")
+    broker = worker["CHATPLANE_CONVERSATION_CELERY_BROKER_URL"]["value"]
+    assert broker.startswith("redis://:$(CHATPLANE_REDIS_PASSWORD)@")
+    assert worker["CHATPLANE_CONVERSATION_INFERENCE_TARGET"]["value"].startswith(f"dns:///{fullname('inference')}.")
+    assert "CHATPLANE_AUTH_JWT_PRIVATE_KEY" not in worker
+    consumer = main_env("auth-usage-consumer")
+    # production AuthSettings refuses to load without the signing key, consume-usage included
+    assert consumer["CHATPLANE_AUTH_JWT_PRIVATE_KEY"]["valueFrom"]["secretKeyRef"]["name"] == fullname("jwt")
+    assert consumer["CHATPLANE_ENVIRONMENT"]["value"] == "production"
+
+
+def test_the_worker_is_a_single_replica_that_never_overlaps(renders):
+    for rendered in renders.values():
+        name = fullname("conversation-worker")
+        spec = rendered.get("Deployment", name)["spec"]
+        assert spec["replicas"] == 1, f"{rendered.name}: beat runs inside the worker"
+        assert spec["strategy"] == {"type": "Recreate"}, f"{rendered.name}: a rollout must not run two schedulers"
+        assert rendered.find("HorizontalPodAutoscaler", name) is None
+        assert rendered.find("PodDisruptionBudget", name) is None
+
+
+def test_a_second_worker_replica_is_refused():
+    import helm_python
+
+    for broken in ({"replicas": 2}, {"autoscaling": {"enabled": True}}):
+        chart = helm_python.Chart.load(CHART)
+        try:
+            with pytest.raises(helm_python.HelmValuesError) as exc:
+                chart.render({"components": {"conversation-worker": broken}}, name="cp", namespace="chat")
+        finally:
+            chart.close()
+        assert "conversation-worker" in str(exc.value)
+
+
+def test_the_usage_consumer_scales_and_needs_kafka(renders):
+    scaled = [r for r in renders.values() if r.find("HorizontalPodAutoscaler", fullname("auth-usage-consumer"))]
+    assert scaled, "some ci/*.yaml must autoscale the usage consumer"
+    for rendered in scaled:
+        assert rendered.get("PodDisruptionBudget", fullname("auth-usage-consumer"))
+        assert "replicas" not in rendered.get("Deployment", fullname("auth-usage-consumer"))["spec"]
+    no_kafka = render_chart(CHART, {"kafka": {"enabled": False, "external": {"bootstrapServers": ""}}})
+    names = {o["metadata"]["name"] for o in no_kafka.objects}
+    assert not {n for n in names if "usage-consumer" in n}, "consume-usage exits without Kafka: not rendered"
+    assert fullname("conversation-worker") in names
+    policies = {p["metadata"]["name"]: p for p in no_kafka.of_kind("NetworkPolicy")}
+    assert "auth-usage-consumer" not in ingress_sources(policies[fullname("postgresql")])

@@ -201,8 +201,9 @@ securityContext:
 {{ printf "dns:///%s.%s.svc.cluster.local:%v" (include "chatplane.componentName" .) .root.Release.Namespace $port }}
 {{- end }}
 
-{{/* Environment every chatplane container gets. Dict {root, name, metricsPort, shutdownGraceSeconds, environment,
-     kafka (whether the service talks to Kafka)}. */}}
+{{/* Environment every chatplane container gets. Dict {root, name (the service: the CHATPLANE_<NAME>_ prefix),
+     process (the trace service name; default name), metricsPort, metricsEnv (its variable; default
+     <prefix>METRICS_PORT), shutdownGraceSeconds, environment, kafka (whether the service talks to Kafka)}. */}}
 {{- define "chatplane.commonEnv" -}}
 {{- $prefix := printf "CHATPLANE_%s_" (upper .name) -}}
 - name: CHATPLANE_ENVIRONMENT
@@ -220,13 +221,13 @@ securityContext:
   value: {{ .shutdownGraceSeconds | quote }}
 {{- end }}
 {{- if .metricsPort }}
-- name: {{ $prefix }}METRICS_PORT
+- name: {{ .metricsEnv | default (printf "%sMETRICS_PORT" $prefix) }}
   value: {{ .metricsPort | quote }}
 {{- end }}
 - name: {{ .root.Values.connections.kafkaEnv }}
   value: {{ ternary (include "chatplane.kafkaBootstrap" .root) "" (eq .kafka true) | quote }}
 - name: OTEL_SERVICE_NAME
-  value: {{ .name | quote }}
+  value: {{ .process | default .name | quote }}
 {{- with .root.Values.observability.otlpEndpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ . | quote }}
@@ -248,11 +249,36 @@ securityContext:
   emptyDir: {}
 {{- end }}
 
+{{/* The components that are rendered, as a JSON list of names: enabled, and for those that cannot run without
+     Kafka (`requiresKafka`, e.g. the usage consumer) only when there are Kafka bootstrap servers. */}}
+{{- define "chatplane.activeComponents" -}}
+{{- $active := list -}}
+{{- $kafka := include "chatplane.kafkaBootstrap" . -}}
+{{- range $name, $c := .Values.components -}}
+{{- if and $c.enabled (or (not $c.requiresKafka) (and $c.kafka $kafka)) -}}
+{{- $active = append $active $name -}}
+{{- end -}}
+{{- end -}}
+{{ toJson $active }}
+{{- end }}
+
+{{/* The service (Python package and settings prefix) of a component: its `service`, default its key. Dict {name, c}. */}}
+{{- define "chatplane.serviceOf" -}}
+{{- .c.service | default .name -}}
+{{- end }}
+
+{{/* Whether a component owns its database's schema (the migrations Job and AUTO_MIGRATE): the service itself, not
+     its side processes (worker, consumer), which share the service's database. Dict {name, c}; "true" or "". */}}
+{{- define "chatplane.ownsDatabase" -}}
+{{- if and .c.database (eq (include "chatplane.serviceOf" .) .name) }}true{{ end -}}
+{{- end }}
+
 {{/* Components that call `target` (NetworkPolicy sources), as a list of names. Dict {root, target}. */}}
 {{- define "chatplane.callersOf" -}}
 {{- $callers := list -}}
+{{- $active := include "chatplane.activeComponents" .root | fromJsonArray -}}
 {{- range $name, $c := .root.Values.components -}}
-{{- if and $c.enabled (has $.target ($c.upstreams | default list)) -}}
+{{- if and (has $name $active) (has $.target ($c.upstreams | default list)) -}}
 {{- $callers = append $callers $name -}}
 {{- end -}}
 {{- end -}}
