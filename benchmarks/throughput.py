@@ -57,13 +57,12 @@ async def direct(streams: int, max_tokens: int) -> dict:
     from vllm.sampling_params import RequestOutputKind
     from vllm.v1.engine.async_llm import AsyncLLM
 
+    from chatplane.inference.engine import prepare_environment, engine_kwargs
     from chatplane.inference.settings import InferenceSettings
 
-    s = InferenceSettings(model_path=MODEL_DIR)
-    llm = AsyncLLM.from_engine_args(
-        AsyncEngineArgs(model=str(MODEL_DIR), max_model_len=s.max_model_len, max_num_seqs=s.max_num_seqs,
-                        enforce_eager=s.enforce_eager, enable_prefix_caching=s.enable_prefix_caching, seed=s.seed)
-    )
+    settings = InferenceSettings(model_path=MODEL_DIR)
+    prepare_environment(settings)
+    llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs(settings)))
     tok = llm.get_tokenizer()
     text = tok.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=False, add_generation_prompt=True)
     ids = tok.encode(text, add_special_tokens=False)

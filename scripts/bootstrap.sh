@@ -11,6 +11,9 @@ EXTRAS="auth,conversation,gateway,${EXTRA},model,dev"
 STAMP="$VENV/.chatplane-installed"
 WANT="$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1) $EXTRAS"
 
+# A real Prometheus (and promtool) for the observability test and `make observe` (Debian package; idempotent).
+scripts/install_prometheus.sh
+
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]]; then
   exit 0
 fi

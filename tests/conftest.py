@@ -21,12 +21,15 @@ class Stack:
     data_dir: str
     auth_db: str
     conversation_db: str
+    kafka_bootstrap_servers: str = ""
 
 
 @pytest.fixture(scope="session")
-def stack(inference_server, tmp_path_factory, pg_database_factory):
+def stack(inference_server, kafka_broker, tmp_path_factory, pg_database_factory):
     data = tmp_path_factory.mktemp("stack")
-    ports = Ports(gateway=free_port(), auth=free_port(), conversation=free_port(), inference=0)
+    ports = Ports(gateway=free_port(), auth=free_port(), conversation=free_port(), inference=0,
+                  auth_metrics=free_port(), conversation_metrics=free_port(), worker_metrics=free_port(),
+                  usage_metrics=free_port())
     with ExitStack() as dbs:
         auth_db = dbs.enter_context(pg_database_factory())
         conv_db = dbs.enter_context(pg_database_factory())
@@ -37,12 +40,15 @@ def stack(inference_server, tmp_path_factory, pg_database_factory):
             env={
                 "CHATPLANE_AUTH_DATABASE_URL": auth_db,
                 "CHATPLANE_CONVERSATION_DATABASE_URL": conv_db,
+                "CHATPLANE_AUTH_CONSUMER_SESSION_TIMEOUT_MS": "6000",
             },
             inference_target=inference_server,
+            kafka_bootstrap_servers=kafka_broker.bootstrap_servers,
         )
         try:
             start_all(svcs, 120)
-            yield Stack(f"http://127.0.0.1:{ports.gateway}", ports, inference_server, str(data), auth_db, conv_db)
+            yield Stack(f"http://127.0.0.1:{ports.gateway}", ports, inference_server, str(data), auth_db, conv_db,
+                        kafka_broker.bootstrap_servers)
         finally:
             stop_all(svcs)
 

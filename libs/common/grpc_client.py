@@ -11,6 +11,7 @@ import json
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from chatplane.common import tracing
 from chatplane.common.grpc_server import MAX_MESSAGE_BYTES
 
 _SERVICE_CONFIG = json.dumps(
@@ -37,6 +38,7 @@ def channel(target: str) -> grpc.aio.Channel:
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_permit_without_calls", 1),
         ],
+        interceptors=tracing.client_interceptors() or None,  # the caller's trace context travels in the metadata
     )
 
 

@@ -11,6 +11,9 @@ from contextlib import suppress
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from chatplane.common import tracing
+from chatplane.common.metrics import ServerMetricsInterceptor
+
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -31,7 +34,9 @@ class GrpcService:
     """
 
     def __init__(self, service_names: list[str], *, interceptors=()) -> None:
-        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=list(interceptors))
+        # Tracing (when on) outermost, so that the metrics interceptor and the servicer run inside the call's span.
+        chain = [*tracing.server_interceptors(), ServerMetricsInterceptor(), *interceptors]
+        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=chain)
         self.health = health.aio.HealthServicer()
         self.service_names = ["", *service_names]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -53,6 +53,7 @@ class Service:
     env: dict[str, str]
     ready: Callable[[], bool]
     log_path: Path | None = None
+    args: tuple[str, ...] = ()  # after ``python -m module``
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
     def start(self) -> None:
@@ -60,7 +61,7 @@ class Service:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
             self.proc = subprocess.Popen(  # noqa: S603
-                [sys.executable, "-m", self.module],
+                [sys.executable, "-m", self.module, *self.args],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT if self.log_path else None,

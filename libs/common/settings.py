@@ -33,6 +33,13 @@ class ServiceSettings(BaseSettings):
     )
     data_dir: Path = shared(Path("data"), "CHATPLANE_DATA_DIR", "Where the embedded default keeps its files.")
     log_level: str = shared("INFO", "CHATPLANE_LOG_LEVEL", "Python log level.")
+    kafka_bootstrap_servers: str = shared(
+        "127.0.0.1:9092",
+        "CHATPLANE_KAFKA_BOOTSTRAP_SERVERS",
+        "Kafka brokers (host:port, comma-separated) that domain events are published to and consumed from. "
+        "`make run` starts an embedded broker there. Set it empty to disable publishing (events then wait in the "
+        "services' outbox tables).",
+    )
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(0, description="Port to listen on.")
     shutdown_grace_seconds: float = Field(

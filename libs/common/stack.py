@@ -30,6 +30,13 @@ class Ports:
     auth: int = 50051
     conversation: int = 50052
     inference: int = 50053
+    kafka: int = 9092  # the embedded broker, when the stack starts one
+    # Prometheus metrics endpoints (the gateway serves /metrics on its own port); see chatplane.common.observe.
+    auth_metrics: int = 9101
+    conversation_metrics: int = 9102
+    inference_metrics: int = 9103
+    worker_metrics: int = 9104
+    usage_metrics: int = 9105
 
 
 def services(
@@ -39,22 +46,38 @@ def services(
     log_dir: Path | None = None,
     env: dict[str, str] | None = None,
     inference_target: str | None = None,
+    kafka_bootstrap_servers: str | None = None,
 ) -> list[Service]:
     """The platform's services wired to each other. ``inference_target`` reuses an inference server started
-    elsewhere (the tests share one engine) instead of starting one."""
-    common = {"CHATPLANE_DATA_DIR": str(data_dir), **(env or {})}
-    inference = inference_target or f"127.0.0.1:{ports.inference}"
+    elsewhere (the tests share one engine) instead of starting one. ``kafka_bootstrap_servers`` uses brokers
+    running elsewhere ("" disables events); None starts the embedded broker (Tansu) on ``ports.kafka``."""
+    from chatplane.common.broker import BrokerProcess
 
     def log(name: str) -> Path | None:
         return log_dir / f"{name}.log" if log_dir else None
 
-    out = []
+    broker = None
+    if kafka_bootstrap_servers is None:
+        broker = BrokerProcess(ports.kafka, log("kafka"))
+        kafka_bootstrap_servers = broker.bootstrap_servers
+    common = {
+        "CHATPLANE_DATA_DIR": str(data_dir),
+        "CHATPLANE_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap_servers,
+        **(env or {}),
+    }
+    inference = inference_target or f"127.0.0.1:{ports.inference}"
+
+    out: list[Service] = [broker] if broker is not None else []
     if inference_target is None:
         out.append(
             Service(
                 "inference",
                 "chatplane.inference",
-                {**common, "CHATPLANE_INFERENCE_PORT": str(ports.inference)},
+                {
+                    **common,
+                    "CHATPLANE_INFERENCE_PORT": str(ports.inference),
+                    "CHATPLANE_INFERENCE_METRICS_PORT": str(ports.inference_metrics),
+                },
                 lambda: grpc_serving(f"127.0.0.1:{ports.inference}"),
                 log("inference"),
             )
@@ -63,20 +86,48 @@ def services(
         Service(
             "auth",
             "chatplane.auth",
-            {**common, "CHATPLANE_AUTH_PORT": str(ports.auth)},
+            {**common, "CHATPLANE_AUTH_PORT": str(ports.auth), "CHATPLANE_AUTH_METRICS_PORT": str(ports.auth_metrics)},
             lambda: grpc_serving(f"127.0.0.1:{ports.auth}"),
             log("auth"),
         ),
+    ]
+    if kafka_bootstrap_servers:
+        # Builds the per-user, per-key daily usage from the completion events (into auth's database).
+        out.append(
+            Service(
+                "usage",
+                "chatplane.auth",
+                {**common, "CHATPLANE_AUTH_CONSUMER_METRICS_PORT": str(ports.usage_metrics)},
+                lambda: True,
+                log("usage"),
+                args=("consume-usage",),
+            )
+        )
+    out += [
         Service(
             "conversation",
             "chatplane.conversation",
             {
                 **common,
                 "CHATPLANE_CONVERSATION_PORT": str(ports.conversation),
+                "CHATPLANE_CONVERSATION_METRICS_PORT": str(ports.conversation_metrics),
                 "CHATPLANE_CONVERSATION_INFERENCE_TARGET": inference,
             },
             lambda: grpc_serving(f"127.0.0.1:{ports.conversation}"),
             log("conversation"),
+        ),
+        # The conversation jobs (titles, exports, retention). Embedded default broker: a SQLite file in data_dir.
+        Service(
+            "worker",
+            "chatplane.conversation",
+            {
+                **common,
+                "CHATPLANE_CONVERSATION_INFERENCE_TARGET": inference,
+                "CHATPLANE_CONVERSATION_WORKER_METRICS_PORT": str(ports.worker_metrics),
+            },
+            lambda: True,  # no port; it appears in the logs and its exit stops `make run`
+            log("worker"),
+            args=("worker",),
         ),
         Service(
             "gateway",
@@ -168,11 +219,13 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = data_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     ports = Ports(gateway=args.port)
-    svcs = services(ports, data_dir, log_dir=log_dir)
+    # CHATPLANE_KAFKA_BOOTSTRAP_SERVERS set: use those brokers ("" disables events); unset: the embedded broker.
+    svcs = services(ports, data_dir, log_dir=log_dir,
+                    kafka_bootstrap_servers=os.environ.get("CHATPLANE_KAFKA_BOOTSTRAP_SERVERS"))
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     started = time.monotonic()
     try:
-        print(f"starting inference, auth, conversation and gateway (logs in {log_dir}) ...", flush=True)
+        print(f"starting {', '.join(s.name for s in svcs)} (logs in {log_dir}) ...", flush=True)
         start_all(svcs, args.timeout)
         ready_s = time.monotonic() - started
         base_url = f"http://127.0.0.1:{ports.gateway}"

@@ -1,4 +1,5 @@
-"""``python -m chatplane.auth`` serves; ``python -m chatplane.auth migrate`` only migrates the database."""
+"""``python -m chatplane.auth`` serves; ``migrate`` only migrates the database; ``consume-usage`` runs the usage
+consumer; ``make-admin EMAIL`` grants the admin role (``--revoke`` takes it away)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,18 @@ from pydantic import ValidationError
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chatplane.auth", description="chatplane auth service")
-    parser.add_argument("command", nargs="?", choices=["serve", "migrate"], default="serve")
+    parser.add_argument("command", nargs="?", choices=["serve", "migrate", "consume-usage", "make-admin"],
+                        default="serve")
+    parser.add_argument("email", nargs="?", help="make-admin: the user's email")
+    parser.add_argument("--revoke", action="store_true", help="make-admin: take the admin role away")
     args = parser.parse_args(argv)
+    if args.command == "make-admin" and not args.email:
+        parser.error("make-admin needs the user's EMAIL")
 
     from chatplane.auth.server import migrate, serve
     from chatplane.auth.settings import AuthSettings
     from chatplane.common.logging import setup_logging
+    from chatplane.common.telemetry import setup_telemetry
 
     try:
         settings = AuthSettings()
@@ -27,6 +34,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         asyncio.run(migrate(settings))
         return 0
+    if args.command == "consume-usage":
+        from chatplane.auth.usage_consumer import consume_usage
+
+        setup_telemetry("auth-usage-consumer", settings.consumer_metrics_port, settings.host)
+        asyncio.run(consume_usage(settings))
+        return 0
+    if args.command == "make-admin":
+        from chatplane.auth.admin import make_admin
+
+        return asyncio.run(make_admin(settings, args.email, not args.revoke))
+    setup_telemetry("auth", settings.metrics_port, settings.host)
     asyncio.run(serve(settings))
     return 0
 

@@ -18,6 +18,8 @@ from chatplane.auth.settings import AuthSettings
 from chatplane.auth.tokens import TokenIssuer
 from chatplane.common import db
 from chatplane.common.grpc_server import GrpcService, run_until_signal
+from chatplane.common.metrics import OutboxMonitor
+from chatplane.common.relay import OutboxRelay
 from chatplane.protos.auth.v1 import auth_pb2, auth_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,12 @@ class AuthServer:
             ttl_seconds=settings.access_token_ttl_seconds,
         )
         self.core = AuthCore(settings, db.sessionmaker(self.engine), tokens, clock=clock)
+        # Publishes the outbox to Kafka; None when events are disabled (they then wait in the outbox).
+        self.relay = (
+            OutboxRelay(self.engine, settings.kafka_bootstrap_servers, name="auth")
+            if settings.kafka_bootstrap_servers
+            else None
+        )
         self.grpc = GrpcService([SERVICE_NAME])
         auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(self.core), self.grpc.server)
 
@@ -61,6 +69,8 @@ class AuthServer:
                     await migrate(self.settings)
                 async with db.sessionmaker(self.engine)() as session:
                     await session.execute(select(User.id).limit(1))
+                if self.relay is not None:
+                    self.relay.start()
                 return
             except Exception as exc:  # noqa: BLE001 - any failure means not ready yet; keep NOT_SERVING and retry
                 log.warning("database not ready", extra={"error": f"{type(exc).__name__}: {exc}"[:500]})
@@ -68,13 +78,25 @@ class AuthServer:
                 delay = min(delay * 2, max_delay)
 
     async def close(self) -> None:
+        if self.relay is not None:
+            await self.relay.stop()
         await self.engine.dispose()
 
     async def serve(self) -> None:
+        outbox = OutboxMonitor(self.engine)  # the outbox backlog and age gauges
+
+        async def ready() -> None:
+            await self.wait_ready()
+            outbox.start()
+
+        async def stop() -> None:
+            await outbox.stop()
+            await self.close()
+
         await run_until_signal(
             self.grpc,
             self.settings.listen_address(),
             grace=self.settings.shutdown_grace_seconds,
-            on_ready=self.wait_ready,
-            on_stop=self.close,
+            on_ready=ready,
+            on_stop=stop,
         )

@@ -12,7 +12,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from chatplane.auth.errors import AuthError
-from chatplane.auth.service import ApiKeyInfo, AuthCore, CredentialType
+from chatplane.auth.metering import QuotaState
+from chatplane.auth.models import PERIOD_DAY, PERIOD_MONTH
+from chatplane.auth.service import ApiKeyInfo, AuthCore, CredentialType, LimitsInfo
 from chatplane.common.errors import abort
 from chatplane.protos.auth.v1 import auth_pb2, auth_pb2_grpc
 
@@ -43,6 +45,36 @@ def _api_key(info: ApiKeyInfo) -> auth_pb2.ApiKey:
         last_used_at=_ts(info.last_used_at),
         revoked_at=_ts(info.revoked_at),
     )
+
+
+_PERIODS = {PERIOD_DAY: auth_pb2.QUOTA_PERIOD_DAY, PERIOD_MONTH: auth_pb2.QUOTA_PERIOD_MONTH}
+_PERIOD_NAMES = {v: k for k, v in _PERIODS.items()}
+
+
+def _quota(q: QuotaState) -> auth_pb2.Quota:
+    return auth_pb2.Quota(
+        user_id=q.user_id,
+        api_key_id=q.api_key_id,
+        period=_PERIODS[q.period],
+        token_limit=q.token_limit,
+        used_tokens=q.used_tokens,
+        period_start=_ts(q.period_start),
+        period_end=_ts(q.period_end),
+    )
+
+
+def _limits(info: LimitsInfo) -> auth_pb2.Limits:
+    return auth_pb2.Limits(
+        is_admin=info.is_admin,
+        rate_limits=auth_pb2.RateLimits(
+            requests_per_minute=info.requests_per_minute, tokens_per_minute=info.tokens_per_minute
+        ),
+        quotas=[_quota(q) for q in info.quotas],
+    )
+
+
+def _period(value: int) -> str:
+    return _PERIOD_NAMES.get(value, "")
 
 
 async def _call(context: grpc.aio.ServicerContext, method: str, work: Awaitable[T]) -> T:
@@ -78,6 +110,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             credential_type=_CREDENTIAL_TYPES[principal.credential_type],
             api_key_id=principal.api_key_id or "",
             cache_ttl_seconds=principal.cache_ttl_seconds,
+            limits=_limits(principal.limits),
         )
 
     async def GetJwks(self, request: auth_pb2.GetJwksRequest, context) -> auth_pb2.Jwks:  # noqa: N802
@@ -99,3 +132,73 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def RevokeApiKey(self, request: auth_pb2.RevokeApiKeyRequest, context) -> auth_pb2.ApiKey:  # noqa: N802
         info = await _call(context, "RevokeApiKey", self.core.revoke_api_key(request.user_id, request.api_key_id))
         return _api_key(info)
+
+    async def RecordCompletion(  # noqa: N802
+        self, request: auth_pb2.RecordCompletionRequest, context
+    ) -> auth_pb2.RecordCompletionResponse:
+        await _call(
+            context,
+            "RecordCompletion",
+            self.core.record_completion(request.event_id, request.completion, request.traceparent),
+        )
+        return auth_pb2.RecordCompletionResponse()
+
+    async def GetLimits(self, request: auth_pb2.GetLimitsRequest, context) -> auth_pb2.Limits:  # noqa: N802
+        info = await _call(context, "GetLimits", self.core.limits(request.user_id, request.api_key_id))
+        return _limits(info)
+
+    async def GetUsage(self, request: auth_pb2.GetUsageRequest, context) -> auth_pb2.GetUsageResponse:  # noqa: N802
+        user_id = None if request.all_users else request.user_id
+        rows = await _call(context, "GetUsage", self.core.usage(user_id, request.start_date, request.end_date))
+        return auth_pb2.GetUsageResponse(
+            rows=[
+                auth_pb2.UsageRow(
+                    date=r.day.isoformat(),
+                    user_id=r.user_id,
+                    api_key_id=r.api_key_id,
+                    model=r.model,
+                    requests=r.requests,
+                    prompt_tokens=r.prompt_tokens,
+                    completion_tokens=r.completion_tokens,
+                )
+                for r in rows
+            ]
+        )
+
+    async def SetQuota(self, request: auth_pb2.SetQuotaRequest, context) -> auth_pb2.Quota:  # noqa: N802
+        state = await _call(
+            context,
+            "SetQuota",
+            self.core.set_quota(request.user_id, request.api_key_id, _period(request.period), request.token_limit),
+        )
+        return _quota(state)
+
+    async def DeleteQuota(  # noqa: N802
+        self, request: auth_pb2.DeleteQuotaRequest, context
+    ) -> auth_pb2.DeleteQuotaResponse:
+        await _call(
+            context, "DeleteQuota", self.core.delete_quota(request.user_id, request.api_key_id, _period(request.period))
+        )
+        return auth_pb2.DeleteQuotaResponse()
+
+    async def ListQuotas(  # noqa: N802
+        self, request: auth_pb2.ListQuotasRequest, context
+    ) -> auth_pb2.ListQuotasResponse:
+        states = await _call(context, "ListQuotas", self.core.list_quotas(request.user_id))
+        return auth_pb2.ListQuotasResponse(quotas=[_quota(q) for q in states])
+
+    async def SetRateLimits(  # noqa: N802
+        self, request: auth_pb2.SetRateLimitsRequest, context
+    ) -> auth_pb2.RateLimits:
+        row = await _call(
+            context,
+            "SetRateLimits",
+            self.core.set_rate_limits(
+                request.api_key_id,
+                request.rate_limits.requests_per_minute,
+                request.rate_limits.tokens_per_minute,
+            ),
+        )
+        return auth_pb2.RateLimits(
+            requests_per_minute=row.requests_per_minute or 0, tokens_per_minute=row.tokens_per_minute or 0
+        )

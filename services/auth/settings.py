@@ -21,6 +21,12 @@ class AuthSettings(DatabaseServiceSettings):
     database_file: ClassVar[str] = "auth.db"
 
     port: int = Field(50051, description="Port to listen on (gRPC).")
+    metrics_port: int = Field(
+        9101, ge=0, le=65535, description="HTTP port of the Prometheus metrics endpoint (/metrics). 0: off."
+    )
+    consumer_metrics_port: int = Field(
+        9105, ge=0, le=65535, description="Metrics port of the usage consumer process (`consume-usage`). 0: off."
+    )
     jwt_private_key: SecretStr | None = Field(
         None, description="Ed25519 private key (PKCS#8 PEM) that signs access tokens. Required in production."
     )
@@ -38,6 +44,12 @@ class AuthSettings(DatabaseServiceSettings):
     )
     last_used_update_interval_seconds: int = Field(
         60, ge=0, description="An API key's last_used_at is written at most this often (not on every request)."
+    )
+    consumer_session_timeout_ms: int = Field(
+        10000,
+        ge=1000,
+        description="Kafka session timeout of the usage consumer (`consume-usage`): a consumer silent this long is "
+        "replaced; its first join waits about half of it.",
     )
 
     @model_validator(mode="after")

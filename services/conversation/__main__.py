@@ -1,4 +1,4 @@
-"""``python -m chatplane.conversation`` serves; ``python -m chatplane.conversation migrate`` only migrates."""
+"""``python -m chatplane.conversation`` serves; ``... migrate`` only migrates; ``... worker`` runs the jobs."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import sys
 
 from chatplane.common.logging import setup_logging
+from chatplane.common.telemetry import setup_telemetry
 from chatplane.conversation.server import serve
 from chatplane.conversation.service import migrate_database
 from chatplane.conversation.settings import ConversationSettings
@@ -13,13 +14,22 @@ from chatplane.conversation.settings import ConversationSettings
 
 def main(argv: list[str]) -> int:
     settings = ConversationSettings()
-    setup_logging("conversation", settings.log_level)
+    setup_logging("conversation-worker" if argv == ["worker"] else "conversation", settings.log_level)
     if argv == ["migrate"]:
         asyncio.run(migrate_database(settings.database_url))
         return 0
+    if argv == ["worker"]:
+        from chatplane.common.metrics import serve_worker_metrics
+        from chatplane.conversation.jobs.worker import run_worker
+
+        setup_telemetry("conversation-worker", 0, settings.host)
+        serve_worker_metrics(settings.worker_metrics_port, settings.host)  # before the prefork children start
+        run_worker(settings)
+        return 0
     if argv:
-        print("usage: python -m chatplane.conversation [migrate]", file=sys.stderr)
+        print("usage: python -m chatplane.conversation [migrate | worker]", file=sys.stderr)
         return 2
+    setup_telemetry("conversation", settings.metrics_port, settings.host)
     asyncio.run(serve(settings))
     return 0
 

@@ -8,6 +8,7 @@ from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, MetaData, St
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from chatplane.common.db import NAMING_CONVENTION, UTCDateTime
+from chatplane.common.outbox import outbox_table
 from chatplane.common.limits import MAX_TITLE_CHARS
 
 ID_CHARS = 32  # uuid4 hex
@@ -40,6 +41,9 @@ class Conversation(Base):
 # Listing: one user's conversations, newest first, keyset-paginated on (updated_at, id).
 Index("ix_conversations_listing", Conversation.user_id, Conversation.updated_at.desc(), Conversation.id)
 
+# Domain events waiting for the relay (chatplane.common.outbox.add_event writes them in the caller's transaction).
+outbox = outbox_table(Base.metadata)
+
 
 class Message(Base):
     __tablename__ = "messages"
@@ -61,3 +65,33 @@ class Message(Base):
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     finish_reason: Mapped[str] = mapped_column(String(FINISH_REASON_CHARS), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+EXPORT_MARKDOWN = "markdown"
+EXPORT_JSON = "json"
+EXPORT_PENDING = "pending"
+EXPORT_COMPLETED = "completed"
+EXPORT_FAILED = "failed"
+EXPORT_ERROR_CHARS = 500
+
+
+class ExportJob(Base):
+    """A requested export of a conversation (Markdown or JSON), filled in by the export job of the worker."""
+
+    __tablename__ = "exports"
+    __table_args__ = (
+        CheckConstraint(f"format IN ('{EXPORT_MARKDOWN}', '{EXPORT_JSON}')", name="format"),
+        CheckConstraint(f"status IN ('{EXPORT_PENDING}', '{EXPORT_COMPLETED}', '{EXPORT_FAILED}')", name="status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(ID_CHARS), primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(
+        String(ID_CHARS), ForeignKey("conversations.id", ondelete="CASCADE"), index=True
+    )
+    user_id: Mapped[str] = mapped_column(String(USER_ID_CHARS))
+    format: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default=EXPORT_PENDING)
+    content: Mapped[str | None] = mapped_column(Text, default=None)
+    error: Mapped[str] = mapped_column(String(EXPORT_ERROR_CHARS), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from chatplane.common.grpc_server import GrpcService, run_until_signal
+from chatplane.common.metrics import OutboxMonitor
 from chatplane.conversation.service import ConversationCore
 from chatplane.conversation.servicer import ConversationServicer
 from chatplane.conversation.settings import ConversationSettings
@@ -49,10 +50,16 @@ async def running(settings: ConversationSettings) -> AsyncIterator[RunningServer
 async def serve(settings: ConversationSettings) -> None:
     """Serve until SIGTERM/SIGINT: NOT_SERVING until migrated, graceful drain on stop."""
     service, core = await create_server(settings)
+    outbox = OutboxMonitor(core.store.engine)  # the outbox backlog and age gauges
+
+    async def ready() -> None:
+        await core.prepare()
+        outbox.start()
+
+    async def stop() -> None:
+        await outbox.stop()
+        await core.close()
+
     await run_until_signal(
-        service,
-        settings.listen_address(),
-        grace=settings.shutdown_grace_seconds,
-        on_ready=core.prepare,
-        on_stop=core.close,
+        service, settings.listen_address(), grace=settings.shutdown_grace_seconds, on_ready=ready, on_stop=stop
     )

@@ -17,14 +17,18 @@ import grpc
 
 from chatplane.common.db import make_engine, migrate
 from chatplane.common.grpc_client import channel
+from chatplane.common.relay import OutboxRelay
 from chatplane.conversation import validation
 from chatplane.conversation.errors import ServiceError, from_inference, invalid, not_found
+from chatplane.conversation.exports import FORMATS, ExportStore
+from chatplane.conversation.jobs.queue import EnqueueError, JobQueue
 from chatplane.conversation.models import (
     ROLE_ASSISTANT,
     ROLE_USER,
     STATUS_COMPLETE,
     STATUS_INCOMPLETE,
     Conversation,
+    ExportJob,
     Message,
 )
 from chatplane.conversation.prompt import (
@@ -35,6 +39,7 @@ from chatplane.conversation.prompt import (
 )
 from chatplane.conversation.settings import ConversationSettings
 from chatplane.conversation.store import ConversationStore, NewMessage, PageKey, new_id
+from chatplane.protos.events.v1 import events_pb2
 from chatplane.protos.inference.v1 import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -94,6 +99,29 @@ class _Reply:
     parts: list[str] = field(default_factory=list)
     finish_reason: str = ""
     completion_tokens: int | None = None
+    # For the completion.finished event.
+    user_id: str = ""
+    api_key_id: str = ""
+    request_id: str = ""
+    conversation_id: str = ""
+    started: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None
+
+    def completion_event(self, finish_reason: str, completion_tokens: int) -> events_pb2.CompletionFinished:
+        now = time.monotonic()
+        return events_pb2.CompletionFinished(
+            request_id=self.request_id,
+            user_id=self.user_id,
+            api_key_id=self.api_key_id,
+            model=self.model,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=completion_tokens,
+            latency_ms=round((now - self.started) * 1000),
+            ttft_ms=round((self.first_token_at - self.started) * 1000) if self.first_token_at is not None else 0,
+            finish_reason=finish_reason,
+            path="conversation",
+            conversation_id=self.conversation_id,
+        )
 
     @property
     def text(self) -> str:
@@ -101,6 +129,8 @@ class _Reply:
 
     def absorb(self, chunk: inference_pb2.GenerateResponse) -> None:
         if chunk.text:
+            if self.first_token_at is None:
+                self.first_token_at = time.monotonic()
             self.parts.append(chunk.text)
         if chunk.model:
             self.model = chunk.model
@@ -119,25 +149,36 @@ class ConversationCore:
         inference: inference_pb2_grpc.InferenceServiceStub,
         *,
         on_close: Sequence[Callable[[], Awaitable[Any]]] = (),
+        jobs: JobQueue | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.inference = inference
+        self.jobs = jobs  # None: no background jobs (titles are not made, exports refused)
+        self.exports = ExportStore(store.engine)
         self._on_close = list(on_close)
         self._unary_timeout = min(UNARY_TIMEOUT_SECONDS, settings.inference_timeout_seconds)
         self._served_model: tuple[str, float] | None = None
         self._pending: set[asyncio.Task] = set()
+        # Publishes the outbox to Kafka; None when events are disabled (they then wait in the outbox).
+        self.relay = (
+            OutboxRelay(store.engine, settings.kafka_bootstrap_servers, name="conversation")
+            if settings.kafka_bootstrap_servers
+            else None
+        )
 
     @classmethod
     def from_settings(cls, settings: ConversationSettings) -> ConversationCore:
         """A core with its own database engine and inference channel (closed by :meth:`close`)."""
         engine = make_engine(settings.database_url)
         chan = channel(settings.inference_target)
+        jobs = JobQueue(settings)
         return cls(
             settings,
             ConversationStore(engine),
             inference_pb2_grpc.InferenceServiceStub(chan),
-            on_close=[chan.close, engine.dispose],
+            on_close=[chan.close, engine.dispose, jobs.close],
+            jobs=jobs,
         )
 
     async def prepare(self) -> None:
@@ -145,11 +186,15 @@ class ConversationCore:
         if self.settings.auto_migrate:
             await migrate_database(self.settings.database_url)
             log.info("database migrated")
+        if self.relay is not None:
+            self.relay.start()
 
     async def close(self) -> None:
         """Finish the protected writes still running (partial replies), then close the channel and engine."""
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
+        if self.relay is not None:
+            await self.relay.stop()
         for close in self._on_close:
             await close()
 
@@ -220,11 +265,12 @@ class ConversationCore:
         requested_model = validation.model(request.model)
         request_id = validation.request_id(request.request_id) or new_id()
         conversation_id = validation.conversation_id(request.conversation_id)
+        started = time.monotonic()
 
         loaded = await self.store.conversation_with_recent_messages(user_id, conversation_id, MAX_HISTORY_MESSAGES)
         if loaded is None:
             raise not_found()
-        _, history = loaded
+        conversation, history = loaded
         model = requested_model or await self._resolve_served_model()
         try:
             prompt = await build_prompt(
@@ -267,7 +313,15 @@ class ConversationCore:
             ),
             timeout=self.settings.inference_timeout_seconds,
         )
-        reply = _Reply(model=model, prompt_tokens=prompt.prompt_tokens)
+        reply = _Reply(
+            model=model,
+            prompt_tokens=prompt.prompt_tokens,
+            user_id=user_id,
+            api_key_id=request.api_key_id[:64],
+            request_id=request_id,
+            conversation_id=conversation_id,
+            started=started,
+        )
         try:
             async for chunk in call:
                 reply.absorb(chunk)
@@ -303,13 +357,65 @@ class ConversationCore:
                     completion_tokens=reply.completion_tokens or 0,
                     finish_reason=finish_reason,
                 ),
+                reply.completion_event(finish_reason, reply.completion_tokens or 0),
             )
         )
         if assistant is None:  # the conversation was deleted while the reply streamed
             raise not_found()
+        if assistant.status == STATUS_COMPLETE and _first_exchange(conversation, history):
+            self._queue_title(conversation_id)
         await emit(Done(user_message=user_message, assistant_message=assistant))
 
+    # -- exports ---------------------------------------------------------------------------------------------------
+
+    async def create_export(self, user_id: str, conversation_id: str, fmt: str) -> ExportJob:
+        """A pending export of an owned conversation, queued for the worker."""
+        user_id = validation.user_id(user_id)
+        conversation_id = validation.conversation_id(conversation_id)
+        if fmt not in FORMATS:
+            raise invalid(f"format must be one of {', '.join(FORMATS)}", "format")
+        if self.jobs is None:
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE, "exports are not available: no job queue")
+        row = await self.exports.create(user_id, conversation_id, fmt)
+        if row is None:
+            raise not_found()
+        try:
+            await self.jobs.export(row.id)
+        except EnqueueError as exc:
+            log.error("export job not queued", extra={"export_id": row.id, "error": str(exc)})
+            await self.exports.finish(row.id, error="the job queue was unavailable, please retry")
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE, "the job queue is unavailable, please retry the export"
+            ) from None
+        return row
+
+    async def get_export(self, user_id: str, conversation_id: str, export_id: str) -> ExportJob:
+        user_id = validation.user_id(user_id)
+        conversation_id = validation.conversation_id(conversation_id)
+        if not validation.is_id(export_id):
+            raise ServiceError(grpc.StatusCode.NOT_FOUND, "export not found")
+        row = await self.exports.get(user_id, conversation_id, export_id)
+        if row is None:
+            raise ServiceError(grpc.StatusCode.NOT_FOUND, "export not found")
+        return row
+
     # -- helpers ---------------------------------------------------------------------------------------------------
+
+    def _queue_title(self, conversation_id: str) -> None:
+        """Queue the title job in the background: the reply never waits for, or fails because of, the queue."""
+        if self.jobs is None or not self.settings.generate_titles:
+            return
+        jobs = self.jobs
+
+        async def queue() -> None:
+            try:
+                await jobs.title(conversation_id)
+            except EnqueueError as exc:
+                log.warning("title job not queued", extra={"conversation_id": conversation_id, "error": str(exc)})
+
+        task = asyncio.ensure_future(queue())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     async def _protected(self, work: Coroutine[Any, Any, T]) -> T:
         """Run a write to its end even if the caller is cancelled meanwhile (the task is kept until close())."""
@@ -335,6 +441,7 @@ class ConversationCore:
                     completion_tokens=completion_tokens,
                     finish_reason=finish_reason,
                 ),
+                reply.completion_event(finish_reason, completion_tokens),
             )
         except Exception:
             log.exception("storing a partial reply failed", extra={"conversation_id": conversation_id})
@@ -379,6 +486,13 @@ class ConversationCore:
             raise ServiceError(grpc.StatusCode.UNAVAILABLE, "the inference service serves no model yet")
         self._served_model = (reply.models[0].id, now)
         return reply.models[0].id
+
+
+def _first_exchange(conversation: Conversation, history: Sequence[Message]) -> bool:
+    """Whether a reply just completed the first exchange of a conversation that still has the default title."""
+    if conversation.title != validation.DEFAULT_TITLE:
+        return False
+    return not any(m.role == ROLE_ASSISTANT and m.status == STATUS_COMPLETE for m in history)
 
 
 def _chat(messages: Sequence[ChatMessage]) -> inference_pb2.ChatMessages:

@@ -8,12 +8,30 @@ import grpc
 
 from chatplane.common.errors import abort
 from chatplane.conversation.errors import ServiceError
-from chatplane.conversation.models import STATUS_COMPLETE, STATUS_INCOMPLETE, Conversation, Message
+from chatplane.conversation.models import (
+    EXPORT_COMPLETED,
+    EXPORT_FAILED,
+    EXPORT_JSON,
+    EXPORT_MARKDOWN,
+    EXPORT_PENDING,
+    STATUS_COMPLETE,
+    STATUS_INCOMPLETE,
+    Conversation,
+    ExportJob,
+    Message,
+)
 from chatplane.conversation.service import ConversationCore, Delta, Done, Event, SendRequest, Started
 from chatplane.protos.conversation.v1 import conversation_pb2 as pb
 from chatplane.protos.conversation.v1 import conversation_pb2_grpc
 
 _STATUS = {STATUS_COMPLETE: pb.MESSAGE_STATUS_COMPLETE, STATUS_INCOMPLETE: pb.MESSAGE_STATUS_INCOMPLETE}
+_EXPORT_FORMAT = {EXPORT_MARKDOWN: pb.EXPORT_FORMAT_MARKDOWN, EXPORT_JSON: pb.EXPORT_FORMAT_JSON}
+_EXPORT_FORMAT_NAME = {value: name for name, value in _EXPORT_FORMAT.items()}
+_EXPORT_STATUS = {
+    EXPORT_PENDING: pb.EXPORT_STATUS_PENDING,
+    EXPORT_COMPLETED: pb.EXPORT_STATUS_COMPLETED,
+    EXPORT_FAILED: pb.EXPORT_STATUS_FAILED,
+}
 
 
 def conversation_pb(row: Conversation) -> pb.Conversation:
@@ -35,6 +53,21 @@ def message_pb(row: Message) -> pb.Message:
         finish_reason=row.finish_reason,
     )
     msg.created_at.FromDatetime(row.created_at)
+    return msg
+
+
+def export_pb(row: ExportJob) -> pb.Export:
+    msg = pb.Export(
+        id=row.id,
+        conversation_id=row.conversation_id,
+        format=_EXPORT_FORMAT.get(row.format, pb.EXPORT_FORMAT_UNSPECIFIED),
+        status=_EXPORT_STATUS.get(row.status, pb.EXPORT_STATUS_UNSPECIFIED),
+        content=row.content or "",
+        error=row.error,
+    )
+    msg.created_at.FromDatetime(row.created_at)
+    if row.completed_at is not None:
+        msg.completed_at.FromDatetime(row.completed_at)
     return msg
 
 
@@ -141,3 +174,19 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
             await self.core.send_message(send, emit)
         except ServiceError as err:
             await _fail(context, err)
+
+    async def CreateExport(self, request: pb.CreateExportRequest, context) -> pb.Export:  # noqa: N802
+        try:
+            row = await self.core.create_export(
+                request.user_id, request.conversation_id, _EXPORT_FORMAT_NAME.get(request.format, "")
+            )
+        except ServiceError as err:
+            await _fail(context, err)
+        return export_pb(row)
+
+    async def GetExport(self, request: pb.GetExportRequest, context) -> pb.Export:  # noqa: N802
+        try:
+            row = await self.core.get_export(request.user_id, request.conversation_id, request.export_id)
+        except ServiceError as err:
+            await _fail(context, err)
+        return export_pb(row)

@@ -1,7 +1,9 @@
 """Storage of conversations and messages (SQLAlchemy async ORM; bound parameters only).
 
 Conversation queries are scoped by the owning user; message queries take a conversation id whose ownership the
-caller has checked. ``ConversationStore.transaction`` is the single seam where state changes commit.
+caller has checked. ``ConversationStore.transaction`` is the single seam where state changes commit; domain events
+(conversation created / deleted, message stored, completion finished) go into the outbox in the same transaction
+(``await chatplane.common.outbox.add_event(session, envelope)``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from chatplane.common.db import sessionmaker, utcnow
+from chatplane.common.events import envelope
+from chatplane.common.outbox import add_event
 from chatplane.conversation.models import FINISH_REASON_CHARS, MODEL_CHARS, Conversation, Message
+from chatplane.protos.events.v1 import events_pb2
+
+PRODUCER = "conversation"
 
 
 def new_id() -> str:
@@ -69,6 +76,10 @@ class ConversationStore:
         row = Conversation(id=new_id(), user_id=user_id, title=title, archived=False, created_at=now, updated_at=now)
         async with self.transaction() as session:
             session.add(row)
+            await add_event(
+                session,
+                envelope(events_pb2.ConversationCreated(conversation_id=row.id, user_id=user_id), producer=PRODUCER),
+            )
         return row
 
     async def get_conversation(self, user_id: str, conversation_id: str) -> Conversation | None:
@@ -117,14 +128,22 @@ class ConversationStore:
                 )
             return await _owned(session, user_id, conversation_id)
 
-    async def delete_conversation(self, user_id: str, conversation_id: str) -> bool:
-        """Delete a conversation and its messages (explicitly, and by ON DELETE CASCADE as a safety net)."""
+    async def delete_conversation(self, user_id: str, conversation_id: str, *, reason: str = "user") -> bool:
+        """Delete a conversation and its messages (explicitly, and by ON DELETE CASCADE as a safety net).
+
+        ``reason`` goes into the ``conversation.deleted`` event ("user", "retention").
+        """
         owned = select(Conversation.id).where(Conversation.id == conversation_id, Conversation.user_id == user_id)
         async with self.transaction() as session:
             await session.execute(delete(Message).where(Message.conversation_id.in_(owned)))
             deleted = await session.execute(
                 delete(Conversation).where(Conversation.id == conversation_id, Conversation.user_id == user_id)
             )
+            if deleted.rowcount == 1:
+                payload = events_pb2.ConversationDeleted(
+                    conversation_id=conversation_id, user_id=user_id, reason=reason
+                )
+                await add_event(session, envelope(payload, producer=PRODUCER))
         return deleted.rowcount == 1
 
     # -- messages --------------------------------------------------------------------------------------------------
@@ -153,8 +172,17 @@ class ConversationStore:
         recent.reverse()
         return row, recent
 
-    async def append_message(self, user_id: str, conversation_id: str, new: NewMessage) -> Message | None:
+    async def append_message(
+        self,
+        user_id: str,
+        conversation_id: str,
+        new: NewMessage,
+        completion: events_pb2.CompletionFinished | None = None,
+    ) -> Message | None:
         """Store a message at the end of a conversation and touch the conversation's updated_at.
+
+        Writes a ``message.stored`` event and, for a reply, its ``completion.finished`` event (``completion``), in
+        the same transaction.
 
         None when the conversation does not exist (any more) or is not the user's. The conversation row is updated
         first: that takes its row lock (PostgreSQL) or the write lock (SQLite), so concurrent appends to one
@@ -186,6 +214,13 @@ class ConversationStore:
                 created_at=now,
             )
             session.add(row)
+            stored = events_pb2.MessageStored(
+                conversation_id=conversation_id, user_id=user_id, message_id=row.id, role=row.role, status=row.status,
+                seq=row.seq,
+            )
+            await add_event(session, envelope(stored, producer=PRODUCER))
+            if completion is not None:
+                await add_event(session, envelope(completion, producer=PRODUCER))
         return row
 
 

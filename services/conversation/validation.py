@@ -33,6 +33,11 @@ def conversation_id(value: str) -> str:
     return value
 
 
+def is_id(value: str) -> bool:
+    """A well-formed id (uuid4 hex)."""
+    return bool(_ID.fullmatch(value))
+
+
 def title(value: str, *, default: str | None = None) -> str:
     """Surrounding whitespace is dropped; an empty title becomes ``default`` when there is one."""
     if "\x00" in value:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uvicorn
 
 from chatplane.common.logging import setup_logging
+from chatplane.common.telemetry import setup_telemetry
 from chatplane.gateway.app import create_app
 from chatplane.gateway.settings import GatewaySettings
 
@@ -12,6 +13,7 @@ from chatplane.gateway.settings import GatewaySettings
 def main() -> None:
     settings = GatewaySettings()
     setup_logging("gateway", settings.log_level)
+    setup_telemetry("gateway", 0, settings.host)  # metrics: on the gateway's own port, GET /metrics
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -16,9 +16,12 @@ from chatplane.common import limits
 from chatplane.gateway import convert
 from chatplane.gateway.api_models import model_not_found
 from chatplane.gateway.deps import BackendsDep, CurrentPrincipal
+from chatplane.gateway.backends import Backends
 from chatplane.gateway.errors import APIError, from_grpc, invalid
+from chatplane.gateway.metering import Admission, MeteredGeneration, rough_tokens
+from chatplane.gateway.observability import observe
 from chatplane.gateway.schemas import ChatCompletionRequest, ChatMessageIn
-from chatplane.gateway.sse import DONE, EventStream, event, unless_disconnected
+from chatplane.gateway.sse import DONE, SLOT, EventStream, TextEvent, event, unless_disconnected
 from chatplane.protos.inference.v1 import inference_pb2
 
 log = logging.getLogger(__name__)
@@ -157,6 +160,34 @@ async def _read(call: Any) -> inference_pb2.GenerateResponse | None:
     return None if reply is grpc.aio.EOF else reply
 
 
+async def _admit(
+    backends: Backends, principal: Any, request: Request, generate: inference_pb2.GenerateRequest
+) -> tuple[Admission, int]:
+    """Rate limits and quotas for this request (429 when over); returns the admission and the prompt estimate."""
+    counted = 0
+
+    async def prompt_tokens(exact: bool) -> int:
+        nonlocal counted
+        if exact:  # a quota applies: count with the model's tokenizer
+            try:
+                reply = await backends.inference.CountTokens(
+                    inference_pb2.CountTokensRequest(model=generate.model, chat=generate.chat),
+                    timeout=backends.settings.upstream_timeout_seconds,
+                )
+            except grpc.aio.AioRpcError as err:
+                raise from_grpc(err, "inference") from None
+            counted = reply.token_count
+        else:
+            messages = generate.chat.messages
+            counted = rough_tokens(sum(len(m.content) for m in messages)) + 4 * len(messages)
+        return counted
+
+    sampling = generate.sampling
+    reserve = sampling.max_tokens if sampling.HasField("max_tokens") else backends.settings.estimated_completion_tokens
+    admission = await backends.metering.admit(principal, request.state, prompt_tokens=prompt_tokens, reserve=reserve)
+    return admission, counted
+
+
 @router.post("/completions", summary="Create a chat completion (OpenAI-compatible)")
 async def create_chat_completion(
     body: ChatCompletionRequest, principal: CurrentPrincipal, backends: BackendsDep, request: Request
@@ -165,9 +196,14 @@ async def create_chat_completion(
     generate = build_request(body, completion_id)
     if await backends.models.get(body.model) is None:
         raise model_not_found(body.model, "model")
+    observe().model = body.model  # a served model: a bounded metrics label
+    admission, prompt_estimate = await _admit(backends, principal, request, generate)
     log.info("chat completion", extra={"request_id": completion_id, "user_id": principal.user_id,
                                          "stream": bool(body.stream)})
-    call = backends.inference.Generate(generate, timeout=backends.settings.stream_timeout_seconds)
+    call = MeteredGeneration(
+        backends.inference.Generate(generate, timeout=backends.settings.stream_timeout_seconds),
+        backends.metering, admission, principal, completion_id, body.model, prompt_estimate,
+    )
     try:
         # Wait for the first reply before answering, so that an early error is an ordinary HTTP error.
         first = await unless_disconnected(request.receive, _read(call))
@@ -199,6 +235,7 @@ async def _complete(
             finish_reason = _finish_reason(reply)
         if reply.HasField("usage"):
             usage = convert.usage(reply.usage.prompt_tokens, reply.usage.completion_tokens)
+            observe().tokens(model, reply.usage.prompt_tokens, reply.usage.completion_tokens)
         reply = await _read(call)
     return {
         "id": completion_id,
@@ -242,17 +279,19 @@ async def _stream(
             data["usage"] = None
         return event(data)
 
+    content = TextEvent(chunk({"content": SLOT}))  # the per-token chunk, encoded once
     try:
         yield chunk({"role": "assistant", "content": ""})
         finish_reason = "stop"
         usage = convert.usage(0, 0)
         while reply is not None:
             if reply.text:
-                yield chunk({"content": reply.text})
+                yield content(reply.text)
             if reply.finish_reason:
                 finish_reason = _finish_reason(reply)
             if reply.HasField("usage"):
                 usage = convert.usage(reply.usage.prompt_tokens, reply.usage.completion_tokens)
+                observe().tokens(model, reply.usage.prompt_tokens, reply.usage.completion_tokens)
             reply = await _read(call)
         yield chunk({}, finish_reason)
         if include_usage:

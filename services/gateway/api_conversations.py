@@ -15,6 +15,8 @@ from chatplane.common import limits
 from chatplane.gateway import convert
 from chatplane.gateway.deps import BackendsDep, ConversationStub, CurrentPrincipal, SettingsDep
 from chatplane.gateway.errors import APIError, from_grpc, upstream
+from chatplane.gateway.metering import MeteredConversationReply, rough_tokens
+from chatplane.gateway.observability import observe
 from chatplane.gateway.schemas import (
     ConversationCreate,
     ConversationDeleted,
@@ -25,7 +27,7 @@ from chatplane.gateway.schemas import (
     MessageCreate,
     SentMessageOut,
 )
-from chatplane.gateway.sse import DONE, EventStream, event, unless_disconnected
+from chatplane.gateway.sse import DONE, SLOT, EventStream, TextEvent, event, unless_disconnected
 from chatplane.protos.conversation.v1 import conversation_pb2
 
 log = logging.getLogger(__name__)
@@ -151,12 +153,25 @@ async def send_message(
         send.max_tokens = body.max_tokens
     if body.temperature is not None:
         send.temperature = body.temperature
-    call = backends.conversation.SendMessage(send, timeout=backends.settings.stream_timeout_seconds)
+
+    async def prompt_tokens(exact: bool) -> int:
+        # The history is the conversation service's to fit: estimate the new message, settle with the exact usage.
+        return rough_tokens(len(body.content)) + 4
+
+    reserve = body.max_tokens if body.max_tokens is not None else backends.settings.estimated_completion_tokens
+    admission = await backends.metering.admit(principal, request.state, prompt_tokens=prompt_tokens, reserve=reserve)
+    call = MeteredConversationReply(
+        backends.conversation.SendMessage(send, timeout=backends.settings.stream_timeout_seconds),
+        backends.metering,
+        admission,
+    )
     try:
         # `started`, or an ordinary HTTP error (404 conversation, 400 too long, ...).
         first = await unless_disconnected(request.receive, _read(call))
         if first is None:
             raise _broken()
+        if first.WhichOneof("event") == "started":
+            observe().model = first.started.model  # the served model: a bounded metrics label
     except BaseException:
         call.cancel()
         raise
@@ -196,10 +211,14 @@ async def _complete(call: Any, reply: conversation_pb2.SendMessageEvent | None) 
                     "created_at": None,
                 }
             out["usage"] = convert.usage(done.prompt_tokens, done.completion_tokens)
+            observe().tokens(model, done.prompt_tokens, done.completion_tokens)
             out["user_message_id"] = done.user_message_id or user_message_id
             return out
         reply = await _read(call)
     raise _broken()
+
+
+_delta = TextEvent(event({"type": "message.delta", "delta": SLOT}))  # the per-token event, encoded once
 
 
 async def _stream(call: Any, reply: conversation_pb2.SendMessageEvent | None, request_id: str) -> AsyncIterator[bytes]:
@@ -211,9 +230,10 @@ async def _stream(call: Any, reply: conversation_pb2.SendMessageEvent | None, re
                              "model": reply.started.model})
             elif kind == "delta":
                 if reply.delta.text:
-                    yield event({"type": "message.delta", "delta": reply.delta.text})
+                    yield _delta(reply.delta.text)
             elif kind == "done":
                 done = reply.done
+                observe().tokens("", done.prompt_tokens, done.completion_tokens)
                 yield event({
                     "type": "message.done",
                     "user_message_id": done.user_message_id,

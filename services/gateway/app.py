@@ -8,10 +8,20 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from chatplane.gateway import api_auth, api_chat, api_conversations, api_health, api_keys, api_models
+from chatplane.gateway import (
+    api_auth,
+    api_chat,
+    api_conversations,
+    api_exports,
+    api_health,
+    api_keys,
+    api_models,
+    api_usage,
+)
 from chatplane.gateway.backends import Backends
 from chatplane.gateway.errors import install_handlers
-from chatplane.gateway.middleware import BodyLimitMiddleware
+from chatplane.gateway.middleware import BodyLimitMiddleware, RateLimitHeadersMiddleware
+from chatplane.gateway.observability import MetricsMiddleware, instrument_tracing, metrics_endpoint
 from chatplane.gateway.settings import GatewaySettings
 
 DESCRIPTION = """\
@@ -32,8 +42,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     app = FastAPI(title="chatplane", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     install_handlers(app)
-    for module in (api_health, api_auth, api_keys, api_models, api_chat, api_conversations):
+    for module in (api_health, api_auth, api_keys, api_models, api_chat, api_conversations, api_exports, api_usage):
         app.include_router(module.router)
+    app.add_middleware(RateLimitHeadersMiddleware)
     # Outermost first: CORS answers preflights; the body limit runs before anything reads the body.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     if settings.cors_origins:
@@ -43,4 +54,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type"],
         )
+    # Prometheus' scrape target, and the metrics of every request (outermost: it sees what the client sees).
+    app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
+    app.add_middleware(MetricsMiddleware)
+    instrument_tracing(app)
     return app

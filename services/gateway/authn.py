@@ -8,7 +8,7 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import jwt
@@ -37,6 +37,8 @@ class Principal:
     email: str
     credential_type: str  # "api_key" | "jwt"
     api_key_id: str = ""
+    # Quotas, rate limits, admin flag as auth answered with the principal (API keys); None: ask (JWTs).
+    limits: auth_pb2.Limits | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +121,15 @@ class Authenticator:
                 return _Entry(None, self._negative_ttl)
             raise from_grpc(err, "auth") from None
         kind = "jwt" if reply.credential_type == auth_pb2.CREDENTIAL_TYPE_JWT else "api_key"
-        principal = Principal(reply.user_id, reply.email, kind, reply.api_key_id)
+        limits = reply.limits if reply.HasField("limits") else None
+        principal = Principal(reply.user_id, reply.email, kind, reply.api_key_id, limits)
         return _Entry(principal, min(self._cache_ttl, float(reply.cache_ttl_seconds)))
+
+    def forget_user(self, user_id: str) -> None:
+        """Drop every cached answer for this user's credentials (their quotas or limits changed here)."""
+        for key, entry in list(self._cache.items()):
+            if entry.principal is not None and entry.principal.user_id == user_id:
+                self._cache.pop(key, None)
 
     def forget_api_key(self, api_key_id: str) -> None:
         """Drop every cached answer for this key (called when this gateway revokes it)."""

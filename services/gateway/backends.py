@@ -11,6 +11,7 @@ import grpc
 from chatplane.common.grpc_client import channel, is_serving
 from chatplane.gateway.authn import Authenticator
 from chatplane.gateway.errors import upstream
+from chatplane.gateway.metering import Metering
 from chatplane.gateway.settings import GatewaySettings
 from chatplane.protos.auth.v1 import auth_pb2_grpc
 from chatplane.protos.conversation.v1 import conversation_pb2_grpc
@@ -67,6 +68,7 @@ class Backends:
             timeout=settings.upstream_timeout_seconds,
         )
         self.models = ModelCache(self.inference, settings.models_cache_seconds, settings.upstream_timeout_seconds)
+        self.metering = Metering.from_settings(settings, self.auth)
 
     async def readiness(self) -> dict[str, bool]:
         """Which backends answer grpc.health.v1 SERVING, asked concurrently."""
@@ -77,4 +79,5 @@ class Backends:
         return dict(zip(names, results, strict=True))
 
     async def close(self) -> None:
+        await self.metering.close()  # lets the last completion records reach auth
         await asyncio.gather(*(ch.close() for ch in self.channels.values()))

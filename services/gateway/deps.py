@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from chatplane.gateway.authn import MISSING_MESSAGE, Principal
 from chatplane.gateway.backends import Backends
 from chatplane.gateway.errors import unauthenticated
+from chatplane.gateway.observability import observe
 from chatplane.gateway.settings import GatewaySettings
 from chatplane.protos.auth.v1 import auth_pb2_grpc
 from chatplane.protos.conversation.v1 import conversation_pb2_grpc
@@ -19,14 +20,16 @@ from chatplane.protos.inference.v1 import inference_pb2_grpc
 _bearer = HTTPBearer(auto_error=False, description="An API key (from POST /v1/api-keys) or a JWT from login.")
 
 
-def get_backends(request: Request) -> Backends:
+async def get_backends(request: Request) -> Backends:
+    # async on purpose, here and below: FastAPI runs a plain `def` dependency in a worker thread, two thread
+    # switches per request for a dictionary lookup.
     return request.app.state.backends
 
 
 BackendsDep = Annotated[Backends, Depends(get_backends)]
 
 
-def get_settings(backends: BackendsDep) -> GatewaySettings:
+async def get_settings(backends: BackendsDep) -> GatewaySettings:
     return backends.settings
 
 
@@ -38,21 +41,23 @@ async def current_principal(
 ) -> Principal:
     if credentials is None or not credentials.credentials.strip():
         raise unauthenticated(MISSING_MESSAGE)
-    return await backends.authenticator.authenticate(credentials.credentials.strip())
+    principal = await backends.authenticator.authenticate(credentials.credentials.strip())
+    observe().principal(principal.api_key_id)  # the API key id labels this request's metrics
+    return principal
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 
 
-def _auth_stub(backends: BackendsDep) -> auth_pb2_grpc.AuthServiceStub:
+async def _auth_stub(backends: BackendsDep) -> auth_pb2_grpc.AuthServiceStub:
     return backends.auth
 
 
-def _conversation_stub(backends: BackendsDep) -> conversation_pb2_grpc.ConversationServiceStub:
+async def _conversation_stub(backends: BackendsDep) -> conversation_pb2_grpc.ConversationServiceStub:
     return backends.conversation
 
 
-def _inference_stub(backends: BackendsDep) -> inference_pb2_grpc.InferenceServiceStub:
+async def _inference_stub(backends: BackendsDep) -> inference_pb2_grpc.InferenceServiceStub:
     return backends.inference
 
 

@@ -1,4 +1,4 @@
-"""ASGI middleware: request body size limit.
+"""ASGI middleware: request body size limit; rate-limit headers.
 
 A body is never read beyond ``max_body_bytes``: a larger ``Content-Length`` is refused before reading, and a chunked
 body is counted while it is buffered (at most ``max_body_bytes`` held) and refused once it goes over.
@@ -9,6 +9,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatplane.gateway.errors import APIError
+from chatplane.gateway.metering import HEADERS_STATE
 
 
 def _too_large(limit: int) -> APIError:
@@ -67,3 +68,27 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+class RateLimitHeadersMiddleware:
+    """Adds the ``x-ratelimit-*`` headers a rate-limited route left in ``request.state`` to its response, whatever
+    the response is (a stream, JSON, an error)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = scope.get("state", {}).get(HEADERS_STATE)
+                if headers:
+                    present = {name.lower() for name, _ in message.get("headers", ())}
+                    extra = [(k.encode(), v.encode()) for k, v in headers.items() if k.encode() not in present]
+                    message = {**message, "headers": [*message.get("headers", ()), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -46,6 +46,22 @@ class GatewaySettings(ServiceSettings):
     readiness_timeout_seconds: float = Field(
         1.0, gt=0, description="How long /readyz waits for each backend's grpc.health.v1 answer."
     )
+    rate_limit_requests_per_minute: int = Field(
+        3000, ge=0, description="Default requests per minute of one API key (model calls); per-key overrides are set "
+        "by admins. 0: no limit."
+    )
+    rate_limit_tokens_per_minute: int = Field(
+        2_000_000, ge=0, description="Default tokens per minute of one API key (the estimate at admission, corrected "
+        "to the exact usage afterwards). 0: no limit."
+    )
+    estimated_completion_tokens: int = Field(
+        512, ge=0, description="Completion tokens reserved (rate limit, quota) for a request that gives no max_tokens."
+    )
+    redis_url: str = Field(
+        "", description="Redis for the rate-limit and quota counters shared by all gateway replicas "
+        "(redis://host:6379/0). Empty: in-process counters (one gateway only)."
+    )
+    redis_key_prefix: str = Field("chatplane:", description="Prefix of every Redis key the gateway writes.")
     cors_origins: list[str] = Field(
         default_factory=list,
         description='Browser origins allowed by CORS, as a JSON list (e.g. ["https://chat.example.com"]); empty: off.',

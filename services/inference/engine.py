@@ -77,7 +77,7 @@ class Engine(Protocol):
     async def stop(self) -> None: ...
 
 
-def _prepare_environment(settings: InferenceSettings) -> None:
+def prepare_environment(settings: InferenceSettings) -> None:
     """vLLM reads these at import time: keep its files in our data folder and never reach for a hub."""
     cache = (settings.cache_dir or settings.data_dir / "cache" / "vllm").resolve()
     (cache / "tmp").mkdir(parents=True, exist_ok=True)
@@ -88,6 +88,30 @@ def _prepare_environment(settings: InferenceSettings) -> None:
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(settings.kv_cache_gib))))
+
+
+def engine_kwargs(settings: InferenceSettings) -> dict:
+    """vLLM ``AsyncEngineArgs`` from our settings (also used by the benchmark that calls AsyncLLM directly)."""
+    from vllm.platforms import current_platform
+
+    kwargs = dict(
+        model=str(settings.model_path),
+        served_model_name=[settings.model_name],
+        max_model_len=settings.max_model_len,
+        max_num_seqs=settings.max_num_seqs,
+        dtype=settings.dtype,
+        enforce_eager=settings.enforce_eager,
+        enable_prefix_caching=settings.enable_prefix_caching,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        seed=settings.seed,
+        disable_log_stats=False,
+    )
+    if current_platform.is_cpu():
+        # On CPU, vLLM reads gpu_memory_utilization as a share of the machine's RAM and refuses to start when that
+        # much is not free; a fixed KV-cache size avoids both.
+        kwargs["kv_cache_memory_bytes"] = int(settings.kv_cache_gib * 1024**3)
+    return {**kwargs, **settings.extra_engine_args}
 
 
 class VllmEngine:
@@ -110,24 +134,11 @@ class VllmEngine:
                 f"no model at {settings.model_path}: run `python -m chatplane.inference.prepare_model` "
                 "or set CHATPLANE_INFERENCE_MODEL_PATH to a Hugging Face model folder"
             )
-        _prepare_environment(settings)
+        prepare_environment(settings)
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        args = AsyncEngineArgs(
-            model=str(settings.model_path),
-            served_model_name=[self.model_name],
-            max_model_len=settings.max_model_len,
-            max_num_seqs=settings.max_num_seqs,
-            dtype=settings.dtype,
-            enforce_eager=settings.enforce_eager,
-            enable_prefix_caching=settings.enable_prefix_caching,
-            gpu_memory_utilization=settings.gpu_memory_utilization,
-            tensor_parallel_size=settings.tensor_parallel_size,
-            seed=settings.seed,
-            disable_log_stats=False,
-            **settings.extra_engine_args,
-        )
+        args = AsyncEngineArgs(**engine_kwargs(settings))
         started = time.monotonic()
         self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._stat_logger_factory()])
         self._tokenizer = self._llm.get_tokenizer()
@@ -238,4 +249,9 @@ class VllmEngine:
 def create_engine(settings: InferenceSettings) -> Engine:
     if settings.engine == "vllm":
         return VllmEngine(settings)
+    if settings.engine == "synthetic":
+        from chatplane.inference.synthetic import SyntheticEngine
+
+        log.warning("synthetic engine: made-up tokens, no model (benchmarks only)")
+        return SyntheticEngine(settings)
     raise ValueError(f"unknown engine {settings.engine!r}")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from prometheus_client import REGISTRY
+
 from chatplane.common.grpc_server import GrpcService, run_until_signal
 from chatplane.inference.engine import Engine, create_engine
+from chatplane.inference.metrics import register_collector
 from chatplane.inference.servicer import InferenceServicer
 from chatplane.inference.settings import InferenceSettings
 from chatplane.protos.inference.v1 import inference_pb2, inference_pb2_grpc
@@ -21,6 +24,7 @@ def build(engine: Engine) -> tuple[GrpcService, InferenceServicer]:
 async def serve(settings: InferenceSettings) -> None:
     engine = create_engine(settings)
     service, servicer = build(engine)
+    collector = register_collector(engine, servicer)  # engine ready, load and aborts on /metrics
 
     async def start_engine() -> None:
         # The port is open (health answers NOT_SERVING) while the engine loads; SERVING only once it is up.
@@ -30,6 +34,7 @@ async def serve(settings: InferenceSettings) -> None:
     async def stop_engine() -> None:
         servicer.ready = False
         await engine.stop()
+        REGISTRY.unregister(collector)
 
     await run_until_signal(
         service,

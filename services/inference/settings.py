@@ -15,7 +15,17 @@ class InferenceSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="CHATPLANE_INFERENCE_")
 
     port: int = Field(50053, description="gRPC port.")
-    engine: Literal["vllm"] = Field("vllm", description="The model engine. vLLM's AsyncLLM, in-process.")
+    metrics_port: int = Field(
+        9103,
+        ge=0,
+        le=65535,
+        description="HTTP port of the Prometheus metrics endpoint (/metrics: ours and vLLM's `vllm:*`). 0: off.",
+    )
+    engine: Literal["vllm", "synthetic"] = Field(
+        "vllm",
+        description="The model engine: vLLM's AsyncLLM, in-process; `synthetic` streams made-up tokens without a "
+        "model (benchmarks of the platform's own overhead only).",
+    )
     model_path: Path = Field(
         Path("data/models/SmolLM2-135M-Instruct"),
         description="A local Hugging Face model folder (a path in the image, a mounted volume). Never a hub id.",
@@ -45,6 +55,15 @@ class InferenceSettings(ServiceSettings):
         default_factory=dict, description="More vllm AsyncEngineArgs as JSON, e.g. {\"swap_space\": 0}."
     )
     startup_timeout_seconds: float = Field(600, description="Give up when the engine is not up by then.")
+    synthetic_tokens_per_second: float = Field(
+        0.0, ge=0, description="Synthetic engine: tokens a second per stream; 0: as fast as possible."
+    )
+    synthetic_prompt_token_seconds: float = Field(
+        0.0, ge=0, description="Synthetic engine: delay before the first token, per prompt token (prefill)."
+    )
+    synthetic_reply_tokens: int = Field(
+        64, ge=1, description="Synthetic engine: reply length when a request sets no max_tokens (capped by the context)."
+    )
 
     @property
     def model_name(self) -> str:

@@ -25,11 +25,16 @@ def test_settings_defaults_and_production_refuses_sqlite(tmp_path, monkeypatch):
     settings = ConversationSettings()
     assert settings.port == 50052 and settings.inference_target == "127.0.0.1:50053"
     assert settings.database_url == f"sqlite+aiosqlite:///{tmp_path}/conversation.db"
+    assert settings.broker_url == f"sqla+sqlite:///{tmp_path.resolve()}/celery-broker.db"  # embedded: no server
     monkeypatch.setenv("CHATPLANE_ENVIRONMENT", "production")
     with pytest.raises(ValidationError, match="SQLite"):
         ConversationSettings()
     monkeypatch.setenv("CHATPLANE_CONVERSATION_DATABASE_URL", "postgresql+asyncpg://db/conversation")
+    with pytest.raises(ValidationError, match="Celery broker"):
+        ConversationSettings()
+    monkeypatch.setenv("CHATPLANE_CONVERSATION_CELERY_BROKER_URL", "redis://redis:6379/0")
     assert ConversationSettings().database_url == "postgresql+asyncpg://db/conversation"
+    assert ConversationSettings().broker_url == "redis://redis:6379/0"
 
 
 async def test_health_reports_serving(sqlite_conv: Harness):

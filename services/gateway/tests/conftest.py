@@ -91,6 +91,8 @@ class FakeAuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self.authenticate_calls = 0
         self.jwks_calls = 0
         self.cache_ttl_seconds = 60
+        self.limits: dict[str, auth_pb2.Limits] = {}  # user id -> what GetLimits answers (default: nothing)
+        self.completions: list[auth_pb2.RecordCompletionRequest] = []
 
     def sign(self, user_id: str, *, expires_in: int = 600, key: SigningKey | None = None, **claims) -> str:
         key = key or self.signing[0]
@@ -157,6 +159,13 @@ class FakeAuthServicer(auth_pb2_grpc.AuthServiceServicer):
             api_keys=[k.proto() for k in self.keys.values() if k.user_id == request.user_id]
         )
 
+    async def GetLimits(self, request, context):
+        return self.limits.get(request.user_id, auth_pb2.Limits())
+
+    async def RecordCompletion(self, request, context):
+        self.completions.append(request)
+        return auth_pb2.RecordCompletionResponse()
+
     async def RevokeApiKey(self, request, context):
         key = self.keys.get(request.api_key_id)
         if key is None or key.user_id != request.user_id:
@@ -191,6 +200,9 @@ class FakeInferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             inference_pb2.Model(id=MODEL, max_model_len=2048, created=1_700_000_000, owned_by="chatplane"),
             inference_pb2.Model(id=SLASH_MODEL, max_model_len=2048, created=1_700_000_001, owned_by="org"),
         ])
+
+    async def CountTokens(self, request, context):
+        return inference_pb2.CountTokensResponse(token_count=PROMPT_TOKENS, max_model_len=2048)
 
     async def Generate(self, request, context):
         self.requests.append(request)
