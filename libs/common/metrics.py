@@ -234,13 +234,14 @@ def _stream(behavior: Callable, service: str, method: str) -> Callable:
         responses = behavior(request, context)
         traced = tracing.enabled()
         first = True
+        messages = 0  # counted here and added once at the end: no lock per message
         try:
             if not inspect.isasyncgen(responses):
                 # A servicer that writes with context.write(): timed and counted as a call, messages not seen here.
                 await responses
                 return
             async for response in responses:
-                sent.inc()
+                messages += 1
                 if traced:
                     if first:
                         first = False
@@ -255,6 +256,8 @@ def _stream(behavior: Callable, service: str, method: str) -> Callable:
             if inspect.isasyncgen(responses):
                 with suppress(Exception):
                     await responses.aclose()
+            if messages:
+                sent.inc(messages)
             in_flight.dec()
             latency.observe(time.perf_counter() - started)
             GRPC_REQUESTS.labels(service, method, _code_of(error, context)).inc()

@@ -285,13 +285,14 @@ async def _stream(
         finish_reason = "stop"
         usage = convert.usage(0, 0)
         while reply is not None:
-            if reply.text:
-                yield content(reply.text)
-            if reply.finish_reason:
+            text = reply.text
+            if text:
+                yield content(text)
+            if reply.finish_reason:  # the last reply: the only one with usage
                 finish_reason = _finish_reason(reply)
-            if reply.HasField("usage"):
-                usage = convert.usage(reply.usage.prompt_tokens, reply.usage.completion_tokens)
-                observe().tokens(model, reply.usage.prompt_tokens, reply.usage.completion_tokens)
+                if reply.HasField("usage"):
+                    usage = convert.usage(reply.usage.prompt_tokens, reply.usage.completion_tokens)
+                    observe().tokens(model, reply.usage.prompt_tokens, reply.usage.completion_tokens)
             reply = await _read(call)
         yield chunk({}, finish_reason)
         if include_usage:

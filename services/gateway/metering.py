@@ -244,6 +244,7 @@ class MeteredGeneration:
         self._started = time.monotonic()
         self._first_token: float | None = None
         self._replies = 0
+        self._chars = 0  # of the replies so far: the completion estimate of a stream cut short
         self._finish_reason = ""
         self._usage: tuple[int, int] | None = None
         self._failed = False
@@ -257,14 +258,16 @@ class MeteredGeneration:
             raise
         if reply is not grpc.aio.EOF:
             self._replies += 1
-            if reply.text and self._first_token is None:
+            if self._first_token is None and reply.text:
                 self._first_token = time.monotonic()
-            if reply.model:
-                self._model = reply.model
-            if reply.finish_reason:
+            if reply.finish_reason:  # the last reply: the only one with the model and usage
                 self._finish_reason = reply.finish_reason
-            if reply.HasField("usage"):
-                self._usage = (reply.usage.prompt_tokens, reply.usage.completion_tokens)
+                if reply.model:
+                    self._model = reply.model
+                if reply.HasField("usage"):
+                    self._usage = (reply.usage.prompt_tokens, reply.usage.completion_tokens)
+            else:
+                self._chars += len(reply.text)
         return reply
 
     def cancel(self) -> bool:
@@ -280,8 +283,8 @@ class MeteredGeneration:
             return
         if self._usage is not None:
             prompt, completion = self._usage
-        else:  # cut short: the prompt was processed, and each reply carried at least a token
-            prompt, completion = self._prompt_estimate, self._replies
+        else:  # cut short: the prompt was processed, and each reply carried at least a token (often several)
+            prompt, completion = self._prompt_estimate, max(self._replies, rough_tokens(self._chars))
         finish_reason = self._finish_reason or ("error" if self._failed else "abort")
         now = time.monotonic()
         self._metering.settle(self._admission, prompt + completion)

@@ -117,7 +117,8 @@ def _route(scope: Scope) -> str:
 
 
 def _is_token_event(body: bytes) -> bool:
-    return any(marker in body for marker in _TOKEN_MARKERS) and _EMPTY_CONTENT not in body
+    conversation, chat = _TOKEN_MARKERS
+    return (chat in body or conversation in body) and _EMPTY_CONTENT not in body
 
 
 def _rejection_reason(body: bytes) -> str:
@@ -155,29 +156,34 @@ class MetricsMiddleware:
                 gone = True
             return message
 
+        itl = None  # the inter-token latency histogram's child of this request, looked up once
+
         async def send_watch(message: Message) -> None:
-            nonlocal status, stream, complete, last_token, rejected_body
-            if message["type"] == "http.response.start":
+            nonlocal status, stream, complete, last_token, rejected_body, itl
+            if message["type"] == "http.response.body":
+                if stream:
+                    # Per streamed event: a few substring checks and, for a token event, one clock read and one
+                    # histogram observation; nothing else.
+                    body = message.get("body", b"")
+                    if _is_token_event(body):
+                        now = time.perf_counter()
+                        if last_token is None:
+                            TTFT.labels(_route(scope), observation.model, observation.api_key).observe(now - started)
+                            tracing.annotate(**{"chatplane.time_to_first_token_s": now - started})
+                            itl = ITL.labels(_route(scope), observation.model)
+                        else:
+                            itl.observe(now - last_token)
+                        last_token = now
+                elif status == 429 and len(rejected_body) < 4096:
+                    rejected_body += message.get("body", b"")
+                if not message.get("more_body", False):
+                    complete = True
+            elif message["type"] == "http.response.start":
                 status = message["status"]
                 stream = any(k == b"content-type" and v.startswith(b"text/event-stream")
                              for k, v in message.get("headers", ()))
                 if stream:
                     STREAMS_IN_FLIGHT.labels(_route(scope)).inc()
-            elif message["type"] == "http.response.body":
-                body = message.get("body", b"")
-                if stream and body and _is_token_event(body):
-                    now = time.perf_counter()
-                    route = _route(scope)
-                    if last_token is None:
-                        TTFT.labels(route, observation.model, observation.api_key).observe(now - started)
-                        tracing.annotate(**{"chatplane.time_to_first_token_s": now - started})
-                    else:
-                        ITL.labels(route, observation.model).observe(now - last_token)
-                    last_token = now
-                elif status == 429 and len(rejected_body) < 4096:
-                    rejected_body += body
-                if not message.get("more_body", False):
-                    complete = True
             await send(message)
 
         try:

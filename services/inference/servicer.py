@@ -2,20 +2,80 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+from collections.abc import AsyncIterator
 
 import grpc
 
 from chatplane.common import limits
 from chatplane.common.errors import abort
-from chatplane.inference.engine import Engine, EngineInputError, Messages, Sampling
+from chatplane.inference.engine import Chunk, Engine, EngineInputError, Messages, Sampling
 from chatplane.protos.inference.v1 import inference_pb2 as pb
 from chatplane.protos.inference.v1 import inference_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 ROLES = {"system", "user", "assistant"}
+
+
+class _Ahead:
+    """Reads an engine stream in its own task while the RPC sends, so that the chunks the engine produced during a
+    send go out together as one message (coalescing under backpressure: one gRPC message, and one event-loop wake-up
+    on each hop behind it, for many tokens). Nothing is ever held back: :meth:`ready` returns at once with whatever
+    is there, and waits only when nothing is (the first token is therefore always sent as soon as it exists)."""
+
+    __slots__ = ("_stream", "_chunks", "_waiter", "_error", "_ended", "_task")
+
+    def __init__(self, stream: AsyncIterator[Chunk]) -> None:
+        self._stream = stream
+        self._chunks: list[Chunk] = []
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self._ended = False
+        self._task = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for chunk in self._stream:
+                self._chunks.append(chunk)
+                waiter = self._waiter
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+                if chunk.finish_reason is not None:
+                    break
+        except Exception as e:  # noqa: BLE001 - handed to the RPC, which turns it into a status
+            self._error = e
+        finally:
+            self._ended = True
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            await self._stream.aclose()
+
+    async def ready(self) -> list[Chunk]:
+        """Every chunk produced since the last call (waiting for one when there is none); [] at the end."""
+        if not self._chunks and not self._ended:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        chunks = self._chunks
+        if chunks:
+            self._chunks = []
+            return chunks
+        if self._error is not None:
+            raise self._error
+        return []
+
+    def stop(self, *_: object) -> None:
+        self._task.cancel()
+
+    async def close(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
@@ -95,22 +155,33 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         stream = self.engine.generate(
             messages=messages, prompt=prompt, sampling=sampling, request_id=request.request_id
         )
+        ahead = _Ahead(stream)
+        # The RPC's end (finished, cancelled, deadline) stops the engine at once, even while this generator is left
+        # suspended at a yield by a cancelled send.
+        context.add_done_callback(ahead.stop)
+        model = self.engine.model_name
         try:
-            async for chunk in stream:
-                if chunk.finish_reason is None:
-                    yield pb.GenerateResponse(text=chunk.text)
+            while True:
+                chunks = await ahead.ready()
+                if not chunks:
+                    return
+                last = chunks[-1]
+                text = last.text if len(chunks) == 1 else "".join([c.text for c in chunks])
+                if last.finish_reason is None:
+                    yield pb.GenerateResponse(text=text)
                 else:
                     yield pb.GenerateResponse(
-                        text=chunk.text,
-                        finish_reason=chunk.finish_reason,
-                        usage=pb.Usage(prompt_tokens=chunk.prompt_tokens, completion_tokens=chunk.completion_tokens),
-                        model=self.engine.model_name,
+                        text=text,
+                        finish_reason=last.finish_reason,
+                        usage=pb.Usage(prompt_tokens=last.prompt_tokens, completion_tokens=last.completion_tokens),
+                        model=model,
                     )
+                    return
         except EngineInputError as e:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e), code=e.code, param=e.param)
         finally:
-            # Cancelled RPC (client gone): closing the stream aborts the request in the engine.
-            await stream.aclose()
+            # Cancelled RPC (client gone): stopping the reader aborts the request in the engine.
+            await ahead.close()
 
     async def CountTokens(self, request: pb.CountTokensRequest, context):  # noqa: N802
         await self._check_ready(context)
