@@ -475,8 +475,8 @@ def test_side_processes_get_secrets_only_through_secret_key_refs(renders):
     assert worker["CHATPLANE_CONVERSATION_INFERENCE_TARGET"]["value"].startswith(f"dns:///{fullname('inference')}.")
     assert "CHATPLANE_AUTH_JWT_PRIVATE_KEY" not in worker
     consumer = main_env("auth-usage-consumer")
-    # production AuthSettings refuses to load without the signing key, consume-usage included
-    assert consumer["CHATPLANE_AUTH_JWT_PRIVATE_KEY"]["valueFrom"]["secretKeyRef"]["name"] == fullname("jwt")
+    # only the auth server signs tokens: the consumer never holds the private key
+    assert "CHATPLANE_AUTH_JWT_PRIVATE_KEY" not in consumer
     assert consumer["CHATPLANE_ENVIRONMENT"]["value"] == "production"
 
 

@@ -43,9 +43,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "make-admin":
         from chatplane.auth.admin import make_admin
 
-        return asyncio.run(make_admin(settings, args.email, not args.revoke))
+        from chatplane.auth.keys import MissingSigningKey
+
+        try:
+            return asyncio.run(make_admin(settings, args.email, not args.revoke))
+        except MissingSigningKey as exc:
+            print(f"auth: {exc}", file=sys.stderr)
+            return 2
+    from chatplane.auth.keys import MissingSigningKey
+
     setup_telemetry("auth", settings.metrics_port, settings.host)
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except MissingSigningKey as exc:
+        print(f"auth: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -70,6 +70,11 @@ def private_key_pem(key: Ed25519PrivateKey) -> bytes:
     )
 
 
+class MissingSigningKey(ValueError):
+    """Production without a configured key. Only what signs or verifies tokens needs one (serving, make-admin); the
+    usage consumer and migrations do not, so that their pods never hold the private key."""
+
+
 def load_signing_key(settings: AuthSettings) -> SigningKey:
     """The configured key; in development without one, the persisted (or newly generated) development key."""
     if settings.jwt_private_key is not None:
@@ -80,8 +85,11 @@ def load_signing_key(settings: AuthSettings) -> SigningKey:
     if settings.jwt_private_key_file is not None:
         path = settings.jwt_private_key_file
         return SigningKey.from_pem(path.read_bytes(), str(path))
-    if settings.is_production:  # the settings validator already refuses this; never generate in production
-        raise ValueError("production needs a configured JWT signing key")
+    if settings.is_production:  # never generate a key in production
+        raise MissingSigningKey(
+            "production needs a configured signing key: set CHATPLANE_AUTH_JWT_PRIVATE_KEY or "
+            "CHATPLANE_AUTH_JWT_PRIVATE_KEY_FILE (an Ed25519 PKCS#8 PEM); generated keys are for development"
+        )
     return _development_key(settings.dev_key_path)
 
 

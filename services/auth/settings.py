@@ -58,11 +58,6 @@ class AuthSettings(DatabaseServiceSettings):
             raise ValueError("set only one of CHATPLANE_AUTH_JWT_PRIVATE_KEY and CHATPLANE_AUTH_JWT_PRIVATE_KEY_FILE")
         if self.jwt_private_key_file is not None and not self.jwt_private_key_file.is_file():
             raise ValueError(f"CHATPLANE_AUTH_JWT_PRIVATE_KEY_FILE {self.jwt_private_key_file} is not a readable file")
-        if self.is_production and self.jwt_private_key is None and self.jwt_private_key_file is None:
-            raise ValueError(
-                "production needs a configured signing key: set CHATPLANE_AUTH_JWT_PRIVATE_KEY or "
-                "CHATPLANE_AUTH_JWT_PRIVATE_KEY_FILE (an Ed25519 PKCS#8 PEM); generated keys are for development"
-            )
         return self
 
     @property

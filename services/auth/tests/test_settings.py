@@ -33,9 +33,13 @@ def test_settings_come_from_the_environment(monkeypatch, tmp_path):
     assert settings.database_url == f"sqlite+aiosqlite:///{tmp_path}/auth.db"
 
 
-def test_production_without_a_key_fails_fast():
-    with pytest.raises(ValidationError, match="JWT_PRIVATE_KEY"):
-        AuthSettings(environment="production", database_url=PG_URL)
+def test_production_without_a_key_fails_fast_where_tokens_are_signed():
+    from chatplane.auth.keys import MissingSigningKey
+    from chatplane.auth.server import AuthServer
+
+    settings = AuthSettings(environment="production", database_url=PG_URL)  # enough for migrate / consume-usage
+    with pytest.raises(MissingSigningKey, match="JWT_PRIVATE_KEY"):
+        AuthServer(settings)
 
 
 def test_production_refuses_sqlite(ed25519_pem, tmp_path):
