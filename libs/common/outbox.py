@@ -99,6 +99,22 @@ async def add_event(session: AsyncSession, env: EventEnvelope) -> None:
     session.info[_PENDING] = True
 
 
+async def add_events(session: AsyncSession, envs: list[EventEnvelope]) -> None:
+    """Write several events to the outbox in one statement (an executemany), in the session's open transaction."""
+    if not envs:
+        return
+    now = utcnow()
+    await session.execute(
+        insert(_outbox),
+        [
+            {"event_id": env.event_id, "event_type": env.type, "topic": topic_of(env), "key": env.key,
+             "payload": env.SerializeToString(), "created_at": now}
+            for env in envs
+        ],
+    )
+    session.info[_PENDING] = True
+
+
 # --- wake-up after commit -----------------------------------------------------------------------------------------
 
 _wakers: weakref.WeakKeyDictionary[Engine, list[Callable[[], None]]] = weakref.WeakKeyDictionary()

@@ -35,6 +35,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         backends = Backends(settings)
         app.state.backends = backends
+        backends.metering.start()  # the completion records' sender; Backends.close() flushes and stops it
         try:
             yield
         finally:

@@ -3,7 +3,8 @@
 A model call is admitted with an estimate (prompt tokens + the reserved completion tokens): one token-bucket call
 for the rate limits and, when quotas apply, one reservation on the quota counters. When the call ends, the exact
 usage replaces the estimate (in the background, off the streaming path). For ``/v1/chat/completions`` the gateway
-then asks auth to write the ``completion.finished`` event (auth owns usage; the conversation service writes its own).
+then queues the ``completion.finished`` event for auth, which gets them in batches (``completions.py``; auth owns
+usage; the conversation service writes its own).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import asyncio
 import logging
 import math
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +21,7 @@ import grpc
 from cachetools import TTLCache
 
 from chatplane.gateway.authn import Principal
+from chatplane.gateway.completions import CompletionBatcher
 from chatplane.gateway.errors import APIError, from_grpc
 from chatplane.gateway.ratelimit import Limiter, LocalLimiter, QuotaCounter, RedisLimiter
 from chatplane.gateway.settings import GatewaySettings
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 
 HEADERS_STATE = "ratelimit_headers"  # request.state attribute read by RateLimitHeadersMiddleware
 _PERIOD_NAMES = {auth_pb2.QUOTA_PERIOD_DAY: "day", auth_pb2.QUOTA_PERIOD_MONTH: "month"}
-RECORD_ATTEMPTS = 5
 
 
 def rough_tokens(chars: int) -> int:
@@ -57,8 +57,10 @@ class Metering:
     limiter: Limiter
     _limits: TTLCache = field(init=False)
     _tasks: set[asyncio.Task] = field(default_factory=set, init=False)
+    recorder: CompletionBatcher = field(init=False)
 
     def __post_init__(self) -> None:
+        self.recorder = CompletionBatcher(self.auth, timeout=self.settings.upstream_timeout_seconds)
         self._limits = TTLCache(maxsize=self.settings.auth_cache_size, ttl=max(self.settings.auth_cache_ttl_seconds, 1))
 
     @classmethod
@@ -68,9 +70,14 @@ class Metering:
         )
         return cls(settings, auth, limiter)
 
+    def start(self) -> None:
+        """Start the background sender of completion records (in the app's lifespan)."""
+        self.recorder.start()
+
     async def close(self) -> None:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
+        await self.recorder.close()  # lets the last completion records reach auth
         await self.limiter.close()
 
     # -- limits of a caller ----------------------------------------------------------------------------------------
@@ -194,24 +201,9 @@ class Metering:
             log.warning("settling usage failed", extra={"error": repr(exc)[:300]})
 
     def record_completion(self, completion: events_pb2.CompletionFinished) -> None:
-        """Ask auth to write the completion.finished event (retried in the background; never on the stream's path)."""
-        self._background(self._record(uuid.uuid4().hex, completion))
-
-    async def _record(self, event_id: str, completion: events_pb2.CompletionFinished) -> None:
-        request = auth_pb2.RecordCompletionRequest(event_id=event_id, completion=completion)
-        delay = 0.2
-        for attempt in range(RECORD_ATTEMPTS):
-            try:
-                await self.auth.RecordCompletion(request, timeout=self.settings.upstream_timeout_seconds)
-                return
-            except grpc.aio.AioRpcError as err:
-                retriable = err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-                if not retriable or attempt == RECORD_ATTEMPTS - 1:
-                    log.error("completion not recorded", extra={"request_id": completion.request_id,
-                                                                "grpc_status": err.code().name})
-                    return
-            await asyncio.sleep(delay)
-            delay *= 2
+        """Queue the completion.finished event for auth (sent in batches in the background; never on the stream's
+        path)."""
+        self.recorder.add(completion)
 
     def _background(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)

@@ -75,6 +75,12 @@ DISCONNECTS = Counter(
     "Requests whose client went away before the answer was complete (the upstream work is cancelled).",
     ["route"],
 )
+COMPLETION_RECORDS_DROPPED = Counter(
+    "chatplane_gateway_completion_records_dropped_total",
+    "Completion records never delivered to auth (their usage is lost): reason buffer_full (auth stayed down and the "
+    "oldest were dropped), rejected (auth refused them) or shutdown (still queued when the gateway stopped).",
+    ["reason"],
+)
 
 _TOKEN_MARKERS = (b'"type":"message.delta"', b'"delta":{"content":"')
 _EMPTY_CONTENT = b'"delta":{"content":""'

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import grpc
 import pytest
+from sqlalchemy import event as sa_event
 from sqlalchemy import select
 
 from chatplane.auth.metering import USAGE_TOPICS, apply_event
@@ -134,3 +135,48 @@ async def test_make_admin(auth):
     assert await make_admin(auth.settings, user.email) == 0
     assert (await auth.stub.GetLimits(auth_pb2.GetLimitsRequest(user_id=user.id))).is_admin
     assert await make_admin(auth.settings, "nobody@example.com") == 1
+
+
+async def test_a_batch_of_completions_is_one_transaction_and_a_retried_batch_counts_once(auth):
+    user = await auth.sign_up(f"{uuid.uuid4().hex[:8]}@example.com")
+    records = [auth_pb2.CompletionRecord(event_id=uuid.uuid4().hex, completion=completion(user.id, "", "m1", 5, i))
+               for i in range(1, 51)]
+    statements: list[str] = []
+    commits: list[int] = []
+
+    def on_statement(conn, cursor, statement, *args) -> None:  # noqa: ANN001
+        statements.append(statement.split()[0].upper())
+
+    def on_commit(conn) -> None:  # noqa: ANN001
+        commits.append(1)
+
+    engine = auth.server.engine.sync_engine
+    sa_event.listen(engine, "before_cursor_execute", on_statement)
+    sa_event.listen(engine, "commit", on_commit)
+    try:
+        answer = await auth.stub.RecordCompletions(auth_pb2.RecordCompletionsRequest(records=records))
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", on_statement)
+        sa_event.remove(engine, "commit", on_commit)
+    assert answer.recorded == 50 and not answer.rejected_event_ids
+    assert len(commits) == 1 and statements.count("INSERT") == 1  # one transaction, one (executemany) insert
+
+    # A retried batch (some records new, a bad one among them) writes only what is new and valid.
+    bad = auth_pb2.CompletionRecord(event_id=uuid.uuid4().hex, completion=completion("not-an-id", "", "m1", 1, 1))
+    extra = auth_pb2.CompletionRecord(event_id=uuid.uuid4().hex, completion=completion(user.id, "", "m1", 5, 7))
+    again = await auth.stub.RecordCompletions(auth_pb2.RecordCompletionsRequest(records=[*records, bad, extra]))
+    assert again.recorded == 1 and list(again.rejected_event_ids) == [bad.event_id]
+    # The single-record RPC shares the event ids: a record already sent in a batch is not written again.
+    await auth.stub.RecordCompletion(auth_pb2.RecordCompletionRequest(event_id=records[0].event_id,
+                                                                      completion=records[0].completion))
+    async with db.sessionmaker(auth.server.engine)() as session:
+        rows = (await session.execute(select(outbox.c.event_id, outbox.c.payload)
+                                      .where(outbox.c.event_type == "completion.finished"))).all()
+    mine = {row.event_id: events_pb2.EventEnvelope.FromString(row.payload) for row in rows
+            if row.event_id in {r.event_id for r in [*records, extra, bad]}}
+    assert set(mine) == {r.event_id for r in [*records, extra]}
+    assert mine[extra.event_id].completion_finished.completion_tokens == 7
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:  # a batch over the limit is refused whole
+        await auth.stub.RecordCompletions(auth_pb2.RecordCompletionsRequest(records=[records[0]] * 1001))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -167,6 +167,30 @@ class RecordCompletionResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class CompletionRecord(_message.Message):
+    __slots__ = ("event_id", "completion", "traceparent")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    completion: _events_pb2.CompletionFinished
+    traceparent: str
+    def __init__(self, event_id: _Optional[str] = ..., completion: _Optional[_Union[_events_pb2.CompletionFinished, _Mapping]] = ..., traceparent: _Optional[str] = ...) -> None: ...
+
+class RecordCompletionsRequest(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[CompletionRecord]
+    def __init__(self, records: _Optional[_Iterable[_Union[CompletionRecord, _Mapping]]] = ...) -> None: ...
+
+class RecordCompletionsResponse(_message.Message):
+    __slots__ = ("recorded", "rejected_event_ids")
+    RECORDED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    recorded: int
+    rejected_event_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, recorded: _Optional[int] = ..., rejected_event_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class Quota(_message.Message):
     __slots__ = ("user_id", "api_key_id", "period", "token_limit", "used_tokens", "period_start", "period_end")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
