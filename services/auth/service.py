@@ -295,13 +295,6 @@ class AuthCore:
 
     # --- usage, quotas, rate limits -----------------------------------------------------------------------------
 
-    async def record_completion(
-        self, event_id: str, completion: events_pb2.CompletionFinished, traceparent: str = ""
-    ) -> None:
-        """Write a finished stateless completion's event (reported by the gateway). Idempotent by ``event_id``."""
-        _check_completion(event_id, completion)
-        await self.record_completions([(event_id, completion, traceparent)])
-
     async def record_completions(
         self, records: Sequence[tuple[str, events_pb2.CompletionFinished, str]]
     ) -> tuple[int, list[str]]:

@@ -133,16 +133,6 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         info = await _call(context, "RevokeApiKey", self.core.revoke_api_key(request.user_id, request.api_key_id))
         return _api_key(info)
 
-    async def RecordCompletion(  # noqa: N802
-        self, request: auth_pb2.RecordCompletionRequest, context
-    ) -> auth_pb2.RecordCompletionResponse:
-        await _call(
-            context,
-            "RecordCompletion",
-            self.core.record_completion(request.event_id, request.completion, request.traceparent),
-        )
-        return auth_pb2.RecordCompletionResponse()
-
     async def RecordCompletions(  # noqa: N802
         self, request: auth_pb2.RecordCompletionsRequest, context
     ) -> auth_pb2.RecordCompletionsResponse:

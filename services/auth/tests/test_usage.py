@@ -53,9 +53,11 @@ async def test_usage_consumer_crash_before_commit_counts_each_completion_once(au
     sent += [completion(user.id, "", "m2", 7, 2) for _ in range(3)]  # JWT caller: no key
     event_ids = [uuid.uuid4().hex for _ in sent]
     for event_id, c in zip(event_ids, sent, strict=True):
-        await auth.stub.RecordCompletion(auth_pb2.RecordCompletionRequest(event_id=event_id, completion=c))
+        await auth.stub.RecordCompletions(auth_pb2.RecordCompletionsRequest(
+            records=[auth_pb2.CompletionRecord(event_id=event_id, completion=c)]))
     # A retried report writes no second event.
-    await auth.stub.RecordCompletion(auth_pb2.RecordCompletionRequest(event_id=event_ids[0], completion=sent[0]))
+    await auth.stub.RecordCompletions(auth_pb2.RecordCompletionsRequest(
+        records=[auth_pb2.CompletionRecord(event_id=event_ids[0], completion=sent[0])]))
     assert (await outbox_types(auth)).count("completion.finished") == len(sent)
 
     relay = OutboxRelay(auth.server.engine, kafka_broker.bootstrap_servers, name=f"auth-{uuid.uuid4().hex[:6]}")
@@ -166,9 +168,8 @@ async def test_a_batch_of_completions_is_one_transaction_and_a_retried_batch_cou
     extra = auth_pb2.CompletionRecord(event_id=uuid.uuid4().hex, completion=completion(user.id, "", "m1", 5, 7))
     again = await auth.stub.RecordCompletions(auth_pb2.RecordCompletionsRequest(records=[*records, bad, extra]))
     assert again.recorded == 1 and list(again.rejected_event_ids) == [bad.event_id]
-    # The single-record RPC shares the event ids: a record already sent in a batch is not written again.
-    await auth.stub.RecordCompletion(auth_pb2.RecordCompletionRequest(event_id=records[0].event_id,
-                                                                      completion=records[0].completion))
+    # A record already sent in an earlier batch is not written again on its own either.
+    await auth.stub.RecordCompletions(auth_pb2.RecordCompletionsRequest(records=[records[0]]))
     async with db.sessionmaker(auth.server.engine)() as session:
         rows = (await session.execute(select(outbox.c.event_id, outbox.c.payload)
                                       .where(outbox.c.event_type == "completion.finished"))).all()

@@ -164,10 +164,6 @@ class FakeAuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def GetLimits(self, request, context):
         return self.limits.get(request.user_id, auth_pb2.Limits())
 
-    async def RecordCompletion(self, request, context):
-        self.completions.append(auth_pb2.CompletionRecord(event_id=request.event_id, completion=request.completion))
-        return auth_pb2.RecordCompletionResponse()
-
     async def RecordCompletions(self, request, context):
         self.completion_batches.append(len(request.records))
         if self.record_unavailable:

@@ -153,20 +153,6 @@ class RevokeApiKeyRequest(_message.Message):
     api_key_id: str
     def __init__(self, user_id: _Optional[str] = ..., api_key_id: _Optional[str] = ...) -> None: ...
 
-class RecordCompletionRequest(_message.Message):
-    __slots__ = ("event_id", "completion", "traceparent")
-    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
-    COMPLETION_FIELD_NUMBER: _ClassVar[int]
-    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
-    event_id: str
-    completion: _events_pb2.CompletionFinished
-    traceparent: str
-    def __init__(self, event_id: _Optional[str] = ..., completion: _Optional[_Union[_events_pb2.CompletionFinished, _Mapping]] = ..., traceparent: _Optional[str] = ...) -> None: ...
-
-class RecordCompletionResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
-
 class CompletionRecord(_message.Message):
     __slots__ = ("event_id", "completion", "traceparent")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]

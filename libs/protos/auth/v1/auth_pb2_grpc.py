@@ -69,11 +69,6 @@ class AuthServiceStub:
                 request_serializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.RevokeApiKeyRequest.SerializeToString,
                 response_deserializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.ApiKey.FromString,
                 _registered_method=True)
-        self.RecordCompletion = channel.unary_unary(
-                '/chatplane.auth.v1.AuthService/RecordCompletion',
-                request_serializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.RecordCompletionRequest.SerializeToString,
-                response_deserializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.RecordCompletionResponse.FromString,
-                _registered_method=True)
         self.RecordCompletions = channel.unary_unary(
                 '/chatplane.auth.v1.AuthService/RecordCompletions',
                 request_serializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.RecordCompletionsRequest.SerializeToString,
@@ -160,17 +155,9 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def RecordCompletion(self, request, context):
-        """Usage, quotas and rate limits (auth owns them).
-        The gateway reports a finished stateless completion: auth writes the CompletionFinished event into its outbox.
-        Idempotent by event_id.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def RecordCompletions(self, request, context):
-        """A batch of finished stateless completions (what the gateway sends): all valid records' events are written in
+        """Usage, quotas and rate limits (auth owns them).
+        The gateway reports finished stateless completions in batches: all valid records' events are written in
         one transaction; each is idempotent by its event_id, so a retried batch writes no second event. Invalid records
         are skipped and named in the response; INVALID_ARGUMENT only when the batch itself is too large.
         """
@@ -255,11 +242,6 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.RevokeApiKey,
                     request_deserializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.RevokeApiKeyRequest.FromString,
                     response_serializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.ApiKey.SerializeToString,
-            ),
-            'RecordCompletion': grpc.unary_unary_rpc_method_handler(
-                    servicer.RecordCompletion,
-                    request_deserializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.RecordCompletionRequest.FromString,
-                    response_serializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.RecordCompletionResponse.SerializeToString,
             ),
             'RecordCompletions': grpc.unary_unary_rpc_method_handler(
                     servicer.RecordCompletions,
@@ -486,33 +468,6 @@ class AuthService:
             '/chatplane.auth.v1.AuthService/RevokeApiKey',
             chatplane_dot_auth_dot_v1_dot_auth__pb2.RevokeApiKeyRequest.SerializeToString,
             chatplane_dot_auth_dot_v1_dot_auth__pb2.ApiKey.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def RecordCompletion(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/chatplane.auth.v1.AuthService/RecordCompletion',
-            chatplane_dot_auth_dot_v1_dot_auth__pb2.RecordCompletionRequest.SerializeToString,
-            chatplane_dot_auth_dot_v1_dot_auth__pb2.RecordCompletionResponse.FromString,
             options,
             channel_credentials,
             insecure,
