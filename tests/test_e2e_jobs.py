@@ -3,25 +3,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
+from tests_support import eventually
 
 pytestmark = pytest.mark.engine
 
 DEFAULT = "New conversation"
 
 
-async def poll(check, timeout: float = 90.0, interval: float = 0.25):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(interval)
+def poll(check):
+    return eventually(check, timeout=90, interval=0.25)
 
 
 async def test_title_appears_in_the_list_and_exports_come_back(http, account, other_account):

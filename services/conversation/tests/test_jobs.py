@@ -18,6 +18,7 @@ import pytest
 import redis
 from conv_fake_inference import FakeInferenceServicer
 from conv_harness import status_of
+from tests_support import eventually
 from sqlalchemy import select, text, update
 
 from chatplane.common.db import migrate, utcnow
@@ -130,15 +131,6 @@ async def conversation_service(
         yield conversation_pb2_grpc.ConversationServiceStub(chan)
 
 
-async def eventually(check, timeout: float = 20.0, interval: float = 0.1):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(interval)
 
 
 async def exchange(stub, user: str, content: str, title: str = "") -> pb.Conversation:

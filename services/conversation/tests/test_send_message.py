@@ -9,6 +9,7 @@ import grpc
 import pytest
 from conv_fake_inference import MODEL, Failure, chat_tokens
 from conv_harness import SYSTEM_PROMPT, Harness, harness, status_of
+from tests_support import eventually
 
 from chatplane.common.limits import MAX_MESSAGE_CHARS
 from chatplane.common.procs import free_port
@@ -16,16 +17,6 @@ from chatplane.conversation.service import Delta, SendRequest
 from chatplane.protos.conversation.v1 import conversation_pb2 as pb
 
 
-async def eventually(check, timeout: float = 5.0):
-    """Poll an async check until it returns something truthy."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 def sent_chat(h: Harness, index: int = -1) -> list[tuple[str, str]]:
