@@ -114,18 +114,6 @@ def current_traceparent() -> str:
     return carrier.get("traceparent", "")
 
 
-def inject_headers(headers: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
-    """Kafka record headers with the current trace context added (a producer outside any envelope)."""
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return [*headers, *((k, v.encode()) for k, v in carrier.items())]
-
-
-def extract_headers(headers: list[tuple[str, bytes]] | None) -> Any:
-    carrier = {k: v.decode(errors="replace") for k, v in headers or () if isinstance(v, bytes | bytearray)}
-    return propagate.extract(carrier)
-
-
 @contextmanager
 def consumer_span(topic: str, group: str, event_type: str, traceparent: str) -> Iterator[Any]:
     """A CONSUMER span for one event, a child of the span that produced it (its envelope's ``traceparent``)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from chatplane.auth.models import ApiKey, Quota, UsageDaily, User, outbox
 from chatplane.auth.passwords import Passwords
 from chatplane.auth.settings import AuthSettings
 from chatplane.auth.tokens import TokenIssuer
-from chatplane.common.db import utcnow
+from chatplane.common.db import new_id, utcnow
 from chatplane.common.events import EventEnvelope, envelope
 from chatplane.common.outbox import add_event, add_events
 from chatplane.protos.events.v1 import events_pb2
@@ -43,10 +42,6 @@ MAX_TOKEN_LIMIT = 10**15
 MAX_RATE_LIMIT = 10**9
 MAX_COMPLETION_BATCH = 1000
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
 
 
 class CredentialType(Enum):

@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chatplane.common.db import sessionmaker, utcnow
+from chatplane.common.db import new_id, sessionmaker, utcnow
 from chatplane.conversation.models import (
     EXPORT_COMPLETED,
     EXPORT_ERROR_CHARS,
@@ -25,7 +25,6 @@ from chatplane.conversation.models import (
     ExportJob,
     Message,
 )
-from chatplane.conversation.store import new_id
 
 FORMATS = (EXPORT_MARKDOWN, EXPORT_JSON)
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from chatplane.common.db import make_engine, migrate
+from chatplane.common.db import make_engine, migrate, new_id
 from chatplane.common.grpc_client import channel
 from chatplane.common.relay import OutboxRelay
 from chatplane.conversation import validation
@@ -38,7 +38,7 @@ from chatplane.conversation.prompt import (
     build_prompt,
 )
 from chatplane.conversation.settings import ConversationSettings
-from chatplane.conversation.store import ConversationStore, NewMessage, PageKey, new_id
+from chatplane.conversation.store import ConversationStore, NewMessage, PageKey
 from chatplane.protos.events.v1 import events_pb2
 from chatplane.protos.inference.v1 import inference_pb2, inference_pb2_grpc
 

@@ -8,7 +8,6 @@ caller has checked. ``ConversationStore.transaction`` is the single seam where s
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,17 +16,13 @@ from datetime import datetime
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from chatplane.common.db import sessionmaker, utcnow
+from chatplane.common.db import new_id, sessionmaker, utcnow
 from chatplane.common.events import envelope
 from chatplane.common.outbox import add_event
 from chatplane.conversation.models import FINISH_REASON_CHARS, MODEL_CHARS, Conversation, Message
 from chatplane.protos.events.v1 import events_pb2
 
 PRODUCER = "conversation"
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
 
 
 @dataclass(frozen=True)

@@ -52,17 +52,6 @@ def _cache_key(credential: str) -> str:
     return hashlib.sha256(credential.encode()).hexdigest()
 
 
-def bearer_credential(authorization: str | None) -> str:
-    """The credential of an ``Authorization: Bearer ...`` header, or a 401."""
-    if not authorization:
-        raise unauthenticated(MISSING_MESSAGE)
-    scheme, _, credential = authorization.strip().partition(" ")
-    credential = credential.strip()
-    if scheme.lower() != "bearer" or not credential:
-        raise unauthenticated(MISSING_MESSAGE)
-    return credential
-
-
 class Authenticator:
     def __init__(
         self,

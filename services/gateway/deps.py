@@ -14,7 +14,6 @@ from chatplane.gateway.observability import observe
 from chatplane.gateway.settings import GatewaySettings
 from chatplane.protos.auth.v1 import auth_pb2_grpc
 from chatplane.protos.conversation.v1 import conversation_pb2_grpc
-from chatplane.protos.inference.v1 import inference_pb2_grpc
 
 # Shows the "Authorize" button in /docs; the check itself is ours (auto_error=False) so that errors keep OpenAI's shape.
 _bearer = HTTPBearer(auto_error=False, description="An API key (from POST /v1/api-keys) or a JWT from login.")
@@ -57,10 +56,5 @@ async def _conversation_stub(backends: BackendsDep) -> conversation_pb2_grpc.Con
     return backends.conversation
 
 
-async def _inference_stub(backends: BackendsDep) -> inference_pb2_grpc.InferenceServiceStub:
-    return backends.inference
-
-
 AuthStub = Annotated[auth_pb2_grpc.AuthServiceStub, Depends(_auth_stub)]
 ConversationStub = Annotated[conversation_pb2_grpc.ConversationServiceStub, Depends(_conversation_stub)]
-InferenceStub = Annotated[inference_pb2_grpc.InferenceServiceStub, Depends(_inference_stub)]

@@ -54,7 +54,6 @@ class InferenceSettings(ServiceSettings):
     extra_engine_args: dict = Field(
         default_factory=dict, description="More vllm AsyncEngineArgs as JSON, e.g. {\"swap_space\": 0}."
     )
-    startup_timeout_seconds: float = Field(600, description="Give up when the engine is not up by then.")
     synthetic_tokens_per_second: float = Field(
         0.0, ge=0, description="Synthetic engine: tokens a second per stream; 0: as fast as possible."
     )
