@@ -19,6 +19,7 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         log_config=None,  # keep our JSON logging
+        access_log=False,  # the gateway writes its own access line (JSON, with route, key and request id)
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
         proxy_headers=False,
     )

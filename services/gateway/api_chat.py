@@ -21,7 +21,7 @@ from chatplane.gateway.errors import APIError, from_grpc, invalid
 from chatplane.gateway.metering import Admission, MeteredGeneration, rough_tokens
 from chatplane.gateway.observability import observe
 from chatplane.gateway.schemas import ChatCompletionRequest, ChatMessageIn
-from chatplane.gateway.sse import DONE, SLOT, EventStream, TextEvent, event, unless_disconnected
+from chatplane.gateway.sse import DONE, SLOT, ClientWatch, EventStream, TextEvent, event
 from chatplane.protos.inference.v1 import inference_pb2
 
 log = logging.getLogger(__name__)
@@ -196,29 +196,32 @@ async def create_chat_completion(
     generate = build_request(body, completion_id)
     if await backends.models.get(body.model) is None:
         raise model_not_found(body.model, "model")
-    observe().model = body.model  # a served model: a bounded metrics label
+    observation = observe()
+    observation.model = body.model  # a served model: a bounded metrics label
+    observation.request_id = completion_id  # the access log line names the call
     admission, prompt_estimate = await _admit(backends, principal, request, generate)
-    log.info("chat completion", extra={"request_id": completion_id, "user_id": principal.user_id,
-                                         "stream": bool(body.stream)})
     call = MeteredGeneration(
         backends.inference.Generate(generate, timeout=backends.settings.stream_timeout_seconds),
         backends.metering, admission, principal, completion_id, body.model, prompt_estimate,
     )
+    watch = ClientWatch(request.receive)
     try:
         # Wait for the first reply before answering, so that an early error is an ordinary HTTP error.
-        first = await unless_disconnected(request.receive, _read(call))
+        first = await watch.guard(_read(call))
     except BaseException:
+        watch.stop()
         call.cancel()
         raise
     created = int(time.time())
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunks = _stream(call, first, completion_id, created, body.model, include_usage)
-        return EventStream(chunks)
+        return EventStream(chunks, watch)
     try:
         answer = _complete(call, first, completion_id, created, body.model)
-        return JSONResponse(await unless_disconnected(request.receive, answer))
+        return JSONResponse(await watch.guard(answer))
     finally:
+        watch.stop()
         call.cancel()
 
 

@@ -27,7 +27,7 @@ from chatplane.gateway.schemas import (
     MessageCreate,
     SentMessageOut,
 )
-from chatplane.gateway.sse import DONE, SLOT, EventStream, TextEvent, event, unless_disconnected
+from chatplane.gateway.sse import DONE, SLOT, ClientWatch, EventStream, TextEvent, event
 from chatplane.protos.conversation.v1 import conversation_pb2
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,7 @@ async def send_message(
     request: Request,
 ) -> Any:
     request_id = f"msg-{uuid.uuid4().hex}"
+    observe().request_id = request_id  # the access log line names the call
     send = conversation_pb2.SendMessageRequest(
         user_id=principal.user_id,
         conversation_id=conversation_id,
@@ -165,22 +166,25 @@ async def send_message(
         backends.metering,
         admission,
     )
+    watch = ClientWatch(request.receive)
     try:
         # `started`, or an ordinary HTTP error (404 conversation, 400 too long, ...).
-        first = await unless_disconnected(request.receive, _read(call))
+        first = await watch.guard(_read(call))
         if first is None:
             raise _broken()
         if first.WhichOneof("event") == "started":
             observe().model = first.started.model  # the served model: a bounded metrics label
     except BaseException:
+        watch.stop()
         call.cancel()
         raise
     if body.stream:
-        return EventStream(_stream(call, first, request_id))
+        return EventStream(_stream(call, first, request_id), watch)
     try:
-        reply = await unless_disconnected(request.receive, _complete(call, first))
+        reply = await watch.guard(_complete(call, first))
         return JSONResponse(reply, status_code=status.HTTP_201_CREATED)
     finally:
+        watch.stop()
         call.cancel()
 
 

@@ -57,6 +57,6 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         )
     # Prometheus' scrape target, and the metrics of every request (outermost: it sees what the client sees).
     app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
-    app.add_middleware(MetricsMiddleware)
+    app.add_middleware(MetricsMiddleware, access_log=settings.access_log)
     instrument_tracing(app)
     return app

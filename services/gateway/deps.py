@@ -41,7 +41,7 @@ async def current_principal(
     if credentials is None or not credentials.credentials.strip():
         raise unauthenticated(MISSING_MESSAGE)
     principal = await backends.authenticator.authenticate(credentials.credentials.strip())
-    observe().principal(principal.api_key_id)  # the API key id labels this request's metrics
+    observe().principal(principal.api_key_id, principal.user_id)  # labels the metrics, in the access log
     return principal
 
 

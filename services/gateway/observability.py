@@ -14,6 +14,7 @@ authentication). Routes add to the request's :class:`Observation` through :func:
 from __future__ import annotations
 
 import json
+import logging
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -82,6 +83,8 @@ COMPLETION_RECORDS_DROPPED = Counter(
     ["reason"],
 )
 
+access_log = logging.getLogger("chatplane.gateway.access")
+
 _TOKEN_MARKERS = (b'"type":"message.delta"', b'"delta":{"content":"')
 _EMPTY_CONTENT = b'"delta":{"content":""'
 _REJECTION_REASONS = {"rate_limit_exceeded", "insufficient_quota"}
@@ -93,9 +96,12 @@ class Observation:
 
     model: str = ""
     api_key: str = ""
+    user_id: str = ""
+    request_id: str = ""  # a model call's id (chatcmpl-..., msg-...), in the access log line
 
-    def principal(self, api_key_id: str) -> None:
+    def principal(self, api_key_id: str, user_id: str = "") -> None:
         self.api_key = api_key_id or "jwt"
+        self.user_id = user_id
 
     def tokens(self, model: str, prompt: int, completion: int) -> None:
         """A generation finished with this usage (``model``: the served model that produced it)."""
@@ -136,10 +142,13 @@ def _rejection_reason(body: bytes) -> str:
 
 
 class MetricsMiddleware:
-    """Outermost middleware: every request, with the timings of what is sent."""
+    """Outermost middleware: every request, with the timings of what is sent; and its access log line (one JSON
+    line per request, with the route, status, duration, API key id, user id and model call id), unless
+    ``access_log`` is off."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, access_log: bool = True) -> None:
         self.app = app
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -208,6 +217,14 @@ class MetricsMiddleware:
                 TENANT_REQUESTS.labels(observation.api_key, f"{code[0]}xx").inc()
             if status == 429:
                 REJECTIONS.labels(_rejection_reason(rejected_body), observation.api_key).inc()
+            if self.access_log and access_log.isEnabledFor(logging.INFO):
+                access_log.info("request", extra={
+                    "method": scope["method"], "path": scope["path"], "route": route, "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "api_key_id": observation.api_key, "user_id": observation.user_id,
+                    "request_id": observation.request_id, "model": observation.model,
+                    "client_gone": gone or (stream and not complete),
+                })
 
 
 def instrument_tracing(app: ASGIApp) -> None:

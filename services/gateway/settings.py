@@ -62,6 +62,10 @@ class GatewaySettings(ServiceSettings):
         "(redis://host:6379/0). Empty: in-process counters (one gateway only)."
     )
     redis_key_prefix: str = Field("chatplane:", description="Prefix of every Redis key the gateway writes.")
+    access_log: bool = Field(
+        True, description="One JSON log line per HTTP request (method, path, route, status, duration, API key id, "
+        "user id, request id); false to turn it off (the metrics still count every request)."
+    )
     cors_origins: list[str] = Field(
         default_factory=list,
         description='Browser origins allowed by CORS, as a JSON list (e.g. ["https://chat.example.com"]); empty: off.',

@@ -1,19 +1,21 @@
-"""Server-sent events that stop the upstream work when the client goes away.
+"""Server-sent events, and stopping the upstream work as soon as the client goes away.
 
-Starlette's ``StreamingResponse`` only notices a disconnect on servers speaking ASGI < 2.4, and even then leaves a
-generator suspended at a ``yield`` un-closed. :class:`EventStream` always watches for ``http.disconnect`` while it
-streams and always closes the generator, so that its ``finally`` (which cancels the gRPC call) runs at once.
+A model call's client may leave while its request waits for the engine, while the reply streams, or while a
+non-streamed answer is being put together. uvicorn (ASGI 2.3) does not fail a ``send`` to a gone client: the only
+sign is ``http.disconnect`` from ``receive``. :class:`ClientWatch` waits for it in one task per model call, from the
+call's start to its answer's last byte, and cancels the request's task when it comes; the route turns that into
+:class:`ClientGone` (before the answer started) and :class:`EventStream` into the end of the stream, whose generator
+is always closed so that its ``finally`` (which cancels the gRPC call) runs at once. One watcher task per request
+replaces the task group (and the tasks) of Starlette's way, which cost more than the rest of the stream's setup.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
-import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -47,56 +49,79 @@ class TextEvent:
         return self._head + _encode_str(text).encode() + self._tail
 
 
-class EventStream(StreamingResponse):
-    body_iterator: AsyncIterator[bytes]
-
-    def __init__(self, content: AsyncIterator[bytes], status_code: int = 200) -> None:
-        super().__init__(content, status_code=status_code, headers=SSE_HEADERS, media_type="text/event-stream")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            async with anyio.create_task_group() as tg:
-
-                async def stream() -> None:
-                    try:
-                        await self.stream_response(send)
-                    except OSError:
-                        pass  # the client is gone (ASGI 2.4 servers raise on send)
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(stream)
-                await self.listen_for_disconnect(receive)
-                tg.cancel_scope.cancel()
-        finally:
-            aclose = getattr(self.body_iterator, "aclose", None)
-            if aclose is not None:
-                with anyio.CancelScope(shield=True):
-                    await aclose()
-
-
 class ClientGone(Exception):
     """The HTTP client disconnected before the answer was ready."""
 
 
-async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
-    """Await ``work`` but cancel it as soon as the client disconnects (non-streaming answers that take a while)."""
+class ClientWatch:
+    """Watches one request's client from the start of its model call to its answer's end (see the module doc).
 
-    async def disconnected() -> None:
+    Create it in the request's task; :meth:`guard` an awaitable (raises :class:`ClientGone` when the client leaves
+    meanwhile); hand it to :class:`EventStream`, or :meth:`stop` it once the answer is ready.
+    """
+
+    __slots__ = ("gone", "_task", "_watcher")
+
+    def __init__(self, receive: Receive) -> None:
+        self.gone = False
+        self._task = asyncio.current_task()
+        self._watcher: asyncio.Task[None] | None = asyncio.get_running_loop().create_task(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
+        self._watcher = None
+        if self._task is not None:
+            self.gone = True
+            self._task.cancel()
 
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        task.cancel()
-        watcher.cancel()
-        raise
-    watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
-    raise ClientGone
+    def stop(self) -> None:
+        """The answer is complete (or failed): a disconnect from now on is not a reason to cancel anything."""
+        self._task = None
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+
+    def absorb(self) -> bool:
+        """After a CancelledError in the request's task: True when it was this watch's (the cancellation is then
+        taken back, and the task goes on); False when something else cancelled the task."""
+        return self.gone and asyncio.current_task().uncancel() == 0  # type: ignore[union-attr]
+
+    async def guard(self, work: Awaitable[T]) -> T:
+        """``await work``, but :class:`ClientGone` as soon as the client disconnects."""
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if self.absorb():
+                raise ClientGone from None
+            raise
+
+
+class EventStream(StreamingResponse):
+    body_iterator: AsyncIterator[bytes]
+
+    def __init__(self, content: AsyncIterator[bytes], watch: ClientWatch, status_code: int = 200) -> None:
+        super().__init__(content, status_code=status_code, headers=SSE_HEADERS, media_type="text/event-stream")
+        self.watch = watch
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.stream_response(send)
+        except asyncio.CancelledError:
+            if not self.watch.absorb():
+                raise
+        except OSError:
+            pass  # the client is gone (ASGI 2.4 servers raise on send)
+        finally:
+            self.watch.stop()
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        async for chunk in self.body_iterator:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        # Complete: the server answers http.disconnect to every receive from now on, which is not the client leaving.
+        self.watch.stop()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import httpx
 import openai
@@ -275,3 +276,17 @@ async def test_client_leaving_a_non_streaming_request_cancels_generation(live_ur
         with pytest.raises(httpx.ReadTimeout):
             await c.post("/v1/chat/completions", json=chat("slow"), headers=auth_headers)
     await asyncio.wait_for(fakes.inference.cancelled.wait(), 5)
+
+
+async def test_one_access_log_line_per_request_names_the_call_and_never_the_key(client, auth_headers, caplog):
+    caplog.set_level(logging.INFO, logger="chatplane.gateway.access")
+    resp = await client.post("/v1/chat/completions", json=chat(stream=True), headers=auth_headers)
+    assert resp.status_code == 200
+    lines = [r for r in caplog.records if r.name == "chatplane.gateway.access"]
+    assert len(lines) == 1
+    line = lines[0]
+    assert (line.method, line.route, line.status) == ("POST", "/v1/chat/completions", 200)
+    assert line.request_id.startswith("chatcmpl-") and line.user_id and line.api_key_id
+    assert line.model == "test-model" and line.duration_ms > 0 and line.client_gone is False
+    secret = auth_headers["Authorization"].split()[1]
+    assert all(secret not in r.getMessage() and secret not in str(vars(r)) for r in caplog.records)
