@@ -59,17 +59,17 @@ async def run(args: argparse.Namespace) -> dict:
     relay = OutboxRelay(engine, broker.bootstrap_servers, name=producer, poll_interval=0.5)
     consumer = EventConsumer(broker.bootstrap_servers, f"bench-{producer[:8]}", TOPICS, sessions, handler,
                              session_timeout_ms=6000)
-    apply = consumer.apply
+    apply_batch = consumer.apply_batch
 
-    async def timed_apply(value: bytes) -> bool:
-        done = await apply(value)
+    async def timed_apply(values: list[bytes]) -> int:
+        done = await apply_batch(values)  # the batch's transaction is committed when it returns
         now = time.perf_counter()
         for event_id in pending:
             applied[event_id] = now
         pending.clear()
         return done
 
-    consumer.apply = timed_apply  # type: ignore[method-assign]
+    consumer.apply_batch = timed_apply  # type: ignore[method-assign]
     consumer_task = asyncio.create_task(consumer.run())
     # Warm-up: the first group join takes about half the session timeout; start measuring once it has consumed.
     relay.start()

@@ -244,3 +244,41 @@ async def test_consumer_crash_before_commit_reprocesses_without_double_counting(
     async with db.sessionmaker(engine)() as session:
         rows = (await session.execute(select(applied.c.event_id).where(applied.c.key.in_(keys)))).scalars().all()
     assert sorted(rows) == sorted(ids)
+
+
+async def test_a_batch_is_applied_once_per_event_id_and_a_failing_event_fails_alone(engine):
+    producer = uuid.uuid4().hex
+    events = [message_event(producer, f"k{i}", i) for i in range(7)]
+    raw = [env.SerializeToString() for env in events]
+    recorder = Recorder(producer)
+    poisoned: set[str] = set()
+
+    async def handler(session, env) -> None:
+        if env.event_id in poisoned:
+            raise RuntimeError("this event cannot be applied")
+        await recorder(session, env)
+
+    applier = EventConsumer("127.0.0.1:1", f"batch-{uuid.uuid4().hex[:8]}", TOPICS, db.sessionmaker(engine), handler)
+
+    async def rows() -> list[str]:
+        async with db.sessionmaker(engine)() as session:
+            keys = [env.key for env in events]
+            return sorted((await session.execute(select(applied.c.event_id).where(applied.c.key.in_(keys)))).scalars())
+
+    # Together, with an event delivered twice in the same batch.
+    assert await applier.apply_batch([raw[0], raw[1], raw[0], raw[2]]) == 3
+    assert (applier.processed, applier.skipped) == (3, 1)
+    # Delivered again beside a new one: only the new one is applied.
+    assert await applier.apply_batch([raw[1], raw[3]]) == 1
+    assert await rows() == sorted(env.event_id for env in events[:4])
+
+    # A failing event: the batch's transaction rolls back, the events are applied one by one up to the failing one,
+    # which stops the batch (the consumer retries it from the last committed offset)...
+    poisoned.add(events[5].event_id)
+    with pytest.raises(RuntimeError):
+        await applier.apply_batch(raw[4:])
+    assert await rows() == sorted(env.event_id for env in events[:5])
+    # ... and once it can be applied, the redelivered batch applies exactly what is missing.
+    poisoned.clear()
+    assert await applier.apply_batch(raw[4:]) == 2
+    assert await rows() == sorted(env.event_id for env in events)
