@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib.util
+import itertools
 import json
 import os
 import platform
@@ -177,33 +178,42 @@ def overhead(args: argparse.Namespace, report: dict) -> None:
         bare_proc.terminate()
         bare_proc.wait(10)
 
-    # Then the platform, alone.
-    with tempfile.TemporaryDirectory(prefix="chatplane-bench-") as tmp:
-        ports = Ports(gateway=free_port(), auth=free_port(), conversation=free_port(), inference=free_port())
-        env = {**PLATFORM_ENV, **dict(kv.split("=", 1) for kv in args.env)}
-        svcs = services(ports, Path(tmp), log_dir=Path(tmp), env=env)
-        try:
-            start_all(svcs, 120)
-            base = f"http://127.0.0.1:{ports.gateway}"
-            key = dev_api_key(base, Path(tmp))
-            pids = {s.name: s.proc.pid for s in svcs if s.proc is not None}
-            for path in args.paths:
-                involved = ["gateway", "inference"] + (["conversation"] if path == "conversation" else [])
-                plat = Target("platform", ports.gateway, {n: pids[n] for n in [*involved, "auth"]}, key, "synthetic")
-                for n in args.clients:
-                    results["platform", path, n] = asyncio.run(
-                        plat.measure(path, n, requests_for(n, args.scale), args.deadline))
-                    print(f"  platform  {path:<13} {n:>4} clients: {fmt_run(results['platform', path, n])}",
-                          flush=True)
-        finally:
-            stop_all(svcs)
-            report["platform_logs_tail"] = _log_errors(Path(tmp))
+    # Then the platform, alone: as deployed by default (every token its own message), then (unless
+    # --stream-interval-ms 0) with the inference service's stream interval, which sends the tokens made during it
+    # together: fewer, larger SSE events than the bare server's 64, so that row shows what the knob buys.
+    variants = [("platform", {})]
+    if args.stream_interval_ms:
+        variants.append((f"interval{args.stream_interval_ms:g}ms",
+                         {"CHATPLANE_INFERENCE_STREAM_INTERVAL_MS": str(args.stream_interval_ms)}))
+    section["variants"] = {name: extra for name, extra in variants}
+    for variant, extra in variants:
+        with tempfile.TemporaryDirectory(prefix="chatplane-bench-") as tmp:
+            ports = Ports(gateway=free_port(), auth=free_port(), conversation=free_port(), inference=free_port())
+            env = {**PLATFORM_ENV, **extra, **dict(kv.split("=", 1) for kv in args.env)}
+            svcs = services(ports, Path(tmp), log_dir=Path(tmp), env=env)
+            try:
+                start_all(svcs, 120)
+                base = f"http://127.0.0.1:{ports.gateway}"
+                key = dev_api_key(base, Path(tmp))
+                pids = {s.name: s.proc.pid for s in svcs if s.proc is not None}
+                for path in args.paths:
+                    involved = ["gateway", "inference"] + (["conversation"] if path == "conversation" else [])
+                    plat = Target(variant, ports.gateway, {n: pids[n] for n in [*involved, "auth"]}, key, "synthetic")
+                    for n in args.clients:
+                        results[variant, path, n] = asyncio.run(
+                            plat.measure(path, n, requests_for(n, args.scale), args.deadline))
+                        print(f"  {variant:<9} {path:<13} {n:>4} clients: {fmt_run(results[variant, path, n])}",
+                              flush=True)
+            finally:
+                stop_all(svcs)
+                report.setdefault("platform_logs_tail", []).extend(_log_errors(Path(tmp)))
 
     for path in args.paths:
         rows = []
-        for n in args.clients:
-            p, b = results["platform", path, n], results["bare", path, n]
+        for (variant, _), n in itertools.product(variants, args.clients):
+            p, b = results[variant, path, n], results["bare", path, n]
             rows.append({
+                "variant": variant,
                 "clients": n,
                 "platform": p,
                 "bare": b,
@@ -288,17 +298,18 @@ def print_tables(report: dict) -> None:
     if ov:
         print(f"\noverhead: platform (synthetic engine) vs bare server, {ov['chunks']} SSE chunks a request; "
               f"load average {report['loadavg_start']} at start")
-        print(f"{'path':<13} {'clients':>7} {'req/s plat':>10} {'req/s bare':>10} {'ratio':>6} "
+        print(f"{'path':<13} {'platform':<15} {'clients':>7} {'req/s plat':>10} {'req/s bare':>10} {'ratio':>6} "
               f"{'TTFT p50 plat/bare ms':>22} {'TTFT p99 plat/bare ms':>22} {'platform CPU ms/req':>20} {'auth':>6}")
         for path, rows in ov["paths"].items():
             for r in rows:
                 p, b = r["platform"], r["bare"]
-                print(f"{path:<13} {r['clients']:>7} {p['requests_per_s']:>10} {b['requests_per_s']:>10} "
+                print(f"{path:<13} {r['variant']:<15} {r['clients']:>7} {p['requests_per_s']:>10} {b['requests_per_s']:>10} "
                       f"{r['throughput_ratio']:>6} {p['ttft_p50_ms']:>11} / {b['ttft_p50_ms']:<8} "
                       f"{p['ttft_p99_ms']:>11} / {b['ttft_p99_ms']:<8} {r['platform_cpu_ms_per_request']:>20} "
                       f"{p['cpu_ms_per_request'].get('auth', 0):>6}")
         print("  (platform CPU: gateway + inference [+ conversation], the bare server's own for bare; auth: the auth "
-              "service's CPU per request, apart; per process in the JSON)")
+              "service's CPU per request, apart; per process in the JSON. platform: every token its own message, "
+              "the default; interval...: CHATPLANE_INFERENCE_STREAM_INTERVAL_MS set, tokens grouped)")
     eng = report.get("real_engine")
     if eng and "error" not in eng:
         print(f"\nreal engine ({eng['max_tokens']} tokens a stream, platform ready in {eng.get('ready_seconds')} s)")
@@ -329,6 +340,8 @@ def main() -> int:
     parser.add_argument("--engine-timeout", type=float, default=360.0)
     parser.add_argument("--skip-events", action="store_true", help="skip the events section")
     parser.add_argument("--events-timeout", type=float, default=180.0)
+    parser.add_argument("--stream-interval-ms", type=float, default=20.0,
+                        help="also measure the platform with this inference stream interval; 0: skip that run")
     parser.add_argument("--env", nargs="*", default=[], help="KEY=VALUE settings for the platform's services")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args()

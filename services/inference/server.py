@@ -14,16 +14,16 @@ from chatplane.protos.inference.v1 import inference_pb2, inference_pb2_grpc
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 
 
-def build(engine: Engine) -> tuple[GrpcService, InferenceServicer]:
+def build(engine: Engine, stream_interval_ms: float = 0.0) -> tuple[GrpcService, InferenceServicer]:
     service = GrpcService([SERVICE_NAME])
-    servicer = InferenceServicer(engine)
+    servicer = InferenceServicer(engine, stream_interval=stream_interval_ms / 1000)
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, service.server)
     return service, servicer
 
 
 async def serve(settings: InferenceSettings) -> None:
     engine = create_engine(settings)
-    service, servicer = build(engine)
+    service, servicer = build(engine, settings.stream_interval_ms)
     collector = register_collector(engine, servicer)  # engine ready, load and aborts on /metrics
 
     async def start_engine() -> None:

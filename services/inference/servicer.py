@@ -26,12 +26,13 @@ class _Ahead:
     on each hop behind it, for many tokens). Nothing is ever held back: :meth:`ready` returns at once with whatever
     is there, and waits only when nothing is (the first token is therefore always sent as soon as it exists)."""
 
-    __slots__ = ("_stream", "_chunks", "_waiter", "_error", "_ended", "_task")
+    __slots__ = ("_stream", "_chunks", "_waiter", "_end_waiter", "_error", "_ended", "_task")
 
     def __init__(self, stream: AsyncIterator[Chunk]) -> None:
         self._stream = stream
         self._chunks: list[Chunk] = []
         self._waiter: asyncio.Future[None] | None = None
+        self._end_waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self._ended = False
         self._task = asyncio.get_running_loop().create_task(self._read())
@@ -49,10 +50,23 @@ class _Ahead:
             self._error = e
         finally:
             self._ended = True
-            waiter = self._waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            for waiter in (self._waiter, self._end_waiter):
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
             await self._stream.aclose()
+
+    async def hold(self, seconds: float) -> None:
+        """Let chunks gather for ``seconds``, or until the stream ends if that comes first (an end is never held)."""
+        if self._ended:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = self._end_waiter = loop.create_future()
+        timer = loop.call_later(seconds, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._end_waiter = None
 
     async def ready(self) -> list[Chunk]:
         """Every chunk produced since the last call (waiting for one when there is none); [] at the end."""
@@ -78,10 +92,16 @@ class _Ahead:
         await asyncio.gather(self._task, return_exceptions=True)
 
 
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, stream_interval: float = 0.0) -> None:
         self.engine = engine
         self.ready = False
+        self.stream_interval = stream_interval  # seconds between two messages of a stream after its first
 
     async def _check_ready(self, context) -> None:
         if not self.ready:
@@ -160,6 +180,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         # suspended at a yield by a cancelled send.
         context.add_done_callback(ahead.stop)
         model = self.engine.model_name
+        interval = self.stream_interval
         try:
             while True:
                 chunks = await ahead.ready()
@@ -169,6 +190,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 text = last.text if len(chunks) == 1 else "".join([c.text for c in chunks])
                 if last.finish_reason is None:
                     yield pb.GenerateResponse(text=text)
+                    if interval:
+                        await ahead.hold(interval)
                 else:
                     yield pb.GenerateResponse(
                         text=text,

@@ -176,3 +176,29 @@ async def test_cancelled_rpc_aborts_the_synthetic_request(synthetic_stub):
         await asyncio.sleep(0.02)
     stats = await stub.GetEngineStats(pb.GetEngineStatsRequest())
     assert (stats.running, stats.aborted_total) == (0, 1)
+
+
+async def test_a_stream_interval_groups_tokens_but_never_holds_the_first_or_the_end():
+    engine = await started(synthetic_tokens_per_second=200)  # a token every 5 ms: 40 tokens in about 200 ms
+    service, servicer = build(engine, stream_interval_ms=300)
+    servicer.ready = True
+    port = await service.start("127.0.0.1:0")
+    chan = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    request = pb.GenerateRequest(chat=chat("Hi"), sampling=pb.SamplingParams(max_tokens=40))
+    try:
+        stub = inference_pb2_grpc.InferenceServiceStub(chan)
+        clock = asyncio.get_running_loop().time
+        started_at = clock()
+        times, replies = [], []
+        async for reply in stub.Generate(request):
+            times.append(clock() - started_at)
+            replies.append(reply)
+    finally:
+        await chan.close()
+        await service.server.stop(0)
+    # The first token alone and at once; the other 39 gathered while the first's interval ran; the stream's end
+    # (at about 200 ms) went out when the engine finished, not when the 300 ms interval was over.
+    assert [len(r.text.split()) for r in replies] == [1, 39]
+    assert times[0] < 0.1
+    assert times[1] < 0.28
+    assert replies[-1].usage.completion_tokens == 40
