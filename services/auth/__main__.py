@@ -4,7 +4,6 @@ consumer; ``make-admin EMAIL`` grants the admin role (``--revoke`` takes it away
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
 from pydantic import ValidationError
@@ -22,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from chatplane.auth.server import migrate, serve
     from chatplane.auth.settings import AuthSettings
+    from chatplane.common.grpc_server import run
     from chatplane.common.logging import setup_logging
     from chatplane.common.telemetry import setup_telemetry
 
@@ -32,13 +32,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging("auth", settings.log_level)
     if args.command == "migrate":
-        asyncio.run(migrate(settings))
+        run(migrate(settings))
         return 0
     if args.command == "consume-usage":
         from chatplane.auth.usage_consumer import consume_usage
 
         setup_telemetry("auth-usage-consumer", settings.consumer_metrics_port, settings.host)
-        asyncio.run(consume_usage(settings))
+        run(consume_usage(settings))
         return 0
     if args.command == "make-admin":
         from chatplane.auth.admin import make_admin
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         from chatplane.auth.keys import MissingSigningKey
 
         try:
-            return asyncio.run(make_admin(settings, args.email, not args.revoke))
+            return run(make_admin(settings, args.email, not args.revoke))
         except MissingSigningKey as exc:
             print(f"auth: {exc}", file=sys.stderr)
             return 2
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_telemetry("auth", settings.metrics_port, settings.host)
     try:
-        asyncio.run(serve(settings))
+        run(serve(settings))
     except MissingSigningKey as exc:
         print(f"auth: {exc}", file=sys.stderr)
         return 2

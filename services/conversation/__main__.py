@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
+from chatplane.common.grpc_server import run
 from chatplane.common.logging import setup_logging
 from chatplane.common.telemetry import setup_telemetry
 from chatplane.conversation.server import serve
@@ -16,7 +16,7 @@ def main(argv: list[str]) -> int:
     settings = ConversationSettings()
     setup_logging("conversation-worker" if argv == ["worker"] else "conversation", settings.log_level)
     if argv == ["migrate"]:
-        asyncio.run(migrate_database(settings.database_url))
+        run(migrate_database(settings.database_url))
         return 0
     if argv == ["worker"]:
         from chatplane.common.metrics import serve_worker_metrics
@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m chatplane.conversation [migrate | worker]", file=sys.stderr)
         return 2
     setup_telemetry("conversation", settings.metrics_port, settings.host)
-    asyncio.run(serve(settings))
+    run(serve(settings))
     return 0
 
 

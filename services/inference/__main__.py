@@ -1,9 +1,8 @@
 """``python -m chatplane.inference``: serve the model engine over gRPC."""
 
-import asyncio
-
 
 def main() -> None:
+    from chatplane.common.grpc_server import run
     from chatplane.common.logging import setup_logging
     from chatplane.common.telemetry import setup_telemetry
     from chatplane.inference.server import serve
@@ -12,12 +11,7 @@ def main() -> None:
     settings = InferenceSettings()
     setup_logging("inference", settings.log_level)
     setup_telemetry("inference", settings.metrics_port, settings.host)
-    try:
-        import uvloop  # the event loop in C: less CPU per streamed message (README, "Performance")
-    except ImportError:
-        asyncio.run(serve(settings))
-    else:
-        uvloop.run(serve(settings))
+    run(serve(settings))
 
 
 if __name__ == "__main__":
