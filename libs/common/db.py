@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+import weakref
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -89,6 +92,26 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     return create_async_engine(
         url, echo=echo, hide_parameters=True, pool_pre_ping=True, pool_size=10, max_overflow=10
     )
+
+
+_write_locks: weakref.WeakKeyDictionary[AsyncEngine, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def writer(engine: AsyncEngine) -> contextlib.AbstractAsyncContextManager[Any]:
+    """Hold it around a write transaction: on SQLite, this process's writers then take turns in order.
+
+    SQLite lets one transaction write at a time; the others get "database is locked" and its busy handler retries
+    them after sleeps that grow to 100 ms, which made the p99 of concurrent conversation messages hundreds of ms (and
+    a read transaction that wants to write cannot wait at all). An asyncio lock per engine queues them instead.
+    PostgreSQL locks rows, not the database: no lock there. Other processes on the same file still meet the busy
+    handler.
+    """
+    if engine.dialect.name != "sqlite":
+        return contextlib.nullcontext()
+    lock = _write_locks.get(engine)
+    if lock is None:
+        lock = _write_locks[engine] = asyncio.Lock()
+    return lock
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker:

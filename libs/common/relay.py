@@ -24,7 +24,7 @@ from sqlalchemy import BigInteger, LargeBinary, String, column, delete, func, se
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chatplane.common import metrics, outbox
-from chatplane.common.db import UTCDateTime, utcnow
+from chatplane.common.db import UTCDateTime, utcnow, writer
 from chatplane.common.events import TOPICS, decode
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ class OutboxRelay:
         if acked:
             mark = update(_rows).where(_rows.c.id.in_([r.id for r in rows[:acked]])).values(sent_at=utcnow())
             if tx_conn is None:
-                async with conn.begin():
+                async with writer(self.engine), conn.begin():
                     await conn.execute(mark)
             else:
                 await tx_conn.execute(mark)
@@ -230,7 +230,7 @@ class OutboxRelay:
         self._last_purge = now
         purge = delete(_rows).where(_rows.c.sent_at.is_not(None), _rows.c.sent_at < utcnow() - self.keep_sent)
         if tx_conn is None:
-            async with conn.begin():
+            async with writer(self.engine), conn.begin():
                 await conn.execute(purge)
         else:
             await tx_conn.execute(purge)

@@ -13,16 +13,19 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from chatplane.common.db import new_id, sessionmaker, utcnow
+from chatplane.common.db import new_id, sessionmaker, utcnow, writer
 from chatplane.common.events import envelope
-from chatplane.common.outbox import add_event
+from chatplane.common.outbox import add_event, add_events
 from chatplane.conversation.models import FINISH_REASON_CHARS, MODEL_CHARS, Conversation, Message
 from chatplane.protos.events.v1 import events_pb2
 
 PRODUCER = "conversation"
+_conversations = Conversation.__table__
+_messages = Message.__table__
+_message_columns = list(Message.__mapper__.column_attrs)  # attribute -> column, for Core inserts of a Message
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class ConversationStore:
         Everything done on the yielded session commits together or not at all. Domain events (the transactional
         outbox) are to be added to this same session, so they commit atomically with the change they describe.
         """
-        async with self._sessions() as session, session.begin():
+        async with writer(self.engine), self._sessions() as session, session.begin():
             yield session
 
     @asynccontextmanager
@@ -185,15 +188,17 @@ class ConversationStore:
         """
         now = utcnow()
         async with self.transaction() as session:
+            # Core statements on the tables (not ORM-enabled ones, not a unit-of-work flush): this runs twice for every
+            # message exchanged, and the ORM's bookkeeping cost more than the database work.
             touched = await session.execute(
-                update(Conversation)
-                .where(Conversation.id == conversation_id, Conversation.user_id == user_id)
+                update(_conversations)
+                .where(_conversations.c.id == conversation_id, _conversations.c.user_id == user_id)
                 .values(updated_at=now)
             )
             if touched.rowcount != 1:
                 return None
             last = await session.scalar(
-                select(func.max(Message.seq)).where(Message.conversation_id == conversation_id)
+                select(func.max(_messages.c.seq)).where(_messages.c.conversation_id == conversation_id)
             )
             row = Message(
                 id=new_id(),
@@ -208,15 +213,16 @@ class ConversationStore:
                 finish_reason=new.finish_reason[:FINISH_REASON_CHARS],
                 created_at=now,
             )
-            session.add(row)
+            await session.execute(insert(_messages).values({p.columns[0].name: getattr(row, p.key) for p in _message_columns}))
             stored = events_pb2.MessageStored(
                 conversation_id=conversation_id, user_id=user_id, message_id=row.id, role=row.role, status=row.status,
                 seq=row.seq,
             )
-            await add_event(session, envelope(stored, producer=PRODUCER))
+            events = [envelope(stored, producer=PRODUCER)]
             if completion is not None:
-                await add_event(session, envelope(completion, producer=PRODUCER))
-        return row
+                events.append(envelope(completion, producer=PRODUCER))
+            await add_events(session, events)
+        return row  # never attached to the session: a plain object with the values just written
 
 
 async def _owned(session: AsyncSession, user_id: str, conversation_id: str) -> Conversation | None:
