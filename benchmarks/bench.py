@@ -243,13 +243,30 @@ def fmt_run(r: dict) -> str:
             f"CPU {r['cpu_ms_per_request_total']} ms/req  errors {r['errors'] or 0}")
 
 
+def run_child(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """``subprocess.run`` with captured text output, except that a child past its timeout gets SIGTERM first and 30 s
+    to stop what it started (a broker, a platform), SIGKILL only after that."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # noqa: S603
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def real_engine(args: argparse.Namespace, report: dict) -> None:
     for attempt in (1, 2):  # vLLM's start-up can fail on a busy shared machine: one more try
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
             cmd = [sys.executable, str(HERE / "throughput.py"), "--streams", "1", "8", "--max-tokens", "64",
                    "--json", out.name]
             try:
-                done = subprocess.run(cmd, timeout=args.engine_timeout, capture_output=True, text=True)  # noqa: S603
+                done = run_child(cmd, args.engine_timeout)
             except subprocess.TimeoutExpired:
                 report["real_engine"] = {"error": f"timed out after {args.engine_timeout} s"}
                 return
@@ -271,7 +288,7 @@ def events(args: argparse.Namespace, report: dict) -> None:
 
     def run_events(*extra: str) -> dict:
         cmd = [sys.executable, str(HERE / "events.py"), *extra]
-        done = subprocess.run(cmd, timeout=args.events_timeout, capture_output=True, text=True)  # noqa: S603
+        done = run_child(cmd, args.events_timeout)
         if done.returncode != 0:
             raise RuntimeError(done.stderr[-2000:] or done.stdout[-2000:])
         return json.loads(done.stdout)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import statistics
 import sys
 import tempfile
@@ -37,85 +38,87 @@ async def run(args: argparse.Namespace) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="chatplane-events-bench-"))
     broker = BrokerProcess(free_port(), tmp / "broker.log")
     broker.start()
-    broker.wait_ready(30)
-    url = args.database_url or f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
-    engine = db.make_engine(url)
-    metadata = MetaData()
-    outbox_table(metadata)
-    processed_events_table(metadata)
-    async with engine.begin() as conn:
-        await conn.run_sync(metadata.drop_all)
-        await conn.run_sync(metadata.create_all)
-    sessions = db.sessionmaker(engine)
-    producer = uuid.uuid4().hex
-    committed: dict[str, float] = {}
-    applied: dict[str, float] = {}
-    pending: list[str] = []
+    try:
+        broker.wait_ready(30)
+        url = args.database_url or f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
+        engine = db.make_engine(url)
+        metadata = MetaData()
+        outbox_table(metadata)
+        processed_events_table(metadata)
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.drop_all)
+            await conn.run_sync(metadata.create_all)
+        sessions = db.sessionmaker(engine)
+        producer = uuid.uuid4().hex
+        committed: dict[str, float] = {}
+        applied: dict[str, float] = {}
+        pending: list[str] = []
 
-    async def handler(session, env) -> None:
-        if env.producer == producer:
-            pending.append(env.event_id)  # stamped after the consumer's commit, below
+        async def handler(session, env) -> None:
+            if env.producer == producer:
+                pending.append(env.event_id)  # stamped after the consumer's commit, below
 
-    relay = OutboxRelay(engine, broker.bootstrap_servers, name=producer, poll_interval=0.5)
-    consumer = EventConsumer(broker.bootstrap_servers, f"bench-{producer[:8]}", TOPICS, sessions, handler,
-                             session_timeout_ms=6000)
-    apply_batch = consumer.apply_batch
+        relay = OutboxRelay(engine, broker.bootstrap_servers, name=producer, poll_interval=0.5)
+        consumer = EventConsumer(broker.bootstrap_servers, f"bench-{producer[:8]}", TOPICS, sessions, handler,
+                                 session_timeout_ms=6000)
+        apply_batch = consumer.apply_batch
 
-    async def timed_apply(values: list[bytes]) -> int:
-        done = await apply_batch(values)  # the batch's transaction is committed when it returns
-        now = time.perf_counter()
-        for event_id in pending:
-            applied[event_id] = now
-        pending.clear()
-        return done
-
-    consumer.apply_batch = timed_apply  # type: ignore[method-assign]
-    consumer_task = asyncio.create_task(consumer.run())
-    # Warm-up: the first group join takes about half the session timeout; start measuring once it has consumed.
-    relay.start()
-    warm = envelope(events_pb2.MessageStored(conversation_id="warm", user_id="u"), producer=producer)
-    async with sessions() as session, session.begin():
-        await add_event(session, warm)
-    while warm.event_id not in applied:
-        await asyncio.sleep(0.05)
-    applied.clear()
-
-    keys = [uuid.uuid4().hex for _ in range(args.keys)]
-    per_writer = args.events // args.writers
-
-    interval = args.writers * args.per_tx / args.rate if args.rate else 0.0
-
-    async def writer(w: int) -> None:
-        next_at = time.perf_counter()
-        for start in range(0, per_writer, args.per_tx):
-            if interval:
-                next_at += interval
-                await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
-            envs = [
-                envelope(events_pb2.MessageStored(conversation_id=keys[(w + i) % len(keys)], user_id="u", seq=i),
-                         producer=producer)
-                for i in range(start, min(start + args.per_tx, per_writer))
-            ]
-            async with sessions() as session, session.begin():
-                for env in envs:
-                    await add_event(session, env)
+        async def timed_apply(values: list[bytes]) -> int:
+            done = await apply_batch(values)  # the batch's transaction is committed when it returns
             now = time.perf_counter()
-            for env in envs:
-                committed[env.event_id] = now
+            for event_id in pending:
+                applied[event_id] = now
+            pending.clear()
+            return done
 
-    total = per_writer * args.writers
-    started = time.perf_counter()
-    await asyncio.gather(*(writer(w) for w in range(args.writers)))
-    written = time.perf_counter()
-    while len(applied) < total and time.perf_counter() - written < 300:
-        await asyncio.sleep(0.01)
-    finished = max(applied.values()) if applied else time.perf_counter()
-    consumer.stop()
-    await asyncio.gather(consumer_task, return_exceptions=True)
-    await consumer.close()
-    await relay.stop()
-    await engine.dispose()
-    broker.stop()
+        consumer.apply_batch = timed_apply  # type: ignore[method-assign]
+        consumer_task = asyncio.create_task(consumer.run())
+        # Warm-up: the first group join takes about half the session timeout; start measuring once it has consumed.
+        relay.start()
+        warm = envelope(events_pb2.MessageStored(conversation_id="warm", user_id="u"), producer=producer)
+        async with sessions() as session, session.begin():
+            await add_event(session, warm)
+        while warm.event_id not in applied:
+            await asyncio.sleep(0.05)
+        applied.clear()
+
+        keys = [uuid.uuid4().hex for _ in range(args.keys)]
+        per_writer = args.events // args.writers
+
+        interval = args.writers * args.per_tx / args.rate if args.rate else 0.0
+
+        async def writer(w: int) -> None:
+            next_at = time.perf_counter()
+            for start in range(0, per_writer, args.per_tx):
+                if interval:
+                    next_at += interval
+                    await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+                envs = [
+                    envelope(events_pb2.MessageStored(conversation_id=keys[(w + i) % len(keys)], user_id="u", seq=i),
+                             producer=producer)
+                    for i in range(start, min(start + args.per_tx, per_writer))
+                ]
+                async with sessions() as session, session.begin():
+                    for env in envs:
+                        await add_event(session, env)
+                now = time.perf_counter()
+                for env in envs:
+                    committed[env.event_id] = now
+
+        total = per_writer * args.writers
+        started = time.perf_counter()
+        await asyncio.gather(*(writer(w) for w in range(args.writers)))
+        written = time.perf_counter()
+        while len(applied) < total and time.perf_counter() - written < 300:
+            await asyncio.sleep(0.01)
+        finished = max(applied.values()) if applied else time.perf_counter()
+        consumer.stop()
+        await asyncio.gather(consumer_task, return_exceptions=True)
+        await consumer.close()
+        await relay.stop()
+        await engine.dispose()
+    finally:
+        broker.stop()  # also when the run fails or is stopped (SIGTERM): never leave a broker behind
 
     latencies = sorted((applied[e] - committed[e]) * 1000 for e in applied if e in committed)
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
@@ -143,6 +146,7 @@ def main() -> int:
     parser.add_argument("--database-url", default="")
     parser.add_argument("--rate", type=float, default=0, help="offered events/s (0: as fast as the writers go)")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped from outside: clean up on the way out
     result = asyncio.run(run(args))
     print(json.dumps(result, indent=2))
     return 0 if result["consumed"] == result["events"] else 1

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -101,6 +102,7 @@ def summarize(results: list[tuple[int, float]], elapsed: float) -> dict:
 
 
 def main() -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped from outside: stop the platform on the way out
     from chatplane.common.procs import free_port
     from chatplane.common.stack import Ports, dev_api_key, services, start_all, stop_all
 
