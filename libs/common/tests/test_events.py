@@ -169,19 +169,19 @@ async def _outage(engine, kafka_broker, *, kill: bool) -> None:
             assert waiting == len(during)
         finally:
             if kill:
+                # The embedded broker is memory-only: its restart forgets the topics and the group's offsets, so the
+                # consumer's remembered positions mean nothing. Apache Kafka keeps both; a restarted consumer is what
+                # reads a forgotten log from its start. It is stopped while the broker is down: a consumer that
+                # rejoined the restarted broker and then left sent Tansu's group into an endless rebalance.
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await cons.close()
                 kafka_broker.start()
                 kafka_broker.wait_ready(30)
+                cons = consumer(kafka_broker, engine, recorder, group)
+                task = asyncio.create_task(cons.run())
             else:
                 kafka_broker.resume()
-        if kill:
-            # The embedded broker is memory-only: its restart forgot the topics and the group's offsets, so the
-            # consumer's remembered positions mean nothing. Apache Kafka keeps both; a restarted consumer is what
-            # reads a forgotten log from its start.
-            cons.stop()
-            await asyncio.gather(task, return_exceptions=True)
-            await cons.close()
-            cons = consumer(kafka_broker, engine, recorder, group)
-            task = asyncio.create_task(cons.run())
         after = await write_events(engine, producer, keys, per_key=5, start=20)
         total = first + during + after
         await wait_until(lambda: len(recorder.ids) >= len(total), 90, "events after the outage")
