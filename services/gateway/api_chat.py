@@ -283,21 +283,26 @@ async def _stream(
         return event(data)
 
     content = TextEvent(chunk({"content": SLOT}))  # the per-token chunk, encoded once
+    # The role chunk goes out with the first token (one write, one trip through the middleware, sooner first token).
+    role = chunk({"role": "assistant", "content": ""})
     try:
-        yield chunk({"role": "assistant", "content": ""})
         finish_reason = "stop"
         usage = convert.usage(0, 0)
         while reply is not None:
             text = reply.text
             if text:
-                yield content(text)
+                if role:
+                    yield role + content(text)
+                    role = b""
+                else:
+                    yield content(text)
             if reply.finish_reason:  # the last reply: the only one with usage
                 finish_reason = _finish_reason(reply)
                 if reply.HasField("usage"):
                     usage = convert.usage(reply.usage.prompt_tokens, reply.usage.completion_tokens)
                     observe().tokens(model, reply.usage.prompt_tokens, reply.usage.completion_tokens)
             reply = await _read(call)
-        yield chunk({}, finish_reason)
+        yield role + chunk({}, finish_reason)
         if include_usage:
             yield event({
                 "id": completion_id,
