@@ -32,6 +32,7 @@ from chatplane.common.relay import ensure_topics
 log = logging.getLogger(__name__)
 
 Handler = Callable[[AsyncSession, EventEnvelope], Awaitable[None]]
+BatchHandler = Callable[[AsyncSession, list[EventEnvelope]], Awaitable[None]]
 
 _processed = table(
     PROCESSED_EVENTS, column("consumer", String), column("event_id", String), column("processed_at", UTCDateTime())
@@ -70,12 +71,16 @@ class EventConsumer:
         *,
         session_timeout_ms: int = 10000,
         poll_timeout_ms: int = 500,
+        batch_handler: BatchHandler | None = None,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.group_id = group_id
         self.topics = list(topics)
         self.sessions = sessions
         self.handler = handler
+        # Optional: the new events of a batch in one call (e.g. summed before writing); ``handler`` is then used only
+        # when a batch is applied one event at a time.
+        self.batch_handler = batch_handler
         self.session_timeout_ms = session_timeout_ms
         self.poll_timeout_ms = poll_timeout_ms
         self.processed = 0  # events applied by this instance
@@ -169,9 +174,15 @@ class EventConsumer:
                     insert(_processed),
                     [{"consumer": self.group_id, "event_id": env.event_id, "processed_at": now} for env in new],
                 )
-                for env in new:
-                    with tracing.consumer_span(self._topic(env), self.group_id, env.type, env.traceparent):
-                        await self.handler(session, env)
+                if self.batch_handler is not None:
+                    for env in new:  # the events' traces still get their consumer span
+                        with tracing.consumer_span(self._topic(env), self.group_id, env.type, env.traceparent):
+                            pass
+                    await self.batch_handler(session, new)
+                else:
+                    for env in new:
+                        with tracing.consumer_span(self._topic(env), self.group_id, env.type, env.traceparent):
+                            await self.handler(session, env)
         return {env.event_id for env in new}
 
     def _topic(self, env: EventEnvelope) -> str:

@@ -49,30 +49,38 @@ class QuotaState:
 
 async def apply_event(session: AsyncSession, env: EventEnvelope) -> None:
     """Add a finished completion's tokens to its day's row (upsert). Other event types are ignored."""
-    if env.WhichOneof("payload") != "completion_finished":
+    await apply_events(session, [env])
+
+
+async def apply_events(session: AsyncSession, envs: list[EventEnvelope]) -> None:
+    """:func:`apply_event` for a batch: completions are summed per day row first, then one upsert per row."""
+    rows: dict[tuple[date, str, str, str], list[int]] = {}
+    for env in envs:
+        if env.WhichOneof("payload") != "completion_finished":
+            continue
+        done = env.completion_finished
+        day = env.occurred_at.ToDatetime(tzinfo=UTC).date()
+        row = rows.setdefault((day, done.user_id, done.api_key_id, done.model[:MODEL_CHARS]), [0, 0, 0])
+        row[0] += 1
+        row[1] += done.prompt_tokens
+        row[2] += done.completion_tokens
+    if not rows:
         return
-    done = env.completion_finished
-    day = env.occurred_at.ToDatetime(tzinfo=UTC).date()
-    values = {
-        "day": day,
-        "user_id": done.user_id,
-        "api_key_id": done.api_key_id,
-        "model": done.model[:MODEL_CHARS],
-        "requests": 1,
-        "prompt_tokens": done.prompt_tokens,
-        "completion_tokens": done.completion_tokens,
-    }
     dialect = postgresql if session.bind.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(UsageDaily).values(**values)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["day", "user_id", "api_key_id", "model"],
-        set_={
-            "requests": UsageDaily.requests + 1,
-            "prompt_tokens": UsageDaily.prompt_tokens + stmt.excluded.prompt_tokens,
-            "completion_tokens": UsageDaily.completion_tokens + stmt.excluded.completion_tokens,
-        },
-    )
-    await session.execute(stmt)
+    for (day, user_id, api_key_id, model), (requests, prompt_tokens, completion_tokens) in rows.items():
+        stmt = dialect.insert(UsageDaily).values(
+            day=day, user_id=user_id, api_key_id=api_key_id, model=model, requests=requests,
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["day", "user_id", "api_key_id", "model"],
+            set_={
+                "requests": UsageDaily.requests + stmt.excluded.requests,
+                "prompt_tokens": UsageDaily.prompt_tokens + stmt.excluded.prompt_tokens,
+                "completion_tokens": UsageDaily.completion_tokens + stmt.excluded.completion_tokens,
+            },
+        )
+        await session.execute(stmt)
 
 
 async def used_tokens(session: AsyncSession, user_id: str, api_key_id: str, start: date, end: date) -> int:

@@ -26,6 +26,7 @@ def usage_consumer(settings: AuthSettings, sessions) -> EventConsumer:
         sessions,
         metering.apply_event,
         session_timeout_ms=settings.consumer_session_timeout_ms,
+        batch_handler=metering.apply_events,  # a polled batch summed per usage row, one upsert per row
     )
 
 

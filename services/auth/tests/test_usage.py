@@ -12,10 +12,11 @@ import pytest
 from sqlalchemy import event as sa_event
 from sqlalchemy import select
 
-from chatplane.auth.metering import USAGE_TOPICS, apply_event
+from chatplane.auth.metering import USAGE_TOPICS, apply_event, apply_events
 from chatplane.auth.models import outbox
 from chatplane.common import db
 from chatplane.common.consumer import EventConsumer, SimulatedCrash
+from chatplane.common.events import envelope
 from chatplane.common.relay import OutboxRelay
 from chatplane.protos.auth.v1 import auth_pb2
 from chatplane.protos.events.v1 import events_pb2
@@ -69,15 +70,16 @@ async def test_usage_consumer_crash_before_commit_counts_each_completion_once(au
     def crash() -> None:
         raise SimulatedCrash("after applying, before committing the offsets")
 
+    # As the usage consumer is built (usage_consumer.py): batches summed per usage row by apply_events.
     first = EventConsumer(kafka_broker.bootstrap_servers, group, USAGE_TOPICS, sessions, apply_event,
-                          session_timeout_ms=6000)
+                          session_timeout_ms=6000, batch_handler=apply_events)
     with pytest.raises(SimulatedCrash):
         await asyncio.wait_for(first.run(before_commit=crash), 60)
     await first.close()
     assert first.processed > 0
 
     second = EventConsumer(kafka_broker.bootstrap_servers, group, USAGE_TOPICS, sessions, apply_event,
-                           session_timeout_ms=6000)
+                           session_timeout_ms=6000, batch_handler=apply_events)
     task = asyncio.create_task(second.run())
     try:
         for _ in range(600):
@@ -181,3 +183,18 @@ async def test_a_batch_of_completions_is_one_transaction_and_a_retried_batch_cou
     with pytest.raises(grpc.aio.AioRpcError) as err:  # a batch over the limit is refused whole
         await auth.stub.RecordCompletions(auth_pb2.RecordCompletionsRequest(records=[records[0]] * 1001))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_batch_of_events_is_summed_per_usage_row(auth):
+    user = await auth.sign_up(f"{uuid.uuid4().hex[:8]}@example.com")
+    envs = [envelope(completion(user.id, "k1", "m", 10, 1), producer="gateway") for _ in range(3)]
+    envs.append(envelope(completion(user.id, "", "m", 5, 2), producer="gateway"))
+    envs.append(envelope(events_pb2.UserSignedUp(user_id=user.id), producer="auth"))  # not usage: ignored
+    sessions = db.sessionmaker(auth.server.engine)
+    async with sessions() as session, session.begin():
+        await apply_events(session, envs)
+    async with sessions() as session, session.begin():
+        await apply_event(session, envs[0])  # one more on an existing row
+    usage = await auth.stub.GetUsage(auth_pb2.GetUsageRequest(user_id=user.id, start_date=today(), end_date=today()))
+    rows = {r.api_key_id: (r.requests, r.prompt_tokens, r.completion_tokens) for r in usage.rows}
+    assert rows == {"k1": (4, 40, 4), "": (1, 5, 2)}
