@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 import time
 import uuid
 from collections import defaultdict
@@ -282,3 +284,31 @@ async def test_a_batch_is_applied_once_per_event_id_and_a_failing_event_fails_al
     poisoned.clear()
     assert await applier.apply_batch(raw[4:]) == 2
     assert await rows() == sorted(env.event_id for env in events)
+
+
+async def test_a_batch_waits_for_another_writer_of_the_sqlite_file_instead_of_failing(sqlite_database_url, caplog):
+    # Another process writing the same file (the auth service beside its usage consumer): the batch's transaction
+    # waits for the write lock and applies together, rather than failing and falling back to one event at a time.
+    # (pysqlite begins a transaction only at its first write, so the batch's SELECT does not hold a snapshot that
+    # would make that write fail at once.)
+    engine = db.make_engine(sqlite_database_url)
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    producer = uuid.uuid4().hex
+    events = [message_event(producer, "k", i) for i in range(5)]
+    applier = EventConsumer("127.0.0.1:1", f"busy-{uuid.uuid4().hex[:8]}", TOPICS, db.sessionmaker(engine),
+                            Recorder(producer))
+    other = sqlite3.connect(sqlite_database_url.split("///", 1)[1], isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # holds the write lock
+        other.execute("INSERT INTO applied (event_id, key, seq) VALUES ('other', 'other', 0)")
+        caplog.set_level(logging.INFO, logger="chatplane.common.consumer")
+        batch = asyncio.ensure_future(applier.apply_batch([env.SerializeToString() for env in events]))
+        await asyncio.sleep(0.3)
+        assert not batch.done()  # waiting for the lock
+        other.execute("COMMIT")
+        assert await asyncio.wait_for(batch, 30) == 5
+    finally:
+        other.close()
+        await engine.dispose()
+    assert not [r for r in caplog.records if "one event at a time" in r.getMessage()]
