@@ -18,6 +18,7 @@ import grpc
 from chatplane.common.db import make_engine, migrate, new_id
 from chatplane.common.grpc_client import channel
 from chatplane.common.relay import OutboxRelay
+from chatplane.common.streams import ReadAhead
 from chatplane.conversation import validation
 from chatplane.conversation.errors import ServiceError, from_inference, invalid, not_found
 from chatplane.conversation.exports import FORMATS, ExportStore
@@ -322,11 +323,15 @@ class ConversationCore:
             conversation_id=conversation_id,
             started=started,
         )
+        # Read ahead while a delta is written to the gateway: what inference sent meanwhile goes on as one delta.
+        ahead = ReadAhead(aiter(call))
         try:
-            async for chunk in call:
-                reply.absorb(chunk)
-                if chunk.text:
-                    await emit(Delta(chunk.text))
+            while chunks := await ahead.ready():
+                for chunk in chunks:
+                    reply.absorb(chunk)
+                text = "".join([chunk.text for chunk in chunks])
+                if text:
+                    await emit(Delta(text))
         except grpc.aio.AioRpcError as err:
             log.warning(
                 "inference failed mid-reply",
@@ -342,6 +347,8 @@ class ConversationCore:
             log.info("reply cancelled", extra={"request_id": request_id, "chars": len(reply.text)})
             await self._protected(self._store_partial(user_id, conversation_id, reply, "abort"))
             raise
+        finally:
+            await ahead.close()
 
         finish_reason = reply.finish_reason or "stop"
         assistant = await self._protected(

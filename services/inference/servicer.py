@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -11,90 +10,14 @@ import grpc
 
 from chatplane.common import limits
 from chatplane.common.errors import abort
-from chatplane.inference.engine import Chunk, Engine, EngineInputError, Messages, Sampling
+from chatplane.common.streams import ReadAhead
+from chatplane.inference.engine import Engine, EngineInputError, Messages, Sampling
 from chatplane.protos.inference.v1 import inference_pb2 as pb
 from chatplane.protos.inference.v1 import inference_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 ROLES = {"system", "user", "assistant"}
-
-
-class _Ahead:
-    """Reads an engine stream in its own task while the RPC sends, so that the chunks the engine produced during a
-    send go out together as one message (coalescing under backpressure: one gRPC message, and one event-loop wake-up
-    on each hop behind it, for many tokens). Nothing is ever held back: :meth:`ready` returns at once with whatever
-    is there, and waits only when nothing is (the first token is therefore always sent as soon as it exists)."""
-
-    __slots__ = ("_stream", "_chunks", "_waiter", "_end_waiter", "_error", "_ended", "_task")
-
-    def __init__(self, stream: AsyncIterator[Chunk]) -> None:
-        self._stream = stream
-        self._chunks: list[Chunk] = []
-        self._waiter: asyncio.Future[None] | None = None
-        self._end_waiter: asyncio.Future[None] | None = None
-        self._error: BaseException | None = None
-        self._ended = False
-        self._task = asyncio.get_running_loop().create_task(self._read())
-
-    async def _read(self) -> None:
-        try:
-            async for chunk in self._stream:
-                self._chunks.append(chunk)
-                waiter = self._waiter
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(None)
-                if chunk.finish_reason is not None:
-                    break
-        except Exception as e:  # noqa: BLE001 - handed to the RPC, which turns it into a status
-            self._error = e
-        finally:
-            self._ended = True
-            for waiter in (self._waiter, self._end_waiter):
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(None)
-            await self._stream.aclose()
-
-    async def hold(self, seconds: float) -> None:
-        """Let chunks gather for ``seconds``, or until the stream ends if that comes first (an end is never held)."""
-        if self._ended:
-            return
-        loop = asyncio.get_running_loop()
-        waiter = self._end_waiter = loop.create_future()
-        timer = loop.call_later(seconds, _resolve, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            self._end_waiter = None
-
-    async def ready(self) -> list[Chunk]:
-        """Every chunk produced since the last call (waiting for one when there is none); [] at the end."""
-        if not self._chunks and not self._ended:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        chunks = self._chunks
-        if chunks:
-            self._chunks = []
-            return chunks
-        if self._error is not None:
-            raise self._error
-        return []
-
-    def stop(self, *_: object) -> None:
-        self._task.cancel()
-
-    async def close(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-
-
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
@@ -175,7 +98,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         stream = self.engine.generate(
             messages=messages, prompt=prompt, sampling=sampling, request_id=request.request_id
         )
-        ahead = _Ahead(stream)
+        ahead = ReadAhead(stream)
         # The RPC's end (finished, cancelled, deadline) stops the engine at once, even while this generator is left
         # suspended at a yield by a cancelled send.
         context.add_done_callback(ahead.stop)
