@@ -223,7 +223,7 @@ def test_the_scaler_points_at_the_inference_deployment(renders):
             trigger = spec["triggers"][0]
             assert trigger["type"] == "prometheus"
             assert "vllm:num_requests_waiting" in trigger["metadata"]["query"]
-            assert f'namespace="chat"' in trigger["metadata"]["query"]
+            assert 'namespace="chat"' in trigger["metadata"]["query"]
             behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
         else:
             assert scaled is None
@@ -285,7 +285,7 @@ def ingress_sources(policy) -> list[str]:
 
 def test_network_policies_let_each_service_hear_only_its_callers(default_render):
     policies = {p["metadata"]["name"]: p for p in default_render.of_kind("NetworkPolicy")}
-    assert policies[f"cp-chatplane-default-deny"]["spec"]["policyTypes"] == ["Ingress"]
+    assert policies["cp-chatplane-default-deny"]["spec"]["policyTypes"] == ["Ingress"]
     assert ingress_sources(policies[fullname("gateway")]) == ["*"], "only the gateway is open"
     assert sorted(ingress_sources(policies[fullname("auth")])) == ["gateway"]
     assert sorted(ingress_sources(policies[fullname("inference")])) == [

@@ -196,14 +196,6 @@ class EventConsumer:
             self.skipped += 1
         metrics.record_consumed(self._topic(env), self.group_id, applied=applied)
 
-    async def apply(self, value: bytes) -> bool:
-        """Apply one serialized envelope unless this group already has; True when applied."""
-        env = decode(value)
-        if not env.event_id:
-            log.warning("event without id skipped", extra={"group": self.group_id})
-            return False
-        return await self._apply_one(env)
-
     async def _apply_one(self, env: EventEnvelope) -> bool:
         # A span in the trace of the request that produced the event (its envelope carries the traceparent).
         with tracing.consumer_span(self._topic(env), self.group_id, env.type, env.traceparent):

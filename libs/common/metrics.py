@@ -180,17 +180,17 @@ class ServerMetricsInterceptor(grpc.aio.ServerInterceptor):
     left out (probes every few seconds would drown the figures)."""
 
     def __init__(self) -> None:
-        # The wrapped handler of each method handler, built on its first call: handlers do not change while the
-        # server runs, and building one (closures, label lookups) cost more than the rest of a short call's metrics.
-        self._wrapped: dict[Any, Any] = {}
+        # Each method's wrapped handler, built on its first call: a server's handlers do not change while it runs,
+        # and building one (closures, label lookups) cost more than the rest of a short call's metrics.
+        self._wrapped: dict[str, Any] = {}
 
     async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
         if handler is None:
             return None
-        wrapped = self._wrapped.get(handler)
+        wrapped = self._wrapped.get(details.method)
         if wrapped is None:
-            wrapped = self._wrapped[handler] = self._wrap(handler, details.method)
+            wrapped = self._wrapped[details.method] = self._wrap(handler, details.method)
         return wrapped
 
     @staticmethod

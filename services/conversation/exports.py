@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chatplane.common.db import new_id, sessionmaker, utcnow
+from chatplane.common.db import new_id, sessionmaker, utcnow, writer
 from chatplane.conversation.models import (
     EXPORT_COMPLETED,
     EXPORT_ERROR_CHARS,
@@ -33,11 +33,12 @@ class ExportStore:
     """Export rows. Reads by a user are scoped by owner and conversation; the worker reads by id."""
 
     def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
         self._sessions = sessionmaker(engine)
 
     async def create(self, user_id: str, conversation_id: str, fmt: str) -> ExportJob | None:
         """A pending export of an owned conversation; None when the conversation is not the user's."""
-        async with self._sessions() as session, session.begin():
+        async with writer(self._engine), self._sessions() as session, session.begin():
             owned = await session.scalar(
                 select(Conversation.id).where(Conversation.id == conversation_id, Conversation.user_id == user_id)
             )
@@ -87,7 +88,7 @@ class ExportStore:
             "error": error[:EXPORT_ERROR_CHARS],
             "completed_at": utcnow(),
         }
-        async with self._sessions() as session, session.begin():
+        async with writer(self._engine), self._sessions() as session, session.begin():
             result = await session.execute(
                 update(ExportJob)
                 .where(ExportJob.id == export_id, ExportJob.status == EXPORT_PENDING)

@@ -211,8 +211,9 @@ class MetricsMiddleware:
             if gone or (stream and not complete):
                 DISCONNECTS.labels(route).inc()
             code = str(status)
+            elapsed = time.perf_counter() - started
             REQUESTS.labels(route, scope["method"], code, observation.model).inc()
-            LATENCY.labels(route, scope["method"], code).observe(time.perf_counter() - started)
+            LATENCY.labels(route, scope["method"], code).observe(elapsed)
             if observation.api_key:
                 TENANT_REQUESTS.labels(observation.api_key, f"{code[0]}xx").inc()
             if status == 429:
@@ -220,7 +221,7 @@ class MetricsMiddleware:
             if self.access_log and access_log.isEnabledFor(logging.INFO):
                 access_log.info("request", extra={
                     "method": scope["method"], "path": scope["path"], "route": route, "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "duration_ms": round(elapsed * 1000, 2),
                     "api_key_id": observation.api_key, "user_id": observation.user_id,
                     "request_id": observation.request_id, "model": observation.model,
                     "client_gone": gone or (stream and not complete),

