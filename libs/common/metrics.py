@@ -11,6 +11,7 @@ children, so it uses prometheus_client's multiprocess mode (:func:`serve_worker_
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import inspect
 import logging
 import os
@@ -326,8 +327,13 @@ def _handle_error(exception_context) -> None:  # noqa: ANN001
         conn.info[_DB_TIMER].pop()
 
 
-def instrument_databases() -> None:
-    """Time every SQL statement of every SQLAlchemy engine in this process (idempotent)."""
+def instrument_databases() -> bool:
+    """Time every SQL statement of every SQLAlchemy engine in this process (idempotent); returns whether it did.
+
+    Only a process that has SQLAlchemy has statements to time: the gateway's and inference's images do not install
+    it, and importing it there unconditionally made them exit at start (ModuleNotFoundError)."""
+    if importlib.util.find_spec("sqlalchemy") is None:
+        return False
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
@@ -335,6 +341,7 @@ def instrument_databases() -> None:
         event.listen(Engine, "before_cursor_execute", _before_execute)
         event.listen(Engine, "after_cursor_execute", _after_execute)
         event.listen(Engine, "handle_error", _handle_error)
+    return True
 
 
 # --- outbox backlog -----------------------------------------------------------------------------------------------
