@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MODEL_DIR ?= data/models/SmolLM2-135M-Instruct
 PYTEST_ARGS ?=
 
-.PHONY: install model run test test-unit proto proto-check clean images kind-up deploy kind-down chart-test bench observe
+.PHONY: install model web test-web run test test-unit proto proto-check clean images kind-up deploy kind-down chart-test bench observe
 
 install: ## Install everything into .venv (idempotent)
 	@scripts/bootstrap.sh
@@ -13,16 +13,23 @@ install: ## Install everything into .venv (idempotent)
 model: install ## Build the model folder from the packaged GGUF when it is missing
 	@$(PY) -m chatplane.inference.prepare_model $(MODEL_DIR)
 
-run: model ## Start the whole platform on 127.0.0.1 (Ctrl-C stops it)
+web: ## Build the web app (web/ -> web/dist, served by the gateway at /) when its sources changed; npm ci when the lock changed
+	@scripts/build_web.sh
+
+test-web: ## The web app's unit tests (Vitest)
+	@scripts/build_web.sh --deps
+	@cd web && npm test --silent
+
+run: model web ## Start the whole platform on 127.0.0.1 (Ctrl-C stops it)
 	@$(PY) -m chatplane.common.stack
 
-test: model ## The whole suite: unit, integration (real vLLM, PostgreSQL) and end-to-end tests
+test: model web test-web ## The whole suite: web unit tests, then unit, integration (real vLLM, PostgreSQL), end-to-end and browser tests
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: install ## Only the tests that need no model engine
 	@$(PY) -m pytest -m "not engine" $(PYTEST_ARGS)
 
-bench: model ## The platform's own overhead (synthetic engine vs a bare server) and the real engine; JSON in bench-results/
+bench: model web ## The platform's own overhead (synthetic engine vs a bare server) and the real engine; JSON in bench-results/
 	@$(PY) benchmarks/bench.py $(BENCH_ARGS)
 
 observe: install ## A real Prometheus (127.0.0.1:9090) scraping `make run` with the chart's alert rules; Ctrl-C stops it

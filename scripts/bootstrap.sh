@@ -13,6 +13,8 @@ WANT="$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1) $EX
 
 # A real Prometheus (and promtool) for the observability test and `make observe` (Debian package; idempotent).
 scripts/install_prometheus.sh
+# Debian's Chromium for the browser tests and the web app's first-paint figure in `make bench` (idempotent).
+scripts/install_chromium.sh
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]]; then
   exit 0

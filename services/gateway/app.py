@@ -17,6 +17,7 @@ from chatplane.gateway import (
     api_keys,
     api_models,
     api_usage,
+    web,
 )
 from chatplane.gateway.backends import Backends
 from chatplane.gateway.errors import install_handlers
@@ -57,6 +58,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         )
     # Prometheus' scrape target, and the metrics of every request (outermost: it sees what the client sees).
     app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
+    web.install(app, settings.web_dir)  # last: its catch-all route answers what no API route matched
     app.add_middleware(MetricsMiddleware, access_log=settings.access_log)
     instrument_tracing(app)
     return app

@@ -70,3 +70,7 @@ class GatewaySettings(ServiceSettings):
         default_factory=list,
         description='Browser origins allowed by CORS, as a JSON list (e.g. ["https://chat.example.com"]); empty: off.',
     )
+    web_dir: str = Field(
+        "", description="Folder of the built web app (index.html, assets/) served at / (`make web` builds web/dist). "
+        "Empty: the repository's web/dist when it has been built, else no web app."
+    )
