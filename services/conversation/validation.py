@@ -7,7 +7,7 @@ import binascii
 import json
 import math
 import re
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from chatplane.common.limits import DEFAULT_PAGE_SIZE, MAX_MESSAGE_CHARS, MAX_PAGE_SIZE, MAX_TITLE_CHARS
 from chatplane.conversation.errors import invalid, not_found
@@ -17,6 +17,9 @@ from chatplane.conversation.store import PageKey
 DEFAULT_TITLE = "New conversation"
 MAX_REQUEST_ID_CHARS = 128
 MAX_CURSOR_CHARS = 200
+# A cursor names a row's updated_at: never before this, never (much) after now. Anything outside is forged.
+OLDEST_CURSOR = datetime(2000, 1, 1, tzinfo=UTC)
+CURSOR_CLOCK_SLACK = timedelta(days=1)
 _ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -99,7 +102,9 @@ def encode_cursor(key: PageKey) -> str:
 
 
 def decode_cursor(value: str) -> PageKey | None:
-    """The position a cursor names; None for no cursor. Anything not made by :func:`encode_cursor` is rejected."""
+    """The position a cursor names; None for no cursor. Anything not made by :func:`encode_cursor` is rejected: the
+    shape, the id, and the time, which must lie between :data:`OLDEST_CURSOR` and a day from now (a forged cursor
+    with an extreme date would otherwise overflow in the database driver)."""
     if not value:
         return None
     try:
@@ -107,9 +112,14 @@ def decode_cursor(value: str) -> PageKey | None:
             raise ValueError("too long")
         raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
         stamp, ident = json.loads(raw)
-        updated_at = datetime.fromisoformat(stamp)
-        if updated_at.tzinfo is None or not isinstance(ident, str) or not _ID.fullmatch(ident):
+        if not isinstance(stamp, str) or not isinstance(ident, str) or not _ID.fullmatch(ident):
             raise ValueError("bad cursor")
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        updated_at = datetime.fromisoformat(stamp)
+        if updated_at.tzinfo is None:
+            raise ValueError("bad cursor")
+        updated_at = updated_at.astimezone(UTC)  # OverflowError at the ends of datetime's range
+        if not OLDEST_CURSOR <= updated_at <= datetime.now(UTC) + CURSOR_CLOCK_SLACK:
+            raise ValueError("out of range")
+    except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise invalid("cursor is not valid", "cursor") from None
     return PageKey(updated_at=updated_at, id=ident)

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 
 from chatplane.common import limits
 from chatplane.gateway import convert
-from chatplane.gateway.api_models import model_not_found
+from chatplane.gateway.api_models import check_max_tokens, model_not_found
 from chatplane.gateway.deps import BackendsDep, CurrentPrincipal
 from chatplane.gateway.backends import Backends
 from chatplane.gateway.errors import APIError, from_grpc, invalid
@@ -188,14 +188,24 @@ async def _admit(
     return admission, counted
 
 
-@router.post("/completions", summary="Create a chat completion (OpenAI-compatible)")
+@router.post(
+    "/completions",
+    summary="Create a chat completion (OpenAI-compatible)",
+    responses={200: {"description": "The completion (JSON), or with stream=true its chunks as server-sent events",
+                     "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+)
 async def create_chat_completion(
     body: ChatCompletionRequest, principal: CurrentPrincipal, backends: BackendsDep, request: Request
 ) -> Any:
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     generate = build_request(body, completion_id)
-    if await backends.models.get(body.model) is None:
+    model = await backends.models.get(body.model)
+    if model is None:
         raise model_not_found(body.model, "model")
+    if body.max_completion_tokens is not None:
+        check_max_tokens(model, body.max_completion_tokens, "max_completion_tokens")
+    else:
+        check_max_tokens(model, body.max_tokens, "max_tokens")
     observation = observe()
     observation.model = body.model  # a served model: a bounded metrics label
     observation.request_id = completion_id  # the access log line names the call

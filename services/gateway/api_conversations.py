@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 
 from chatplane.common import limits
 from chatplane.gateway import convert
+from chatplane.gateway.api_models import check_max_tokens
 from chatplane.gateway.deps import BackendsDep, ConversationStub, CurrentPrincipal, SettingsDep
 from chatplane.gateway.errors import APIError, from_grpc, upstream
 from chatplane.gateway.metering import MeteredConversationReply, rough_tokens
@@ -58,13 +59,19 @@ async def list_conversations(
     after: Annotated[str | None, Query(max_length=1024, pattern=r"^[\x21-\x7e]*$")] = None,
     include_archived: bool = False,
 ) -> dict:
-    with upstream("conversation"):
-        reply = await stub.ListConversations(
-            conversation_pb2.ListConversationsRequest(
-                user_id=principal.user_id, limit=limit, cursor=after or "", include_archived=include_archived
-            ),
-            timeout=settings.upstream_timeout_seconds,
-        )
+    try:
+        with upstream("conversation"):
+            reply = await stub.ListConversations(
+                conversation_pb2.ListConversationsRequest(
+                    user_id=principal.user_id, limit=limit, cursor=after or "", include_archived=include_archived
+                ),
+                timeout=settings.upstream_timeout_seconds,
+            )
+    except APIError as err:
+        if err.param == "cursor":  # the service's name for it; the query parameter is `after`
+            err.param = "after"
+            err.message = "The 'after' cursor is not valid: use a next_cursor from a previous page."
+        raise
     return {
         "object": "list",
         "data": [convert.conversation(c) for c in reply.conversations],
@@ -132,6 +139,8 @@ def _broken() -> APIError:
     status_code=status.HTTP_201_CREATED,
     response_model=SentMessageOut,
     summary="Send a message and get the assistant's reply (streamed as server-sent events with stream=true)",
+    responses={200: {"description": "With stream=true: the reply's events (server-sent events)",
+                     "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
 )
 async def send_message(
     conversation_id: ConversationId,
@@ -152,6 +161,9 @@ async def send_message(
     )
     if body.max_tokens is not None:
         send.max_tokens = body.max_tokens
+        model = await backends.models.get(body.model) if body.model else next(iter(await backends.models.models()), None)
+        if model is not None:  # an unknown model is the conversation service's 404
+            check_max_tokens(model, body.max_tokens, "max_tokens")
     if body.temperature is not None:
         send.temperature = body.temperature
 

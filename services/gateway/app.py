@@ -20,7 +20,7 @@ from chatplane.gateway import (
     web,
 )
 from chatplane.gateway.backends import Backends
-from chatplane.gateway.errors import install_handlers
+from chatplane.gateway.errors import ERROR_RESPONSES, install_handlers
 from chatplane.gateway.middleware import BodyLimitMiddleware, RateLimitHeadersMiddleware
 from chatplane.gateway.observability import MetricsMiddleware, instrument_tracing, metrics_endpoint
 from chatplane.gateway.settings import GatewaySettings
@@ -42,7 +42,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         finally:
             await backends.close()
 
-    app = FastAPI(title="chatplane", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="chatplane", version="0.1.0", description=DESCRIPTION, lifespan=lifespan, responses=ERROR_RESPONSES
+    )
     install_handlers(app)
     for module in (api_health, api_auth, api_keys, api_models, api_chat, api_conversations, api_exports, api_usage):
         app.include_router(module.router)

@@ -15,6 +15,7 @@ import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatplane.common.errors import error_details
@@ -57,6 +58,39 @@ class APIError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorOut(BaseModel):
+    """OpenAI's error object, the body of every error answer."""
+
+    error: ErrorDetail
+
+
+# Every status an operation may answer with OpenAI's error object, in the OpenAPI document (FastAPI's `responses`).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut, "description": description}
+    for status, description in {
+        400: "Bad parameter value, malformed JSON, text that is not valid Unicode",
+        401: "Missing, unknown, revoked, expired or tampered credential",
+        403: "Administrators only",
+        404: "Unknown route, model or resource (another user's resources do not exist for the caller)",
+        409: "Conflict (e.g. the email is taken)",
+        413: "Body too large",
+        422: "Schema validation error (wrong type, missing field)",
+        429: "Rate limit, quota, or too many attempts (see Retry-After)",
+        500: "Server error",
+        502: "A backend ended a reply unexpectedly",
+        503: "A backend is unavailable",
+        504: "A backend did not answer in time",
+    }.items()
+}
 
 
 def invalid(message: str, param: str | None = None, code: str | None = None) -> APIError:
