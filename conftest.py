@@ -140,8 +140,15 @@ def inference_metrics_port() -> int:
 
 @pytest.fixture(scope="session")
 def inference_server(model_dir, tmp_path_factory, inference_metrics_port):
-    """A real inference service (vLLM AsyncLLM) on a free port, shared by the whole run. Yields its address."""
+    """A real inference service (vLLM AsyncLLM) on a free port, shared by the whole run. Yields its address.
+
+    ``CHATPLANE_TEST_INFERENCE_TARGET=host:port`` uses an inference service that is already running instead (quick
+    development loops; its metrics are then not the ones ``inference_metrics_port`` names)."""
     from chatplane.common.procs import Service, free_port, grpc_serving
+
+    if os.environ.get("CHATPLANE_TEST_INFERENCE_TARGET"):
+        yield os.environ["CHATPLANE_TEST_INFERENCE_TARGET"]
+        return
 
     port = free_port()
     data = tmp_path_factory.mktemp("inference")

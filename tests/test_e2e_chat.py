@@ -85,8 +85,9 @@ async def test_max_tokens_and_seed(client):
         ({"max_tokens": 100_000}, 400, "max_tokens"),
         ({"messages": [{"role": "user", "content": "word " * 3000}]}, 400, "messages"),
         ({"messages": []}, 400, "messages"),
-        ({"n": 2}, 400, "n"),
-        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, 400, "tools"),
+        ({"n": 9}, 400, "n"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+          "tool_choice": {"type": "function", "function": {"name": "g"}}}, 400, "tool_choice"),
         ({"temperature": 5}, None, "temperature"),
     ],
 )

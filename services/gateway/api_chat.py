@@ -13,14 +13,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from chatplane.common import limits
-from chatplane.gateway import convert
+from chatplane.gateway import convert, generation
 from chatplane.gateway.api_models import check_max_tokens, model_not_found
 from chatplane.gateway.deps import BackendsDep, CurrentPrincipal
 from chatplane.gateway.backends import Backends
 from chatplane.gateway.errors import APIError, from_grpc, invalid
 from chatplane.gateway.metering import Admission, MeteredGeneration, rough_tokens
 from chatplane.gateway.observability import observe
-from chatplane.gateway.schemas import ChatCompletionRequest, ChatMessageIn
+from chatplane.gateway.schemas import ChatCompletionRequest, ChatMessageIn, NamedToolChoice
 from chatplane.gateway.sse import DONE, SLOT, ClientWatch, EventStream, TextEvent, event
 from chatplane.protos.inference.v1 import inference_pb2
 
@@ -29,27 +29,18 @@ router = APIRouter(prefix="/v1/chat", tags=["chat"])
 
 # Parameters OpenAI knows that this server does not support, with the value that means "not used".
 _NEUTRAL: dict[str, Any] = {
-    "n": 1,
-    "presence_penalty": 0,
-    "frequency_penalty": 0,
-    "logprobs": False,
     "store": False,
-    "logit_bias": {},
     "metadata": {},
     "modalities": ["text"],
-    "response_format": {"type": "text"},
 }
 _ALWAYS_UNSUPPORTED = (
-    "tools", "tool_choice", "parallel_tool_calls", "functions", "function_call", "top_logprobs", "audio",
-    "prediction", "reasoning_effort", "verbosity", "web_search_options",
+    "functions", "function_call", "audio", "prediction", "reasoning_effort", "verbosity", "web_search_options",
 )
-_MESSAGE_UNSUPPORTED = ("tool_calls", "tool_call_id", "function_call", "audio", "refusal")
+_MESSAGE_UNSUPPORTED = ("function_call", "audio", "refusal")
 
 
 def _unsupported(param: str) -> APIError:
-    return invalid(
-        f"The '{param}' parameter is not supported by this server.", param=param, code="unsupported_parameter"
-    )
+    return generation.unsupported(param)
 
 
 def check_supported(req: ChatCompletionRequest) -> None:
@@ -59,13 +50,13 @@ def check_supported(req: ChatCompletionRequest) -> None:
     for name, neutral in _NEUTRAL.items():
         value = getattr(req, name)
         if value is not None and value != neutral:
-            if name == "n":
-                raise invalid("Only n=1 is supported by this server.", param="n", code="unsupported_value")
             raise _unsupported(name)
     if req.service_tier not in (None, "auto", "default"):
         raise _unsupported("service_tier")
     if req.stream_options is not None and not req.stream:
         raise invalid("The 'stream_options' parameter is only allowed when 'stream' is enabled.", "stream_options")
+    if req.top_logprobs is not None and not req.logprobs:
+        raise invalid("'top_logprobs' needs 'logprobs' set to true.", "top_logprobs")
 
 
 def _message_text(msg: ChatMessageIn, index: int) -> str:
@@ -73,6 +64,8 @@ def _message_text(msg: ChatMessageIn, index: int) -> str:
     for name in _MESSAGE_UNSUPPORTED:
         if getattr(msg, name) is not None:
             raise _unsupported(f"{param}.{name}")
+    if msg.role == "assistant" and msg.tool_calls and msg.content is None:
+        return ""
     content = msg.content
     if content is None:
         raise invalid(f"Missing content in '{param}'.", f"{param}.content")
@@ -115,11 +108,45 @@ def _stop(req: ChatCompletionRequest) -> list[str]:
     return stops
 
 
-def build_request(req: ChatCompletionRequest, request_id: str) -> inference_pb2.GenerateRequest:
+def _message(msg: ChatMessageIn, index: int) -> inference_pb2.ChatMessage:
+    param = f"messages[{index}]"
+    role = "system" if msg.role == "developer" else msg.role
+    out = inference_pb2.ChatMessage(role=role, content=_message_text(msg, index), name=msg.name or "")
+    if msg.tool_calls:
+        if msg.role != "assistant":
+            raise invalid(f"Only assistant messages have 'tool_calls' ('{param}' is a {msg.role} message).",
+                          f"{param}.tool_calls")
+        for call in msg.tool_calls:
+            out.tool_calls.add(id=call.id, name=call.function.name, arguments=call.function.arguments)
+    if msg.role == "tool":
+        if not msg.tool_call_id:
+            raise invalid(f"Missing 'tool_call_id' in '{param}': a tool message answers a call.",
+                          f"{param}.tool_call_id")
+        out.tool_call_id = msg.tool_call_id
+    elif msg.tool_call_id is not None:
+        raise invalid(f"Only tool messages have a 'tool_call_id' ('{param}' is a {msg.role} message).",
+                      f"{param}.tool_call_id")
+    return out
+
+
+def _tools(req: ChatCompletionRequest, generate: inference_pb2.GenerateRequest) -> None:
+    for i, tool in enumerate(req.tools or ()):
+        f = tool.function
+        generate.tools.append(generation.function_tool(f.name, f.description, f.parameters, f.strict,
+                                                       f"tools[{i}].function"))
+    names = generation.check_tool_names(list(generate.tools), "tools")
+    named = req.tool_choice.function.name if isinstance(req.tool_choice, NamedToolChoice) else None
+    choice = None if named is not None else req.tool_choice
+    generate.tool_choice.CopyFrom(generation.tool_choice(choice, named, names))
+    if req.parallel_tool_calls is not None and names:
+        generate.parallel_tool_calls = req.parallel_tool_calls
+
+
+def build_request(
+    req: ChatCompletionRequest, request_id: str, max_n: int = limits.MAX_N
+) -> inference_pb2.GenerateRequest:
     check_supported(req)
-    messages = [
-        inference_pb2.ChatMessage(role=m.role, content=_message_text(m, i)) for i, m in enumerate(req.messages)
-    ]
+    messages = [_message(m, i) for i, m in enumerate(req.messages)]
     sampling = inference_pb2.SamplingParams(stop=_stop(req))
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     if max_tokens is not None:
@@ -130,12 +157,34 @@ def build_request(req: ChatCompletionRequest, request_id: str) -> inference_pb2.
         sampling.top_p = req.top_p
     if req.seed is not None:
         sampling.seed = req.seed
-    return inference_pb2.GenerateRequest(
+    if req.presence_penalty is not None:
+        sampling.presence_penalty = req.presence_penalty
+    if req.frequency_penalty is not None:
+        sampling.frequency_penalty = req.frequency_penalty
+    sampling.logit_bias.update(generation.logit_bias(req.logit_bias))
+    if req.logprobs:
+        sampling.logprobs = req.top_logprobs or 0
+    n = generation.check_n(req.n, max_n)
+    if n > 1:
+        sampling.n = n
+    generate = inference_pb2.GenerateRequest(
         model=req.model,
         chat=inference_pb2.ChatMessages(messages=messages),
         sampling=sampling,
         request_id=request_id,
     )
+    if req.tools or req.tool_choice is not None:
+        _tools(req, generate)
+    if req.response_format is not None:
+        fmt = req.response_format
+        if fmt.type == "json_schema" and fmt.json_schema is None:
+            raise invalid("'response_format.json_schema' is required for the 'json_schema' type.",
+                          "response_format.json_schema")
+        schema = fmt.json_schema.schema_ if fmt.json_schema is not None else None
+        structured = generation.structured_output(fmt.type, schema, "response_format.json_schema.schema")
+        if structured is not None:
+            generate.structured_output.CopyFrom(structured)
+    return generate
 
 
 def _aborted() -> APIError:
@@ -148,7 +197,7 @@ def _aborted() -> APIError:
 def _finish_reason(reply: inference_pb2.GenerateResponse) -> str:
     if reply.finish_reason == "abort":
         raise _aborted()
-    return "length" if reply.finish_reason == "length" else "stop"
+    return reply.finish_reason if reply.finish_reason in ("length", "tool_calls") else "stop"
 
 
 async def _read(call: Any) -> inference_pb2.GenerateResponse | None:
@@ -158,6 +207,24 @@ async def _read(call: Any) -> inference_pb2.GenerateResponse | None:
     except grpc.aio.AioRpcError as err:
         raise from_grpc(err, "inference") from None
     return None if reply is grpc.aio.EOF else reply
+
+
+def _count_request(generate: inference_pb2.GenerateRequest) -> inference_pb2.CountTokensRequest:
+    count = inference_pb2.CountTokensRequest(model=generate.model, tools=generate.tools)
+    if generate.HasField("chat"):
+        count.chat.CopyFrom(generate.chat)
+    else:
+        count.prompt = generate.prompt
+    return count
+
+
+def _rough_prompt_tokens(generate: inference_pb2.GenerateRequest) -> int:
+    if not generate.HasField("chat"):
+        return rough_tokens(len(generate.prompt))
+    messages = generate.chat.messages
+    chars = sum(len(m.content) + sum(len(c.arguments) + len(c.name) for c in m.tool_calls) for m in messages)
+    chars += sum(len(t.parameters_json) + len(t.description) + len(t.name) for t in generate.tools)
+    return rough_tokens(chars) + 4 * len(messages)
 
 
 async def _admit(
@@ -171,19 +238,18 @@ async def _admit(
         if exact:  # a quota applies: count with the model's tokenizer
             try:
                 reply = await backends.inference.CountTokens(
-                    inference_pb2.CountTokensRequest(model=generate.model, chat=generate.chat),
-                    timeout=backends.settings.upstream_timeout_seconds,
+                    _count_request(generate), timeout=backends.settings.upstream_timeout_seconds,
                 )
             except grpc.aio.AioRpcError as err:
                 raise from_grpc(err, "inference") from None
             counted = reply.token_count
         else:
-            messages = generate.chat.messages
-            counted = rough_tokens(sum(len(m.content) for m in messages)) + 4 * len(messages)
+            counted = _rough_prompt_tokens(generate)
         return counted
 
     sampling = generate.sampling
     reserve = sampling.max_tokens if sampling.HasField("max_tokens") else backends.settings.estimated_completion_tokens
+    reserve *= max(sampling.n, 1)  # every choice may use all of it
     admission = await backends.metering.admit(principal, request.state, prompt_tokens=prompt_tokens, reserve=reserve)
     return admission, counted
 
@@ -198,7 +264,7 @@ async def create_chat_completion(
     body: ChatCompletionRequest, principal: CurrentPrincipal, backends: BackendsDep, request: Request
 ) -> Any:
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-    generate = build_request(body, completion_id)
+    generate = build_request(body, completion_id, backends.settings.max_n)
     model = await backends.models.get(body.model)
     if model is None:
         raise model_not_found(body.model, "model")
@@ -225,10 +291,12 @@ async def create_chat_completion(
     created = int(time.time())
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = _stream(call, first, completion_id, created, body.model, include_usage)
+        chunks = _stream(call, first, completion_id, created, body.model, include_usage, bool(body.logprobs),
+                         generate.sampling.n or 1)
         return EventStream(chunks, watch)
     try:
-        answer = _complete(call, first, completion_id, created, body.model)
+        answer = _complete(call, first, completion_id, created, body.model, generate.sampling.n or 1,
+                           bool(body.logprobs))
         return JSONResponse(await watch.guard(answer))
     finally:
         watch.stop()
@@ -236,16 +304,16 @@ async def create_chat_completion(
 
 
 async def _complete(
-    call: Any, reply: inference_pb2.GenerateResponse | None, completion_id: str, created: int, model: str
+    call: Any, reply: inference_pb2.GenerateResponse | None, completion_id: str, created: int, model: str, n: int,
+    logprobs: bool,
 ) -> dict[str, Any]:
-    parts: list[str] = []
-    finish_reason = "stop"
+    choices = generation.Choices(n)
     usage = convert.usage(0, 0)
     while reply is not None:
-        parts.append(reply.text)
+        choices.add(reply)
         model = reply.model or model
         if reply.finish_reason:
-            finish_reason = _finish_reason(reply)
+            _finish_reason(reply)
         if reply.HasField("usage"):
             usage = convert.usage(reply.usage.prompt_tokens, reply.usage.completion_tokens)
             observe().tokens(model, reply.usage.prompt_tokens, reply.usage.completion_tokens)
@@ -255,17 +323,29 @@ async def _complete(
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": "".join(parts), "refusal": None},
-                "logprobs": None,
-                "finish_reason": finish_reason,
-            }
-        ],
+        "choices": [_choice(c, logprobs) for c in choices.choices],
         "usage": usage,
         "system_fingerprint": None,
     }
+
+
+def _choice(choice: generation.Choice, logprobs: bool) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": choice.text, "refusal": None}
+    if choice.calls:
+        message["tool_calls"] = choice.tool_calls()
+        message["content"] = choice.text or None
+    return {
+        "index": choice.index,
+        "message": message,
+        "logprobs": {"content": [generation.chat_logprob(t) for t in choice.logprobs], "refusal": None}
+        if logprobs else None,
+        "finish_reason": choice.finish_reason if choice.finish_reason in ("length", "tool_calls") else "stop",
+    }
+
+
+def _plain(reply: inference_pb2.GenerateResponse) -> bool:
+    """A reply of the common case (one choice, text only): its chunk comes from the template encoded once."""
+    return reply.index == 0 and not reply.tool_calls and not reply.logprobs
 
 
 async def _stream(
@@ -275,44 +355,67 @@ async def _stream(
     created: int,
     model: str,
     include_usage: bool,
+    logprobs: bool = False,
+    n: int = 1,
 ) -> AsyncIterator[bytes]:
     if reply is not None and reply.model:
         model = reply.model
 
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None, index: int = 0,
+              tokens: Any = None) -> bytes:
         data: dict[str, Any] = {
             "id": completion_id,
             "object": "chat.completion.chunk",
             "created": created,
             "model": model,
             "system_fingerprint": None,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+            "choices": [{"index": index, "delta": delta, "logprobs": tokens, "finish_reason": finish_reason}],
         }
         if include_usage:
             data["usage"] = None
         return event(data)
 
     content = TextEvent(chunk({"content": SLOT}))  # the per-token chunk, encoded once
-    # The role chunk goes out with the first token (one write, one trip through the middleware, sooner first token).
-    role = chunk({"role": "assistant", "content": ""})
+    # A choice's role chunk goes out with its first token (one write, one trip through the middleware, sooner first
+    # token).
+    first_role = chunk({"role": "assistant", "content": ""})
+    started: set[int] = set()
+    finished: set[int] = set()
+
+    def role(index: int) -> bytes:
+        if index in started:
+            return b""
+        started.add(index)
+        return first_role if index == 0 else chunk({"role": "assistant", "content": ""}, index=index)
+
     try:
-        finish_reason = "stop"
         usage = convert.usage(0, 0)
         while reply is not None:
-            text = reply.text
-            if text:
-                if role:
-                    yield role + content(text)
-                    role = b""
-                else:
-                    yield content(text)
-            if reply.finish_reason:  # the last reply: the only one with usage
-                finish_reason = _finish_reason(reply)
+            index = reply.index
+            if _plain(reply):
+                if reply.text:
+                    yield role(0) + content(reply.text)
+            elif reply.text or reply.tool_calls or reply.logprobs:
+                delta: dict[str, Any] = {}
+                if reply.text:
+                    delta["content"] = reply.text
+                if reply.tool_calls:
+                    delta["tool_calls"] = generation.tool_call_deltas(reply)
+                tokens = (
+                    {"content": [generation.chat_logprob(t) for t in reply.logprobs], "refusal": None}
+                    if logprobs else None
+                )
+                yield role(index) + chunk(delta, index=index, tokens=tokens)
+            if reply.finish_reason:  # this choice's last reply; the stream's last one has the usage
+                finished.add(index)
+                yield role(index) + chunk({}, _finish_reason(reply), index=index)
                 if reply.HasField("usage"):
                     usage = convert.usage(reply.usage.prompt_tokens, reply.usage.completion_tokens)
                     observe().tokens(model, reply.usage.prompt_tokens, reply.usage.completion_tokens)
             reply = await _read(call)
-        yield role + chunk({}, finish_reason)
+        for index in range(n):
+            if index not in finished:
+                yield role(index) + chunk({}, "stop", index=index)
         if include_usage:
             yield event({
                 "id": completion_id,

@@ -99,14 +99,26 @@ class ModelList(BaseModel):
 # --- chat completions ---------------------------------------------------------------------------------------------
 
 
+class FunctionCallIn(_Request):
+    name: Annotated[SafeStr, Field(min_length=1, max_length=limits.MAX_TOOL_NAME_CHARS)]
+    arguments: Annotated[SafeStr, Field(max_length=limits.MAX_MESSAGE_CHARS)]
+
+
+class ToolCallIn(_Request):
+    id: Annotated[SafeStr, Field(max_length=256)]
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessageIn(_Request):
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     # A string, or a list of {"type": "text", "text": ...} parts (checked in the route for precise error params).
     content: str | list[dict[str, Any]] | None = None
-    name: str | None = None
+    name: Annotated[SafeStr, Field(max_length=256)] | None = None
+    tool_calls: Annotated[list[ToolCallIn], Field(max_length=limits.MAX_TOOL_CALLS)] | None = None
+    tool_call_id: Annotated[SafeStr, Field(max_length=256)] | None = None
+    annotations: list[Any] | None = None  # in assistant messages sent back as they came (ignored)
     # Known to OpenAI but not supported here: rejected with a 400 naming them when set.
-    tool_calls: Any = None
-    tool_call_id: Any = None
     function_call: Any = None
     audio: Any = None
     refusal: Any = None
@@ -115,6 +127,41 @@ class ChatMessageIn(_Request):
 class StreamOptions(_Request):
     include_usage: bool | None = None
     include_obfuscation: bool | None = None
+
+
+class FunctionDefinition(_Request):
+    name: Annotated[SafeStr, Field(min_length=1, max_length=limits.MAX_TOOL_NAME_CHARS)]
+    description: Annotated[SafeStr, Field(max_length=limits.MAX_MESSAGE_CHARS)] | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolIn(_Request):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Request):
+    name: Annotated[SafeStr, Field(min_length=1, max_length=limits.MAX_TOOL_NAME_CHARS)]
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(_Request):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: Annotated[SafeStr, Field(min_length=1, max_length=64)]
+    description: Annotated[SafeStr, Field(max_length=limits.MAX_MESSAGE_CHARS)] | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Request):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 class ChatCompletionRequest(_Request):
@@ -131,19 +178,19 @@ class ChatCompletionRequest(_Request):
     prompt_cache_key: Annotated[SafeStr, Field(max_length=256)] | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    n: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    n: Annotated[int, Field(ge=1)] | None = None  # the configured maximum is checked in the route
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    logit_bias: Annotated[dict[str, float], Field(max_length=limits.MAX_LOGIT_BIAS)] | None = None
     logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=limits.MAX_TOP_LOGPROBS)] | None = None
+    response_format: ResponseFormat | None = None
+    tools: Annotated[list[ToolIn], Field(max_length=limits.MAX_TOOLS)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     store: bool | None = None
     service_tier: str | None = None
     # Known to OpenAI but not supported here (or only in their neutral value): checked in the route.
-    top_logprobs: Any = None
-    response_format: Any = None
-    logit_bias: Any = None
-    tools: Any = None
-    tool_choice: Any = None
-    parallel_tool_calls: Any = None
     functions: Any = None
     function_call: Any = None
     audio: Any = None

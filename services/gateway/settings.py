@@ -57,6 +57,10 @@ class GatewaySettings(ServiceSettings):
     estimated_completion_tokens: int = Field(
         512, ge=0, description="Completion tokens reserved (rate limit, quota) for a request that gives no max_tokens."
     )
+    max_n: int = Field(
+        8, ge=1, le=limits.MAX_N, description="Most choices (`n`) one completion request may ask for; more is a 400 "
+        "naming `n`. Each choice costs the engine as much as a request of its own."
+    )
     redis_url: str = Field(
         "", description="Redis for the rate-limit and quota counters shared by all gateway replicas "
         "(redis://host:6379/0). Empty: in-process counters (one gateway only)."

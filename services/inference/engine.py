@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from chatplane.inference.settings import InferenceSettings
 
@@ -36,14 +36,88 @@ class Sampling:
     top_p: float | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias)
+    logprobs: int | None = None  # set: each token's logprob with this many top alternatives
+    prompt_logprobs: int | None = None  # set: the prompt tokens' logprobs too
+    n: int = 1
+
+
+class ToolCall(NamedTuple):
+    """A function call in the history (an assistant message's)."""
+
+    id: str
+    name: str
+    arguments: str  # JSON text
+
+
+class Turn(NamedTuple):
+    """One chat message."""
+
+    role: str  # system | user | assistant | tool
+    content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Function:
+    """A function the model may call."""
+
+    name: str
+    description: str = ""
+    parameters: dict | None = None  # JSON Schema of the arguments
+    strict: bool = False
+
+
+@dataclass(frozen=True)
+class ToolUse:
+    functions: tuple[Function, ...]
+    choice: str = "auto"  # none | auto | required | function
+    function: str = ""  # the function's name when choice is "function"
+    parallel: bool | None = None  # None: allowed
+
+
+@dataclass(frozen=True)
+class Structured:
+    """Structured outputs: JSON matching ``json_schema``, or any JSON object."""
+
+    json_schema: dict | None = None
+    json_object: bool = False
+
+
+@dataclass
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: list[tuple[str, float]]  # most likely first
+
+
+@dataclass
+class ToolCallDelta:
+    """A piece of a tool call: the first has the id and name, the next ones more of the arguments."""
+
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
 
 
 @dataclass
 class Chunk:
     text: str
-    finish_reason: str | None = None  # set on the last chunk: stop | length | abort
+    # Set on a choice's last chunk: stop | length | tool_calls | abort. The stream's last chunk is the one with a
+    # finish_reason and ``more`` false; it carries the usage (all choices).
+    finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    index: int = 0  # the choice (n > 1)
+    more: bool = False  # this choice ended, others go on
+    logprobs: list[TokenLogprob] | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # on the first chunk, when asked
 
 
 @dataclass
@@ -57,7 +131,7 @@ class EngineLoad:
     updated: float = field(default_factory=time.monotonic)
 
 
-Messages = Sequence[tuple[str, str]]  # (role, content)
+Messages = Sequence[Turn]
 
 
 class Engine(Protocol):
@@ -68,10 +142,19 @@ class Engine(Protocol):
 
     async def start(self) -> None: ...
 
-    def count_tokens(self, *, messages: Messages | None = None, prompt: str | None = None) -> int: ...
+    def count_tokens(
+        self, *, messages: Messages | None = None, prompt: str | None = None, tools: ToolUse | None = None
+    ) -> int: ...
 
     def generate(
-        self, *, messages: Messages | None, prompt: str | None, sampling: Sampling, request_id: str
+        self,
+        *,
+        messages: Messages | None,
+        prompt: str | None,
+        sampling: Sampling,
+        request_id: str,
+        tools: ToolUse | None = None,
+        structured: Structured | None = None,
     ) -> AsyncIterator[Chunk]: ...
 
     async def stop(self) -> None: ...
@@ -125,6 +208,8 @@ class VllmEngine:
         self.load = EngineLoad()
         self._llm = None
         self._tokenizer = None
+        self._tools = None
+        self._end_ids: set[int] = set()
         self._defaults: dict = {}
 
     async def start(self) -> None:
@@ -138,10 +223,17 @@ class VllmEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        from chatplane.inference.tools import ToolSupport
+
         args = AsyncEngineArgs(**engine_kwargs(settings))
         started = time.monotonic()
         self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._stat_logger_factory()])
         self._tokenizer = self._llm.get_tokenizer()
+        self._tools = ToolSupport(
+            self._tokenizer, model_name=self.model_name, parser_name=settings.tool_call_parser,
+            chat_template=settings.chat_template_text(),
+        )
+        self._end_ids = _end_ids(self._tokenizer, self._llm.model_config.hf_config)
         self.max_model_len = self._llm.model_config.max_model_len
         # The model's own sampling defaults (generation_config.json), used where a request sets nothing: what
         # vLLM's OpenAI server does with --generation-config auto.
@@ -178,25 +270,55 @@ class VllmEngine:
 
         return _LoadRecorder
 
-    def _prompt_ids(self, messages: Messages | None, prompt: str | None) -> list[int]:
+    def _prompt_ids(self, messages: Messages | None, prompt: str | None, tools: ToolUse | None = None) -> list[int]:
         tok = self._tokenizer
         if messages is not None:
-            text = tok.apply_chat_template(
-                [{"role": r, "content": c} for r, c in messages], tokenize=False, add_generation_prompt=True
-            )
-            return tok.encode(text, add_special_tokens=False)
+            return tok.encode(self._tools.render(messages, tools), add_special_tokens=False)
         return tok.encode(prompt or "")
 
-    def count_tokens(self, *, messages: Messages | None = None, prompt: str | None = None) -> int:
-        return len(self._prompt_ids(messages, prompt))
+    def count_tokens(
+        self, *, messages: Messages | None = None, prompt: str | None = None, tools: ToolUse | None = None
+    ) -> int:
+        return len(self._prompt_ids(messages, prompt, tools))
 
-    async def generate(
-        self, *, messages: Messages | None, prompt: str | None, sampling: Sampling, request_id: str
-    ) -> AsyncIterator[Chunk]:
+    def _params(self, sampling: Sampling, max_tokens: int, plan) -> object:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        ids = self._prompt_ids(messages, prompt)
+        chosen = {
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "presence_penalty": sampling.presence_penalty,
+            "frequency_penalty": sampling.frequency_penalty,
+            "logprobs": sampling.logprobs,
+            "prompt_logprobs": sampling.prompt_logprobs,
+        }
+        return SamplingParams(
+            **{**self._defaults, **{k: v for k, v in chosen.items() if v is not None}},
+            n=sampling.n,
+            max_tokens=max_tokens,
+            stop=list(sampling.stop) or None,
+            seed=sampling.seed,
+            logit_bias=dict(sampling.logit_bias) or None,
+            structured_outputs=plan.structured_outputs,
+            skip_special_tokens=plan.skip_special_tokens,
+            output_kind=RequestOutputKind.DELTA,
+        )
+
+    async def generate(
+        self,
+        *,
+        messages: Messages | None,
+        prompt: str | None,
+        sampling: Sampling,
+        request_id: str,
+        tools: ToolUse | None = None,
+        structured: Structured | None = None,
+    ) -> AsyncIterator[Chunk]:
+        from vllm.exceptions import VLLMValidationError
+
+        plan = self._tools.plan(tools if messages is not None else None, structured)
+        ids = self._prompt_ids(messages, prompt, tools)
         if not ids:
             raise EngineInputError("the prompt is empty", param="messages" if messages is not None else "prompt")
         room = self.max_model_len - len(ids)
@@ -209,41 +331,134 @@ class VllmEngine:
                 param="messages" if room < 1 or sampling.max_tokens is None else "max_tokens",
                 code="context_length_exceeded",
             )
-        chosen = {"temperature": sampling.temperature, "top_p": sampling.top_p}
-        params = SamplingParams(
-            **{**self._defaults, **{k: v for k, v in chosen.items() if v is not None}},
-            max_tokens=max_tokens,
-            stop=list(sampling.stop) or None,
-            seed=sampling.seed,
-            output_kind=RequestOutputKind.DELTA,
-        )
+        try:
+            params = self._params(sampling, max_tokens, plan)
+        except (VLLMValidationError, ValueError) as exc:
+            raise _input_error(exc) from None
+        extractors = [plan.extractor(ids, self._tokenizer) for _ in range(sampling.n)] if plan.parser_cls else None
         engine_id = f"{request_id or 'req'}-{uuid.uuid4().hex[:8]}"
         completion_tokens = 0
         finished = False
+        started = False
         try:
             async for out in self._llm.generate({"prompt_token_ids": ids}, params, engine_id):
-                completion = out.outputs[0]
-                completion_tokens += len(completion.token_ids)
+                started = True
+                if extractors is None and sampling.n == 1 and sampling.logprobs is None and not out.prompt_logprobs:
+                    # The plain case, per token: one choice, its text.
+                    completion = out.outputs[0]
+                    completion_tokens += len(completion.token_ids)
+                    if out.finished:
+                        finished = True
+                        yield Chunk(
+                            completion.text,
+                            finish_reason=completion.finish_reason or "stop",
+                            prompt_tokens=len(ids),
+                            completion_tokens=completion_tokens,
+                        )
+                    elif completion.text:
+                        yield Chunk(completion.text)
+                    continue
+                chunks = []
+                for completion in out.outputs:
+                    completion_tokens += len(completion.token_ids)
+                    chunks.append(self._chunk(completion, sampling, extractors))
+                if out.prompt_logprobs and chunks:
+                    chunks[0].prompt_logprobs = self._prompt_logprobs(ids, out.prompt_logprobs, sampling.prompt_logprobs)
                 if out.finished:
                     finished = True
-                    yield Chunk(
-                        completion.text,
-                        finish_reason=completion.finish_reason or "stop",
-                        prompt_tokens=len(ids),
-                        completion_tokens=completion_tokens,
-                    )
-                elif completion.text:
-                    yield Chunk(completion.text)
+                    last = chunks[-1] if chunks else Chunk("", finish_reason="stop", index=sampling.n - 1)
+                    if not chunks:
+                        chunks.append(last)
+                    last.finish_reason = last.finish_reason or "stop"
+                    last.more = False
+                    last.prompt_tokens, last.completion_tokens = len(ids), completion_tokens
+                for chunk in chunks:
+                    if chunk.text or chunk.finish_reason or chunk.logprobs or chunk.tool_calls or chunk.prompt_logprobs:
+                        yield chunk
+        except VLLMValidationError as exc:
+            if started:
+                raise
+            raise _input_error(exc) from None
         finally:
             if not finished:
                 # The caller went away (or failed): free the engine's slot now, not when the stream is collected.
                 self.load.aborted_total += 1
                 await asyncio.shield(self._llm.abort(engine_id))
 
+    def _chunk(self, completion, sampling: Sampling, extractors) -> Chunk:
+        """One choice's output of an engine step as a chunk: its text (tool calls apart), logprobs, finish."""
+        index = completion.index
+        done = completion.finish_reason is not None
+        text, calls = completion.text, None
+        if extractors is not None:
+            extractor = extractors[index]
+            text, calls = extractor.feed(text, completion.token_ids, done)
+        finish_reason = None
+        if done:
+            finish_reason = completion.finish_reason
+            if finish_reason == "stop" and extractors is not None and extractors[index].called:
+                finish_reason = "tool_calls"
+        logprobs = None
+        if sampling.logprobs is not None and completion.logprobs is not None:
+            logprobs = self._token_logprobs(completion.token_ids, completion.logprobs, sampling.logprobs)
+        return Chunk(text, finish_reason=finish_reason, index=index, more=done, logprobs=logprobs,
+                     tool_calls=calls or None)
+
+    def _token_text(self, token_id: int, entry) -> str:
+        text = getattr(entry, "decoded_token", None)
+        return text if text is not None else self._tokenizer.decode([token_id])
+
+    def _token_logprobs(self, token_ids, positions, top: int) -> list[TokenLogprob]:
+        out = []
+        for token_id, entries in zip(token_ids, positions, strict=False):
+            if token_id in self._end_ids:
+                continue  # the end of the turn is no text of the reply
+            out.append(self._logprob(token_id, entries, top))
+        return out
+
+    def _logprob(self, token_id: int, entries, top: int) -> TokenLogprob:
+        chosen = entries.get(token_id)
+        alternatives = sorted(
+            ((tid, e) for tid, e in entries.items() if e.rank is not None and e.rank <= top), key=lambda te: te[1].rank
+        )
+        return TokenLogprob(
+            token=self._token_text(token_id, chosen),
+            logprob=_finite(chosen.logprob) if chosen is not None else -9999.0,
+            top=[(self._token_text(tid, e), _finite(e.logprob)) for tid, e in alternatives],
+        )
+
+    def _prompt_logprobs(self, ids: list[int], positions, top: int | None) -> list[TokenLogprob | None]:
+        return [
+            None if entries is None else self._logprob(token_id, entries, top or 0)
+            for token_id, entries in zip(ids, positions, strict=False)
+        ]
+
     async def stop(self) -> None:
         if self._llm is not None:
             self._llm.shutdown()
             self._llm = None
+
+
+def _end_ids(tokenizer, hf_config) -> set[int]:
+    """The tokens that end a reply (their logprobs are not part of the reply's)."""
+    ids = getattr(hf_config, "eos_token_id", None)
+    ids = set(ids) if isinstance(ids, (list, tuple)) else {ids}
+    return {i for i in (*ids, tokenizer.eos_token_id) if i is not None}
+
+
+def _finite(logprob: float) -> float:
+    """-inf (a token the constraint or a bias rules out) is no JSON number: -9999, as vLLM's server sends it."""
+    return max(logprob, -9999.0)
+
+
+def _input_error(exc: Exception) -> EngineInputError:
+    """vLLM's refusal of a request (its checks of the parameters, a grammar that does not compile)."""
+    param = getattr(exc, "parameter", None)
+    message = str(exc).split(" (parameter=")[0]
+    names = {"logit_bias": "logit_bias", "logprobs": "top_logprobs", "n": "n", "structured_outputs": "response_format"}
+    if param is None and ("grammar" in message.lower() or "schema" in message.lower()):
+        param = "response_format"
+    return EngineInputError(message[:1000], param=names.get(param, param))
 
 
 def create_engine(settings: InferenceSettings) -> Engine:

@@ -2,21 +2,42 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import re
 
 import grpc
 
 from chatplane.common import limits
 from chatplane.common.errors import abort
 from chatplane.common.streams import ReadAhead
-from chatplane.inference.engine import Engine, EngineInputError, Messages, Sampling
+from chatplane.inference.engine import (
+    Chunk,
+    Engine,
+    EngineInputError,
+    Function,
+    Messages,
+    Sampling,
+    Structured,
+    ToolCall,
+    ToolUse,
+    Turn,
+)
 from chatplane.protos.inference.v1 import inference_pb2 as pb
 from chatplane.protos.inference.v1 import inference_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-ROLES = {"system", "user", "assistant"}
+ROLES = {"system", "user", "assistant", "tool"}
+TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,%d}$" % limits.MAX_TOOL_NAME_CHARS)
+_CHOICES = {
+    pb.TOOL_CHOICE_MODE_UNSPECIFIED: "auto",
+    pb.TOOL_CHOICE_MODE_NONE: "none",
+    pb.TOOL_CHOICE_MODE_AUTO: "auto",
+    pb.TOOL_CHOICE_MODE_REQUIRED: "required",
+    pb.TOOL_CHOICE_MODE_FUNCTION: "function",
+}
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
@@ -50,24 +71,96 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     context, grpc.StatusCode.INVALID_ARGUMENT,
                     f"at most {limits.MAX_MESSAGES} messages", param="messages",
                 )
+            turns = []
             for i, m in enumerate(msgs):
-                if m.role not in ROLES:
-                    await abort(
-                        context, grpc.StatusCode.INVALID_ARGUMENT,
-                        f"messages[{i}].role must be one of system, user, assistant", param=f"messages[{i}].role",
-                    )
-                if len(m.content) > limits.MAX_MESSAGE_CHARS:
-                    await abort(
-                        context, grpc.StatusCode.INVALID_ARGUMENT,
-                        f"messages[{i}].content is longer than {limits.MAX_MESSAGE_CHARS} characters",
-                        param=f"messages[{i}].content",
-                    )
-            return [(m.role, m.content) for m in msgs], None
+                turns.append(await self._turn(m, i, context))
+            return turns, None
         if which == "prompt":
             if not request.prompt or len(request.prompt) > limits.MAX_MESSAGE_CHARS * 4:
                 await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "prompt is empty or too long", param="prompt")
             return None, request.prompt
         await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "messages or prompt is required", param="messages")
+
+    async def _turn(self, m: pb.ChatMessage, i: int, context) -> Turn:
+        def bad(param: str, message: str):
+            return abort(context, grpc.StatusCode.INVALID_ARGUMENT, message, param=f"messages[{i}]{param}")
+
+        if m.role not in ROLES:
+            await bad(".role", f"messages[{i}].role must be one of system, user, assistant, tool")
+        if len(m.content) > limits.MAX_MESSAGE_CHARS:
+            await bad(".content", f"messages[{i}].content is longer than {limits.MAX_MESSAGE_CHARS} characters")
+        if m.tool_calls and m.role != "assistant":
+            await bad(".tool_calls", "only assistant messages have tool_calls")
+        if len(m.tool_calls) > limits.MAX_TOOL_CALLS:
+            await bad(".tool_calls", f"at most {limits.MAX_TOOL_CALLS} tool calls in one message")
+        if m.role == "tool" and not m.tool_call_id:
+            await bad(".tool_call_id", "a tool message needs the tool_call_id of the call it answers")
+        calls = []
+        for j, c in enumerate(m.tool_calls):
+            if not TOOL_NAME.match(c.name):
+                await bad(f".tool_calls[{j}].function.name", "a function name has 1 to 64 letters, digits, _ or -")
+            if len(c.arguments) > limits.MAX_MESSAGE_CHARS or len(c.id) > 256:
+                await bad(f".tool_calls[{j}]", "tool call too long")
+            calls.append(ToolCall(c.id, c.name, c.arguments))
+        if len(m.tool_call_id) > 256 or len(m.name) > 256:
+            await bad(".tool_call_id", "tool_call_id and name have at most 256 characters")
+        return Turn(m.role, m.content, tuple(calls), m.tool_call_id, m.name)
+
+    async def _tools(self, request, context) -> ToolUse | None:
+        """The functions offered and the choice among them; None when there are none."""
+        def bad(param: str, message: str):
+            return abort(context, grpc.StatusCode.INVALID_ARGUMENT, message, param=param)
+
+        generating = isinstance(request, pb.GenerateRequest)  # CountTokens has the tools only
+        tool_choice = request.tool_choice if generating else pb.ToolChoice()
+        choice = _CHOICES.get(tool_choice.mode)
+        if choice is None:
+            await bad("tool_choice", "unknown tool_choice mode")
+        if not request.tools:
+            if choice in ("required", "function"):
+                await bad("tool_choice", f"tool_choice {choice!r} needs tools")
+            return None
+        if len(request.tools) > limits.MAX_TOOLS:
+            await bad("tools", f"at most {limits.MAX_TOOLS} tools")
+        functions = []
+        for i, t in enumerate(request.tools):
+            if not TOOL_NAME.match(t.name):
+                await bad(f"tools[{i}].function.name", "a function name has 1 to 64 letters, digits, _ or -")
+            if len(t.description) > limits.MAX_MESSAGE_CHARS:
+                await bad(f"tools[{i}].function.description", "description too long")
+            parameters = None
+            if t.parameters_json:
+                parameters = await self._schema(t.parameters_json, f"tools[{i}].function.parameters", context)
+            functions.append(Function(t.name, t.description, parameters, t.strict))
+        names = [f.name for f in functions]
+        if len(set(names)) != len(names):
+            await bad("tools", "two tools have the same name")
+        if choice == "function" and tool_choice.function not in names:
+            await bad("tool_choice", f"tool_choice names the function {tool_choice.function!r}, which is not in tools")
+        parallel = request.parallel_tool_calls if generating and request.HasField("parallel_tool_calls") else None
+        return ToolUse(tuple(functions), choice, tool_choice.function if choice == "function" else "", parallel)
+
+    async def _schema(self, text: str, param: str, context) -> dict:
+        if len(text) > limits.MAX_SCHEMA_CHARS:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{param} is longer than "
+                        f"{limits.MAX_SCHEMA_CHARS} characters", param=param)
+        try:
+            schema = json.loads(text)
+        except ValueError:
+            schema = None
+        if not isinstance(schema, dict):
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{param} must be a JSON Schema object",
+                        param=param)
+        return schema
+
+    async def _structured(self, request, context) -> Structured | None:
+        which = request.structured_output.WhichOneof("format")
+        if which == "json_schema":
+            return Structured(json_schema=await self._schema(request.structured_output.json_schema,
+                                                             "response_format", context))
+        if which == "json_object" and request.structured_output.json_object:
+            return Structured(json_object=True)
+        return None
 
     async def _sampling(self, p: pb.SamplingParams, context) -> Sampling:
         def bad(param: str, message: str):
@@ -81,12 +174,30 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             await bad("top_p", "top_p must be greater than 0 and at most 1")
         if len(p.stop) > limits.MAX_STOP_SEQUENCES or any(not s or len(s) > limits.MAX_STOP_CHARS for s in p.stop):
             await bad("stop", f"stop takes up to {limits.MAX_STOP_SEQUENCES} non-empty sequences")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if p.HasField(name) and not -2.0 <= getattr(p, name) <= 2.0:
+                await bad(name, f"{name} must be between -2 and 2")
+        if len(p.logit_bias) > limits.MAX_LOGIT_BIAS:
+            await bad("logit_bias", f"logit_bias takes at most {limits.MAX_LOGIT_BIAS} tokens")
+        if any(not -100.0 <= v <= 100.0 for v in p.logit_bias.values()):
+            await bad("logit_bias", "logit_bias values must be between -100 and 100")
+        for name, param in (("logprobs", "top_logprobs"), ("prompt_logprobs", "logprobs")):
+            if p.HasField(name) and getattr(p, name) > limits.MAX_TOP_LOGPROBS:
+                await bad(param, f"{param} must be between 0 and {limits.MAX_TOP_LOGPROBS}")
+        if p.n > limits.MAX_N:
+            await bad("n", f"n must be between 1 and {limits.MAX_N}")
         return Sampling(
             max_tokens=p.max_tokens if p.HasField("max_tokens") else None,
             temperature=p.temperature if p.HasField("temperature") else None,
             top_p=p.top_p if p.HasField("top_p") else None,
             stop=tuple(p.stop),
             seed=p.seed if p.HasField("seed") else None,
+            presence_penalty=p.presence_penalty if p.HasField("presence_penalty") else None,
+            frequency_penalty=p.frequency_penalty if p.HasField("frequency_penalty") else None,
+            logit_bias=tuple(sorted(p.logit_bias.items())),
+            logprobs=p.logprobs if p.HasField("logprobs") else None,
+            prompt_logprobs=p.prompt_logprobs if p.HasField("prompt_logprobs") else None,
+            n=p.n or 1,
         )
 
     async def Generate(self, request: pb.GenerateRequest, context):  # noqa: N802 - gRPC naming
@@ -94,8 +205,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         await self._check_model(request.model, context)
         messages, prompt = await self._input(request, context)
         sampling = await self._sampling(request.sampling, context)
+        tools = await self._tools(request, context)
+        structured = await self._structured(request, context)
+        if tools is not None and messages is None:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "tools need chat messages", param="tools")
+        extras = {}
+        if tools is not None:
+            extras["tools"] = tools
+        if structured is not None:
+            extras["structured"] = structured
         stream = self.engine.generate(
-            messages=messages, prompt=prompt, sampling=sampling, request_id=request.request_id
+            messages=messages, prompt=prompt, sampling=sampling, request_id=request.request_id, **extras
         )
         ahead = ReadAhead(stream)
         # The RPC's end (finished, cancelled, deadline) stops the engine at once, even while this generator is left
@@ -109,12 +229,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 if not chunks:
                     return
                 last = chunks[-1]
-                text = last.text if len(chunks) == 1 else "".join([c.text for c in chunks])
-                if last.finish_reason is None:
-                    yield pb.GenerateResponse(text=text)
-                    if interval:
-                        await ahead.hold(interval)
-                else:
+                if all(_plain(c) for c in chunks):
+                    text = last.text if len(chunks) == 1 else "".join([c.text for c in chunks])
+                    if last.finish_reason is None:
+                        yield pb.GenerateResponse(text=text)
+                        if interval:
+                            await ahead.hold(interval)
+                        continue
                     yield pb.GenerateResponse(
                         text=text,
                         finish_reason=last.finish_reason,
@@ -122,6 +243,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                         model=model,
                     )
                     return
+                messages_out = _messages(chunks, model)
+                for message in messages_out:
+                    yield message
+                if messages_out and messages_out[-1].HasField("usage"):
+                    return
+                if interval:
+                    await ahead.hold(interval)
         except EngineInputError as e:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e), code=e.code, param=e.param)
         finally:
@@ -132,7 +260,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         await self._check_ready(context)
         await self._check_model(request.model, context)
         messages, prompt = await self._input(request, context)
-        count = self.engine.count_tokens(messages=messages, prompt=prompt)
+        tools = await self._tools(request, context) if request.tools else None
+        try:
+            count = self.engine.count_tokens(messages=messages, prompt=prompt, **({"tools": tools} if tools else {}))
+        except EngineInputError as e:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e), code=e.code, param=e.param)
         return pb.CountTokensResponse(token_count=count, max_model_len=self.engine.max_model_len)
 
     async def ListModels(self, request, context):  # noqa: N802
@@ -151,3 +283,48 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             ready=self.ready,
             aborted_total=load.aborted_total,
         )
+
+
+def _plain(chunk: Chunk) -> bool:
+    """A chunk of the common case: text of the only choice, nothing else."""
+    return chunk.index == 0 and not chunk.more and not chunk.logprobs and not chunk.tool_calls and (
+        chunk.prompt_logprobs is None
+    )
+
+
+def _logprobs(items) -> list[pb.TokenLogprob]:
+    return [
+        pb.TokenLogprob(token=t.token, logprob=t.logprob,
+                        top_logprobs=[pb.TopLogprob(token=tok, logprob=lp) for tok, lp in t.top])
+        for t in items
+    ]
+
+
+def _messages(chunks: list[Chunk], model: str) -> list[pb.GenerateResponse]:
+    """Chunks read together -> messages: the consecutive chunks of one choice merged into one message."""
+    out: list[pb.GenerateResponse] = []
+    current: pb.GenerateResponse | None = None
+    for c in chunks:
+        if current is None or current.index != c.index or current.finish_reason:
+            current = pb.GenerateResponse(index=c.index)
+            out.append(current)
+        current.text += c.text
+        if c.logprobs:
+            current.logprobs.extend(_logprobs(c.logprobs))
+        if c.prompt_logprobs:
+            current.prompt_logprobs.extend(
+                pb.TokenLogprob() if t is None else _logprobs([t])[0] for t in c.prompt_logprobs
+            )
+        for d in c.tool_calls or ():
+            calls = current.tool_calls
+            if calls and calls[-1].index == d.index and not d.id and not d.name:
+                calls[-1].arguments += d.arguments  # more of the same call's arguments
+            else:
+                calls.add(index=d.index, id=d.id, name=d.name, arguments=d.arguments)
+        if c.finish_reason:
+            current.finish_reason = c.finish_reason
+            if not c.more:
+                current.usage.prompt_tokens = c.prompt_tokens
+                current.usage.completion_tokens = c.completion_tokens
+                current.model = model
+    return out

@@ -54,6 +54,18 @@ class InferenceSettings(ServiceSettings):
     extra_engine_args: dict = Field(
         default_factory=dict, description="More vllm AsyncEngineArgs as JSON, e.g. {\"swap_space\": 0}."
     )
+    tool_call_parser: str = Field(
+        "hermes",
+        description="vLLM's tool-call parser for this model's format (hermes, llama3_json, mistral, qwen3_xml, ...: "
+        "the names of vLLM's --tool-call-parser): it finds the calls in the generated text. Empty: the model cannot "
+        "call tools (requests with tools get 400).",
+    )
+    chat_template: Path | None = Field(
+        None,
+        description="A Jinja chat template file used instead of the model's own (like vLLM's --chat-template). "
+        "Unset: the model's own; for requests with tools, when the model's own ignores them, the bundled "
+        "Hermes-style ChatML template.",
+    )
     stream_interval_ms: float = Field(
         0.0, ge=0, le=1000, description="Least time between two messages of a stream after its first: tokens produced "
         "meanwhile go out together (like vLLM's --stream-interval, in time). 0: every token as soon as it exists. "
@@ -69,6 +81,9 @@ class InferenceSettings(ServiceSettings):
     synthetic_reply_tokens: int = Field(
         64, ge=1, description="Synthetic engine: reply length when a request sets no max_tokens (capped by the context)."
     )
+
+    def chat_template_text(self) -> str | None:
+        return self.chat_template.read_text() if self.chat_template is not None else None
 
     @property
     def model_name(self) -> str:

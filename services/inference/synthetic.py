@@ -60,7 +60,7 @@ class SyntheticEngine:
 
     def count_tokens(self, *, messages: Messages | None = None, prompt: str | None = None) -> int:
         if messages is not None:
-            return sum(TOKENS_PER_MESSAGE + count_text(c) for _, c in messages) + GENERATION_PROMPT_TOKENS
+            return sum(TOKENS_PER_MESSAGE + count_text(m[1]) for m in messages) + GENERATION_PROMPT_TOKENS
         return count_text(prompt or "")
 
     def _budget(self, prompt_tokens: int, sampling: Sampling, chat: bool) -> int:
@@ -85,6 +85,10 @@ class SyntheticEngine:
     ) -> AsyncIterator[Chunk]:
         if self._slots is None:
             raise RuntimeError("the engine is not started")
+        for param, used in (("n", sampling.n > 1), ("logprobs", sampling.logprobs is not None),
+                            ("logprobs", sampling.prompt_logprobs is not None)):
+            if used:
+                raise EngineInputError(f"the synthetic engine does not support {param}", param=param)
         prompt_tokens = self.count_tokens(messages=messages, prompt=prompt)
         max_tokens = self._budget(prompt_tokens, sampling, messages is not None)
         words = _reply(sampling.seed if sampling.seed is not None else self.settings.seed, max_tokens)

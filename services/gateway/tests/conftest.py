@@ -220,6 +220,11 @@ class FakeInferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                         code="context_length_exceeded", param="messages")
         if last == "crash":
             await abort(context, grpc.StatusCode.INTERNAL, SECRET_DETAIL)
+        if (request.sampling.n > 1 or request.tools or request.sampling.HasField("logprobs")
+                or request.HasField("structured_output")):
+            for reply in self._rich(request):
+                yield reply
+            return
         try:
             if last == "slow":
                 yield inference_pb2.GenerateResponse(text="Thinking", model=request.model)
@@ -245,6 +250,36 @@ class FakeInferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         except asyncio.CancelledError:
             self.cancelled.set()
             raise
+
+
+    @staticmethod
+    def _rich(request):
+        """Several choices (interleaved), tool calls (a named function: its call, arguments in two pieces), log
+        probabilities of each piece, structured output (a JSON object)."""
+        n = request.sampling.n or 1
+        lp = request.sampling.logprobs if request.sampling.HasField("logprobs") else None
+        named = request.tool_choice.function
+        pieces = ['{"a":', " 1}"] if request.HasField("structured_output") else REPLY_PIECES
+        for step, piece in enumerate(pieces):
+            for i in range(n):
+                reply = inference_pb2.GenerateResponse(index=i)
+                if named:
+                    if step == 0:
+                        reply.tool_calls.add(index=0, id=f"call_{i}", name=named, arguments='{"city":')
+                    elif step == 1:
+                        reply.tool_calls.add(index=0, arguments=' "Oslo"}')
+                else:
+                    reply.text = piece
+                if lp is not None:
+                    reply.logprobs.add(token=piece, logprob=-0.5,
+                                       top_logprobs=[inference_pb2.TopLogprob(token=piece, logprob=-0.5)] * lp)
+                if step == len(pieces) - 1:
+                    reply.finish_reason = "tool_calls" if named else "stop"
+                    if i == n - 1:
+                        reply.model = request.model
+                        reply.usage.prompt_tokens = PROMPT_TOKENS
+                        reply.usage.completion_tokens = n * len(pieces)
+                yield reply
 
 
 # --- conversation -------------------------------------------------------------------------------------------------

@@ -29,18 +29,10 @@ def sse_data(text: str) -> list[str]:
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"tool_choice": "auto"}, "tool_choice"),
         ({"functions": [{"name": "f"}]}, "functions"),
-        ({"logprobs": True}, "logprobs"),
-        ({"top_logprobs": 2}, "top_logprobs"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
-        ({"n": 2}, "n"),
-        ({"logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"function_call": "auto"}, "function_call"),
         ({"audio": {"voice": "alloy", "format": "mp3"}}, "audio"),
         ({"modalities": ["text", "audio"]}, "modalities"),
-        ({"presence_penalty": 0.5}, "presence_penalty"),
-        ({"frequency_penalty": 1}, "frequency_penalty"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),  # without stream
     ],
 )
@@ -54,11 +46,81 @@ async def test_unsupported_params_are_400_naming_them(client, auth_headers, fake
     assert fakes.inference.requests == []
 
 
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"n": 9}, "n"),  # the configured maximum is 8
+        ({"n": 0}, "n"),
+        ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "objectx"}}}]},
+         "tools[0].function.parameters"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"properties": 3}}}]},
+         "tools[0].function.parameters"),
+        ({"tools": [WEATHER, WEATHER]}, "tools"),
+        ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools[0]"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "wrong"}}}},
+         "response_format.json_schema.schema"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"minLength": -1}}}},
+         "response_format.json_schema.schema"),
+        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+        ({"response_format": {"type": "yaml"}}, "response_format.type"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"logit_bias": {"the": 3}}, "logit_bias"),
+        ({"logit_bias": {"50": 300}}, "logit_bias"),
+        ({"presence_penalty": 3}, "presence_penalty"),
+        ({"messages": [{"role": "tool", "content": "sunny"}]}, "messages[0].tool_call_id"),
+        ({"messages": [{"role": "user", "content": "x", "tool_call_id": "c"}]}, "messages[0].tool_call_id"),
+    ],
+)
+async def test_bad_values_are_400_naming_the_parameter(client, auth_headers, fakes, extra, param):
+    resp = await client.post("/v1/chat/completions", json=chat(**extra), headers=auth_headers)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == param, resp.text
+    assert fakes.inference.requests == []
+
+
 async def test_neutral_values_of_unsupported_params_are_accepted(client, auth_headers):
     body = chat(n=1, presence_penalty=0, frequency_penalty=0, logprobs=False, response_format={"type": "text"},
-                user="u-1")
+                user="u-1", store=False, modalities=["text"])
     resp = await client.post("/v1/chat/completions", json=body, headers=auth_headers)
     assert resp.status_code == 200, resp.text
+
+
+async def test_sampling_tools_and_format_reach_inference(client, auth_headers, fakes):
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    body = chat(
+        n=2, presence_penalty=0.5, frequency_penalty=-1, logit_bias={"42": -100, "7": 2.5}, logprobs=True,
+        top_logprobs=3, tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        parallel_tool_calls=False,
+        response_format={"type": "json_schema", "json_schema": {"name": "thing", "schema": schema, "strict": True}},
+        messages=[
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "cold"},
+        ],
+    )
+    resp = await client.post("/v1/chat/completions", json=body, headers=auth_headers)
+    assert resp.status_code == 200, resp.text
+    (sent,) = fakes.inference.requests
+    s = sent.sampling
+    assert (s.n, s.presence_penalty, s.frequency_penalty, s.logprobs) == (2, 0.5, -1, 3)
+    assert dict(s.logit_bias) == {42: -100, 7: 2.5}
+    assert [(m.role, m.content, m.tool_call_id) for m in sent.chat.messages] == [
+        ("system", "Be brief.", ""), ("user", "Weather?", ""), ("assistant", "", ""), ("tool", "cold", "call_1")]
+    (call,) = sent.chat.messages[2].tool_calls
+    assert (call.id, call.name, json.loads(call.arguments)) == ("call_1", "get_weather", {"city": "Oslo"})
+    (tool,) = sent.tools
+    assert tool.name == "get_weather" and json.loads(tool.parameters_json) == WEATHER["function"]["parameters"]
+    assert sent.tool_choice.function == "get_weather" and sent.parallel_tool_calls is False
+    assert json.loads(sent.structured_output.json_schema) == schema
 
 
 async def test_unknown_param_is_400_like_openai(client, auth_headers):
@@ -243,8 +305,9 @@ async def test_openai_sdk_errors(live_url, user_key):
         await sdk.chat.completions.create(
             model="test-model", messages=[{"role": "user", "content": "Hi"}],
             tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+            tool_choice={"type": "function", "function": {"name": "g"}},
         )
-    assert exc.value.param == "tools"
+    assert exc.value.param == "tool_choice"
     bad = openai.AsyncOpenAI(base_url=f"{live_url}/v1", api_key="sk-wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         await bad.models.list()
@@ -290,3 +353,65 @@ async def test_one_access_log_line_per_request_names_the_call_and_never_the_key(
     assert line.model == "test-model" and line.duration_ms > 0 and line.client_gone is False
     secret = auth_headers["Authorization"].split()[1]
     assert all(secret not in r.getMessage() and secret not in str(vars(r)) for r in caplog.records)
+
+
+async def test_n_choices_logprobs_and_usage_summed(client, auth_headers, fakes):
+    resp = await client.post("/v1/chat/completions", json=chat(n=3, logprobs=True, top_logprobs=2),
+                             headers=auth_headers)
+    assert resp.status_code == 200, resp.text
+    data = resp.json()
+    assert [c["index"] for c in data["choices"]] == [0, 1, 2]
+    for choice in data["choices"]:
+        assert choice["message"]["content"] == fakes.reply_text
+        tokens = choice["logprobs"]["content"]
+        assert [t["token"] for t in tokens] == list(fakes.reply_pieces)
+        assert tokens[0]["bytes"] == list(fakes.reply_pieces[0].encode()) and len(tokens[0]["top_logprobs"]) == 2
+    assert data["usage"]["completion_tokens"] == 3 * len(fakes.reply_pieces)
+
+
+async def test_sdk_streams_n_choices_and_named_tool_calls(live_url, user_key):
+    sdk = openai.AsyncOpenAI(base_url=f"{live_url}/v1", api_key=user_key.secret, max_retries=0)
+    stream = await sdk.chat.completions.create(
+        model="test-model", messages=[{"role": "user", "content": "Weather?"}], n=2, stream=True,
+        tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        stream_options={"include_usage": True},
+    )
+    calls: dict[int, dict] = {}
+    finishes = {}
+    roles = []
+    async for chunk in stream:
+        for c in chunk.choices:
+            if c.delta.role:
+                roles.append(c.index)
+            for d in c.delta.tool_calls or ():
+                call = calls.setdefault(c.index, {"name": "", "arguments": ""})
+                call["name"] += d.function.name or ""
+                call["arguments"] += d.function.arguments or ""
+            if c.finish_reason:
+                finishes[c.index] = c.finish_reason
+        usage = chunk.usage
+    assert sorted(roles) == [0, 1]
+    assert finishes == {0: "tool_calls", 1: "tool_calls"}
+    assert {i: (c["name"], json.loads(c["arguments"])) for i, c in calls.items()} == {
+        0: ("get_weather", {"city": "Oslo"}), 1: ("get_weather", {"city": "Oslo"})}
+    assert usage.completion_tokens == 2 * 4
+    reply = await sdk.chat.completions.create(
+        model="test-model", messages=[{"role": "user", "content": "Weather?"}],
+        tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
+    (call,) = reply.choices[0].message.tool_calls
+    assert (call.id, call.function.name, json.loads(call.function.arguments)) == (
+        "call_0", "get_weather", {"city": "Oslo"})
+    assert reply.choices[0].message.content is None and reply.choices[0].finish_reason == "tool_calls"
+
+
+async def test_sdk_parse_returns_the_model(live_url, user_key):
+    from pydantic import BaseModel
+
+    class Thing(BaseModel):
+        a: int
+
+    sdk = openai.AsyncOpenAI(base_url=f"{live_url}/v1", api_key=user_key.secret, max_retries=0)
+    reply = await sdk.chat.completions.parse(
+        model="test-model", messages=[{"role": "user", "content": "A thing"}], response_format=Thing)
+    assert reply.choices[0].message.parsed == Thing(a=1)

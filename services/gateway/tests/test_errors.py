@@ -166,7 +166,7 @@ async def test_unknown_model_is_404_model_not_found(client, auth_headers, fakes)
         (chat(temperature=2.5), "temperature"),
         (chat(top_p=0), "top_p"),
         ({"model": "test-model", "messages": []}, "messages"),
-        ({"model": "test-model", "messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+        ({"model": "test-model", "messages": [{"role": "function", "content": "x"}]}, "messages[0].role"),
         ({"model": "test-model", "messages": [{"role": "user", "content": [{"type": "image_url",
           "image_url": {"url": "http://x"}}]}]}, "messages[0].content[0].type"),
     ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import grpc
 import pytest
@@ -158,3 +159,81 @@ async def test_cancelling_the_rpc_aborts_the_engine_request(stub):
             break
     assert after.running == 0
     assert after.aborted_total == before.aborted_total + 1
+
+
+WEATHER = pb.Tool(name="get_weather", description="The weather in a city.", parameters_json=json.dumps({
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"], "additionalProperties": False}))
+
+
+async def replies(stub, request) -> list[pb.GenerateResponse]:
+    return [m async for m in stub.Generate(request)]
+
+
+async def test_n_choices_each_end_and_usage_counts_them_all(stub):
+    out = await replies(stub, pb.GenerateRequest(
+        chat=chat("Name a color."), sampling=pb.SamplingParams(max_tokens=5, n=3, temperature=1, seed=2, logprobs=1)))
+    ends = {m.index: m.finish_reason for m in out if m.finish_reason}
+    assert ends == {0: "length", 1: "length", 2: "length"} or set(ends) == {0, 1, 2}
+    assert out[-1].HasField("usage") and sum(m.HasField("usage") for m in out) == 1
+    tokens = sum(len(m.logprobs) for m in out)
+    assert out[-1].usage.completion_tokens >= tokens > 0
+    for m in out:
+        for t in m.logprobs:
+            assert len(t.top_logprobs) == 1 and t.logprob <= 0
+
+
+async def test_prompt_logprobs_come_first(stub):
+    out = await replies(stub, pb.GenerateRequest(
+        prompt="The capital of France is", sampling=pb.SamplingParams(max_tokens=2, prompt_logprobs=0, temperature=0)))
+    count = await stub.CountTokens(pb.CountTokensRequest(prompt="The capital of France is"))
+    assert len(out[0].prompt_logprobs) == count.token_count
+    assert all(t.token for t in out[0].prompt_logprobs[1:])
+
+
+async def test_named_tool_call_parses_and_matches_the_schema(stub):
+    out = await replies(stub, pb.GenerateRequest(
+        chat=chat("Weather in Oslo?"), tools=[WEATHER], sampling=pb.SamplingParams(max_tokens=60),
+        tool_choice=pb.ToolChoice(mode=pb.TOOL_CHOICE_MODE_FUNCTION, function="get_weather")))
+    pieces = [d for m in out for d in m.tool_calls]
+    assert pieces[0].name == "get_weather" and pieces[0].id
+    arguments = json.loads("".join(d.arguments for d in pieces))
+    assert set(arguments) == {"city"} and isinstance(arguments["city"], str)
+    assert out[-1].finish_reason == "tool_calls"
+    # The tools are in the prompt: it is longer than without them.
+    with_tools = await stub.CountTokens(pb.CountTokensRequest(chat=chat("Weather in Oslo?"), tools=[WEATHER]))
+    without = await stub.CountTokens(pb.CountTokensRequest(chat=chat("Weather in Oslo?")))
+    assert with_tools.token_count > without.token_count + 20
+    assert out[-1].usage.prompt_tokens == with_tools.token_count
+
+
+async def test_structured_output_follows_the_schema(stub):
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}
+    text, last = await collect(stub, pb.GenerateRequest(
+        chat=chat("Is Paris in France?"), sampling=pb.SamplingParams(max_tokens=30),
+        structured_output=pb.StructuredOutput(json_schema=json.dumps(schema))))
+    assert set(json.loads(text)) == {"ok"} and last.finish_reason == "stop"
+
+
+@pytest.mark.parametrize(
+    ("request_", "param"),
+    [
+        (pb.GenerateRequest(chat=chat("hi"), structured_output=pb.StructuredOutput(json_schema='{"type": "nope"}')),
+         "response_format"),
+        (pb.GenerateRequest(chat=chat("hi"), structured_output=pb.StructuredOutput(json_schema="[1]")),
+         "response_format"),
+        (pb.GenerateRequest(chat=chat("hi"), tools=[WEATHER],
+                            tool_choice=pb.ToolChoice(mode=pb.TOOL_CHOICE_MODE_FUNCTION, function="other")),
+         "tool_choice"),
+        (pb.GenerateRequest(chat=chat("hi"), sampling=pb.SamplingParams(logit_bias={10**8: 1.0})), "logit_bias"),
+        (pb.GenerateRequest(chat=chat("hi"), sampling=pb.SamplingParams(n=17)), "n"),
+        (pb.GenerateRequest(chat=chat("hi"), sampling=pb.SamplingParams(logprobs=21)), "top_logprobs"),
+        (pb.GenerateRequest(chat=pb.ChatMessages(messages=[pb.ChatMessage(role="tool", content="x")])),
+         "messages[0].tool_call_id"),
+    ],
+)
+async def test_bad_tools_formats_and_sampling_are_invalid_argument(stub, request_, param):
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await collect(stub, request_)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert ("chatplane-error-param", param) in tuple(err.value.trailing_metadata())

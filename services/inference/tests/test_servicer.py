@@ -33,7 +33,7 @@ class FakeEngine:
         return None
 
     def count_tokens(self, *, messages=None, prompt=None) -> int:
-        return sum(len(c.split()) for _, c in messages) if messages else len((prompt or "").split())
+        return sum(len(m.content.split()) for m in messages) if messages else len((prompt or "").split())
 
     async def generate(self, *, messages, prompt, sampling: Sampling, request_id: str) -> AsyncIterator[Chunk]:
         self.seen.append((messages, prompt, sampling))
