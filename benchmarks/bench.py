@@ -9,6 +9,8 @@
    bare server, and the CPU time the platform's processes spent per request (from /proc, their own utime + stime).
 2. real engine: ``benchmarks/throughput.py`` (the full stack against vLLM's AsyncLLM called directly, 1 and 8 streams).
 3. events: outbox -> consumer, once the platform has an events path.
+4. web: the web app's first-screen JavaScript (gzipped, against the 300 KB budget) and its time to first paint in
+   Chromium (``benchmarks/web.py``).
 
 Everything listens on 127.0.0.1; every run is bounded by a request count and a deadline. Prints a table and writes
 the JSON to ``<out>/bench-<time>.json``. Figures on a shared machine are noisy: the load average is recorded.
@@ -310,6 +312,20 @@ def events(args: argparse.Namespace, report: dict) -> None:
     }
 
 
+def web(args: argparse.Namespace, report: dict) -> None:
+    print("web section (benchmarks/web.py) ...", flush=True)
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        try:
+            done = run_child([sys.executable, str(HERE / "web.py"), "--json", out.name], 180)
+        except subprocess.TimeoutExpired:
+            report["web"] = {"error": "timed out after 180 s"}
+            return
+        if done.returncode != 0:
+            report["web"] = {"error": (done.stderr or done.stdout)[-1500:]}
+            return
+        report["web"] = json.loads(Path(out.name).read_text())
+
+
 def print_tables(report: dict) -> None:
     ov = report.get("overhead")
     if ov:
@@ -345,6 +361,13 @@ def print_tables(report: dict) -> None:
               f"commit -> applied at {lat['rate_per_s']}/s: p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms")
     elif ev:
         print(f"\nevents: {ev.get('skipped') or 'failed: ' + ev.get('error', '')[-500:]}")
+    wb = report.get("web") or {}
+    if "bundle" in wb:
+        import web as web_bench
+
+        web_bench.print_table(wb)
+    elif wb:
+        print(f"\nweb app: failed: {wb['error'][-500:]}")
 
 
 def main() -> int:
@@ -357,6 +380,7 @@ def main() -> int:
     parser.add_argument("--engine-timeout", type=float, default=360.0)
     parser.add_argument("--skip-events", action="store_true", help="skip the events section")
     parser.add_argument("--events-timeout", type=float, default=180.0)
+    parser.add_argument("--skip-web", action="store_true", help="skip the web app section (bundle size, first paint)")
     parser.add_argument("--stream-interval-ms", type=float, default=20.0,
                         help="also measure the platform with this inference stream interval; 0: skip that run")
     parser.add_argument("--env", nargs="*", default=[], help="KEY=VALUE settings for the platform's services")
@@ -385,6 +409,10 @@ def main() -> int:
         report["events"] = None
     else:
         events(args, report)
+    if args.skip_web:
+        report["web"] = None
+    else:
+        web(args, report)
     report["loadavg_end"] = loadavg()
     report["seconds"] = round(time.perf_counter() - started, 1)
     print_tables(report)

@@ -55,7 +55,7 @@ export function Sidebar({ onNavigate }: { onNavigate?: () => void }) {
       </nav>
       <div className="flex items-center justify-between gap-2 border-t border-zinc-200 px-1 pt-2 text-sm dark:border-zinc-800">
         <span className="truncate text-zinc-600 dark:text-zinc-400" title={s?.email}>{s?.email}</span>
-        <button type="button" onClick={() => end("logout")} className={button}>
+        <button type="button" onClick={() => end("logout")} className={`${button} shrink-0 whitespace-nowrap`}>
           Log out
         </button>
       </div>

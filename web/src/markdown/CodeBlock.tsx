@@ -1,26 +1,21 @@
-import { useEffect, useState } from "react";
+import { useEffect, useMemo, useState } from "react";
 import { CopyButton } from "../components/CopyButton";
 
 type Highlighter = (code: string, lang: string) => string | null;
-let loaded: Promise<Highlighter> | null = null;
+let highlighter: Highlighter | null = null;
+let loading: Promise<Highlighter> | null = null;
 function loadHighlighter(): Promise<Highlighter> {
-  loaded ??= import("./highlight").then((m) => m.highlight);
-  return loaded;
+  loading ??= import("./highlight").then((m) => (highlighter = m.highlight));
+  return loading;
 }
 
 export function CodeBlock({ code, lang }: { code: string; lang: string }) {
-  const [html, setHtml] = useState<string | null>(null);
+  const [ready, setReady] = useState(highlighter !== null);
   useEffect(() => {
-    let current = true;
-    // Highlight once the text has stopped changing for a moment (a block still streaming changes every token).
-    const timer = setTimeout(() => {
-      void loadHighlighter().then((h) => current && setHtml(h(code, lang)));
-    }, 150);
-    return () => {
-      current = false;
-      clearTimeout(timer);
-    };
-  }, [code, lang]);
+    if (!ready) void loadHighlighter().then(() => setReady(true));
+  }, [ready]);
+  // Once the highlighter's chunk is here, highlighting is synchronous (no flash of plain code on a re-render).
+  const html = useMemo(() => (ready && highlighter ? highlighter(code, lang) : null), [ready, code, lang]);
   return (
     <div className="overflow-hidden rounded-lg border border-zinc-200 bg-zinc-50 text-sm dark:border-zinc-700 dark:bg-zinc-950">
       <div className="flex items-center justify-between border-b border-zinc-200 px-3 py-1 text-xs text-zinc-500 dark:border-zinc-700 dark:text-zinc-400">

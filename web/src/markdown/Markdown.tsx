@@ -122,7 +122,9 @@ function blocks(tokens: Token[], key = "", tight = false): ReactNode[] {
   );
 }
 
-export const Markdown = memo(function Markdown({ text }: { text: string }) {
+const Markdown = memo(function Markdown({ text }: { text: string }) {
   const tokens = useMemo(() => new Lexer({ gfm: true, breaks: false }).lex(text), [text]);
   return <div className="markdown space-y-3 leading-relaxed break-words">{blocks(tokens)}</div>;
 });
+
+export default Markdown;

@@ -1,12 +1,11 @@
-import { Field, Label, Popover, PopoverButton, PopoverPanel, Select } from "@headlessui/react";
-import { useEffect, useLayoutEffect, useRef, useState, type FormEvent, type KeyboardEvent } from "react";
+import { Field, Input, Label, Popover, PopoverButton, PopoverPanel, Select } from "@headlessui/react";
+import { lazy, Suspense, useEffect, useLayoutEffect, useRef, useState, type FormEvent, type KeyboardEvent } from "react";
 import { useNavigate, useParams } from "react-router";
 import type { Message } from "../api/client";
 import { asApiError } from "../api/errors";
 import { CopyButton } from "../components/CopyButton";
 import { SendIcon, SlidersIcon, StopIcon } from "../components/icons";
 import { ErrorNotice } from "../components/Notice";
-import { Markdown } from "../markdown/Markdown";
 import { chats, dismissFailed, loadConversation, send, stopReply } from "../state/chat";
 import { list } from "../state/conversations";
 import { generation, loadModels, models, selectModel, setGeneration } from "../state/prefs";
@@ -14,6 +13,18 @@ import { useStore } from "../state/store";
 import { isLive, shownMessages, type Turn } from "../state/turn";
 
 const EMPTY: never[] = [];
+// Markdown (marked) is its own chunk, asked for as soon as this page loads: the login page does without it, and a
+// reply shows as plain text for the moment it takes to arrive.
+const loadMarkdown = () => import("../markdown/Markdown");
+const LazyMarkdown = lazy(loadMarkdown);
+
+function Markdown({ text }: { text: string }) {
+  return (
+    <Suspense fallback={<div className="whitespace-pre-wrap break-words leading-relaxed">{text}</div>}>
+      <LazyMarkdown text={text} />
+    </Suspense>
+  );
+}
 
 export function ChatPage() {
   const { id } = useParams();
@@ -24,6 +35,10 @@ export function ChatPage() {
   const navigate = useNavigate();
   const scroller = useRef<HTMLDivElement>(null);
   const stickToBottom = useRef(true);
+
+  useEffect(() => {
+    void loadMarkdown();
+  }, []);
 
   useEffect(() => {
     setSendError(null);
@@ -154,7 +169,7 @@ function Reply({
   const busy = status === "waiting" || status === "streaming";
   return (
     <article aria-label="Assistant reply" aria-busy={busy} className="group flex flex-col gap-2">
-      {text ? <Markdown text={text} /> : status === "waiting" ? <TypingDots /> : null}
+      <div className="reply-body">{text ? <Markdown text={text} /> : status === "waiting" ? <TypingDots /> : null}</div>
       {status === "streaming" && text && <span className="sr-only">Replying…</span>}
       {status === "stopped" && <p className="text-xs text-zinc-500">Stopped: the reply is incomplete.</p>}
       {error && <ErrorNotice>{error}</ErrorNotice>}
@@ -308,7 +323,7 @@ function SettingsPopover() {
         <p className="mb-3 text-xs text-zinc-500">Empty: the model's defaults.</p>
         <Field className="mb-3 flex flex-col gap-1">
           <Label className="font-medium">Temperature</Label>
-          <input
+          <Input
             type="number" min={0} max={2} step={0.1} inputMode="decimal" placeholder="default"
             value={settings.temperature ?? ""}
             onChange={(e) => setGeneration({ ...settings, temperature: num(e.target.value, 0, 2) })}
@@ -317,7 +332,7 @@ function SettingsPopover() {
         </Field>
         <Field className="flex flex-col gap-1">
           <Label className="font-medium">Max tokens</Label>
-          <input
+          <Input
             type="number" min={1} max={100000} step={1} inputMode="numeric" placeholder="default"
             value={settings.maxTokens ?? ""}
             onChange={(e) => setGeneration({ ...settings, maxTokens: num(e.target.value, 1, 100000, true) })}

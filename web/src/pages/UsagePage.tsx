@@ -113,14 +113,14 @@ function Breakdown({ title, rows }: { title: string; rows: { name: string; reque
       {rows.length === 0 ? (
         <p className="text-sm text-zinc-500">No use in this period.</p>
       ) : (
-        <table className="w-full text-left text-sm">
+        <table className="w-full table-fixed text-left text-sm">
           <thead className="text-xs uppercase text-zinc-500">
-            <tr><th className="py-1 pr-2">Name</th><th className="pr-2 text-right">Requests</th><th className="text-right">Tokens</th></tr>
+            <tr><th className="w-1/2 py-1 pr-2">Name</th><th className="pr-2 text-right">Requests</th><th className="text-right">Tokens</th></tr>
           </thead>
           <tbody>
             {rows.map((r) => (
               <tr key={r.name} className="border-t border-zinc-200 dark:border-zinc-800">
-                <td className="max-w-0 truncate py-1.5 pr-2" title={r.name}>{r.name}</td>
+                <td className="truncate py-1.5 pr-2" title={r.name}>{r.name}</td>
                 <td className="pr-2 text-right">{formatNumber(r.requests)}</td>
                 <td className="text-right">{formatNumber(r.tokens)}</td>
               </tr>
