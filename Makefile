@@ -44,9 +44,8 @@ IMAGE_REGISTRY ?=
 IMAGE_PREFIX := $(if $(IMAGE_REGISTRY),$(IMAGE_REGISTRY)/,)chatplane
 IMAGES ?= auth conversation gateway inference-cpu
 
-images: ## Build the service images with one tag (IMAGES="... inference-gpu" adds the GPU variant)
-	@set -e; for image in $(IMAGES); do \
-	  docker build -f deploy/docker/$$image.Dockerfile -t $(IMAGE_PREFIX)/$$image:$(IMAGE_TAG) . ; done
+images: ## Build the service images with podman or docker, one tag (IMAGES="... inference-gpu" adds the GPU variant)
+	@deploy/docker/build.sh $(IMAGE_PREFIX) $(IMAGE_TAG) $(IMAGES)
 
 kind-up: ## Create the kind cluster with ingress-nginx (WITH_MONITORING=1, WITH_KEDA=1 add those)
 	@deploy/kind/kind-up.sh

