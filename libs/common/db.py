@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import uuid
 import weakref
 from datetime import UTC, datetime
@@ -12,7 +13,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import DateTime, event
+from sqlalchemy import DateTime, event, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.types import TypeDecorator
@@ -131,10 +132,19 @@ async def migrate(migrations_dir: Path, url: str, revision: str = "head") -> Non
     await asyncio.to_thread(command.upgrade, alembic_config(migrations_dir, url), revision)
 
 
+def migration_lock_key(version_table: str) -> int:
+    """The PostgreSQL advisory lock id that migrations of ``version_table`` hold (a signed 64-bit integer)."""
+    digest = hashlib.sha256(f"chatplane-migrations:{version_table}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
 def run_alembic_env(target_metadata, version_table: str) -> None:
     """The body of a service's migrations/env.py: online migrations over the async engine, offline SQL otherwise.
 
-    Each service keeps its own ``version_table``, so that services sharing one database never collide.
+    Each service keeps its own ``version_table``, so that services sharing one database never collide. On
+    PostgreSQL the migration transaction first takes an advisory lock of its own (``migration_lock_key``): replicas
+    that start together (AUTO_MIGRATE) or a migrations Job next to them migrate one at a time, and each reads the
+    current revision only once it holds the lock, so the later ones find nothing left to do.
     """
     from alembic import context
     from sqlalchemy import pool
@@ -159,6 +169,10 @@ def run_alembic_env(target_metadata, version_table: str) -> None:
             connection=connection, target_metadata=target_metadata, render_as_batch=True, version_table=version_table
         )
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": migration_lock_key(version_table)}
+                )
             context.run_migrations()
 
     async def run_async() -> None:
