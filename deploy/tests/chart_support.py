@@ -75,5 +75,41 @@ def pod_spec(obj: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def workloads(rendered):
+    for obj in rendered.objects:
+        spec = pod_spec(obj)
+        if spec is not None:
+            yield obj, spec
+
+
+def containers(spec):
+    return spec.get("initContainers", []) + spec["containers"]
+
+
+def env_of(container) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def component_of(obj) -> str:
+    return obj["metadata"]["labels"]["app.kubernetes.io/component"]
+
+
 def fullname(component: str) -> str:
     return f"{RELEASE}-chatplane-{component}"
+
+
+def overlay(base: Any, over: Any) -> Any:
+    """``over`` laid over ``base`` as the chart lays a pool over the `inference` block: maps merge, the rest (lists,
+    false, 0) is replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {**base, **{k: overlay(base.get(k), v) if k in base else v for k, v in over.items()}}
+    return over
+
+
+def inference_pools(rendered: Rendered) -> dict[str, dict[str, Any]]:
+    """Each inference pool's values (the pool over the `inference` block's defaults), by pool name."""
+    inference = rendered.values["inference"]
+    if not inference["enabled"]:
+        return {}
+    defaults = {k: v for k, v in inference.items() if k not in ("pools", "enabled", "discovery", "discoveryIntervalSeconds")}
+    return {p["name"]: overlay(defaults, p) for p in inference["pools"]}

@@ -65,9 +65,12 @@ def pod(name, component, *, ready=True, restarts=0, waiting_reason=None, started
     )
 
 
-def deployment(component, *, replicas=2, ready=2):
+def deployment(component, *, replicas=2, ready=2, pool=""):
+    pool_labels = {"chatplane.dev/inference-pool": pool} if pool else {}
     return k.V1Deployment(
-        metadata=k.V1ObjectMeta(name=f"{RELEASE}-{component}", labels=labels(component)),
+        metadata=k.V1ObjectMeta(
+            name=f"{RELEASE}-{component}" + (f"-{pool}" if pool else ""), labels={**labels(component), **pool_labels}
+        ),
         spec=k.V1DeploymentSpec(
             replicas=replicas,
             selector=k.V1LabelSelector(match_labels=labels(component)),
@@ -207,3 +210,17 @@ def test_cli_refuses_to_fight_the_autoscaler(capsys):
     assert run(["scale", "inference", "3"], cluster) == 1
     assert "autoscaled by hpa:chatplane-inference" in capsys.readouterr().err
     assert cluster.scaled == []
+
+
+def test_cli_scales_the_pool_it_is_told_and_asks_when_there_are_several(capsys):
+    cluster = FakeCluster("chatplane", RELEASE, None)
+    cluster.deployments = lambda: [deployment("gateway"), deployment("inference", pool="qwen"),
+                                   deployment("inference", pool="smollm2")]
+    assert run(["scale", "inference", "3"], cluster) == 1
+    assert "several pools (qwen, smollm2): name one with --pool" in capsys.readouterr().err
+    assert run(["scale", "inference", "3", "--pool", "smollm2"], cluster) == 0
+    assert cluster.scaled == [("chatplane-inference-smollm2", 3)]
+    assert run(["scale", "inference", "3", "--pool", "llama"], cluster) == 1
+    assert "no inference pool 'llama' Deployment" in capsys.readouterr().err
+    assert run(["status"], cluster) == 0
+    assert "inference/qwen" in capsys.readouterr().out

@@ -96,9 +96,20 @@ def test_custom_resources_have_their_essential_fields(renders):
         ({"components": {"gateway": {"replicas": "two"}}}, "/components/gateway/replicas"),
         ({"inference": {"autoscaling": {"mode": "cpu"}}}, "/inference/autoscaling/mode"),
         ({"inference": {"engine": {"gpuMemoryUtilization": 1.5}}}, "/inference/engine/gpuMemoryUtilization"),
-        ({"inference": {"model": {"source": "pvc"}}}, "/inference/model/pvc/claimName"),
         ({"postgresql": {"enabled": False}}, "/postgresql/existingSecret"),
         ({"ingres": {"enabled": True}}, "ingres"),
+        # decided: no scale to zero (the schema refuses 0, never a half state)
+        ({"inference": {"autoscaling": {"minReplicas": 0}}}, "/inference/autoscaling/minReplicas"),
+        ({"inference": {"pools": [{"name": "a", "autoscaling": {"minReplicas": 0}}]}},
+         "/inference/pools/0/autoscaling/minReplicas"),
+        ({"inference": {"replicas": 0}}, "/inference/replicas"),
+        ({"inference": {"pools": [{"name": "Not_A_Label"}]}}, "/inference/pools/0/name"),
+        ({"inference": {"pools": []}}, "/inference/pools"),
+        ({"inference": {"policy": "random"}}, "/inference/policy"),
+        ({"inference": {"discovery": "consul"}}, "/inference/discovery"),
+        ({"inference": {"model": {"pvc": {"accessMode": "ReadWrite"}}}}, "/inference/model/pvc/accessMode"),
+        ({"components": {"auth": {"strategy": {"type": "Rolling"}}}}, "/components/auth/strategy/type"),
+        ({"inference": {"strategy": {"rollingUpdate": {"maxSurge": "one"}}}}, "/inference/strategy/rollingUpdate/maxSurge"),
     ],
 )
 def test_broken_values_get_a_schema_error(broken, where):
@@ -109,6 +120,31 @@ def test_broken_values_get_a_schema_error(broken, where):
     finally:
         chart.close()
     assert where in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "broken, message",
+    [
+        ({"inference": {"model": {"source": "pvc"}}}, "model.source pvc needs model.pvc.claimName"),
+        ({"inference": {"model": {"source": "hostPath"}}}, "needs model.hostPath.path"),
+        ({"inference": {"pools": [{"name": "a"}, {"name": "a", "model": {"servedModelName": "b"}}]}},
+         'two pools are named "a"'),
+        ({"inference": {"pools": [{"name": "a"}, {"name": "b"}]}}, 'two pools serve the model "SmolLM2-135M-Instruct"'),
+        ({"inference": {"pools": [{"name": "a" * 30}]}, "fullnameOverride": "x" * 40}, "longer than 63 characters"),
+        ({"components": {"auth": {"secretEnv": {"X_KEY": "jwt"}}}, "jwt": {"existingSecret": ""}}, None),
+    ],
+)
+def test_values_the_schema_cannot_judge_get_a_clear_render_error(broken, message):
+    chart = helm_python.Chart.load(CHART)
+    try:
+        if message is None:  # a control: a valid variation renders
+            chart.render(broken, name="cp", namespace="chat")
+            return
+        with pytest.raises(helm_python.HelmRenderError) as exc:
+            chart.render(broken, name="cp", namespace="chat")
+    finally:
+        chart.close()
+    assert message in str(exc.value)
 
 
 def test_values_yaml_documents_every_top_level_key():

@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 import yaml
-from chart_support import CHART, fullname, pod_spec, render_chart
+from chart_support import CHART, component_of, containers, env_of, fullname, inference_pools, render_chart, workloads
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
@@ -21,23 +21,12 @@ WRITABLE_ROOT_OK = {"kafka"}
 SECRET_NAME = re.compile(r"(PASSWORD|SECRET|TOKEN|PRIVATE_KEY|API_KEY)$")
 
 
-def workloads(rendered):
-    for obj in rendered.objects:
-        spec = pod_spec(obj)
-        if spec is not None:
-            yield obj, spec
-
-
-def containers(spec):
-    return spec.get("initContainers", []) + spec["containers"]
-
-
-def component_of(obj) -> str:
-    return obj["metadata"]["labels"]["app.kubernetes.io/component"]
-
-
-def env_of(container) -> dict[str, dict]:
-    return {e["name"]: e for e in container.get("env", [])}
+def discovery_watchers(rendered) -> set[str]:
+    """Components that watch the inference pools' EndpointSlices: the inference callers with discovery kubernetes."""
+    inference = rendered.values["inference"]
+    if not inference["enabled"] or inference["discovery"] != "kubernetes":
+        return set()
+    return {name for name, c in rendered.values["components"].items() if "inference" in c.get("upstreams", [])}
 
 
 def test_every_long_running_container_has_readiness_and_liveness_probes(renders):
@@ -65,10 +54,12 @@ def test_every_container_has_cpu_and_memory_requests_and_limits(renders):
 
 def test_pods_run_as_non_root_without_privileges(renders):
     for rendered in renders.values():
+        watchers = discovery_watchers(rendered)
         for obj, spec in workloads(rendered):
             assert spec["securityContext"]["runAsNonRoot"] is True, obj["metadata"]["name"]
             assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
-            assert spec["automountServiceAccountToken"] is False
+            # the API token only in pods that watch EndpointSlices (inference.discovery: kubernetes)
+            assert spec["automountServiceAccountToken"] is (component_of(obj) in watchers), obj["metadata"]["name"]
             for c in containers(spec):
                 sc = c["securityContext"]
                 where = f"{rendered.name}: {obj['metadata']['name']}/{c['name']}"
@@ -150,7 +141,7 @@ def test_auth_gets_its_key_and_database_from_secrets(default_render):
 def test_only_event_producers_get_kafka(default_render):
     bootstrap = f"{fullname('kafka')}.chat.svc.cluster.local:9092"
     for name, expected in (
-        ("auth", bootstrap), ("conversation", bootstrap), ("gateway", ""), ("inference", ""),
+        ("auth", bootstrap), ("conversation", bootstrap), ("gateway", ""), ("inference-smollm2", ""),
         ("auth-usage-consumer", bootstrap), ("conversation-worker", ""),  # the worker only fills the outbox
     ):
         c = default_render.get("Deployment", fullname(name))["spec"]["template"]["spec"]["containers"][0]
@@ -161,78 +152,86 @@ def test_only_event_producers_get_kafka(default_render):
     assert broker == f"redis://:$(CHATPLANE_REDIS_PASSWORD)@{fullname('redis')}.chat.svc.cluster.local:6379/0"
 
 
-def inference_container(rendered):
-    deployment = rendered.get("Deployment", fullname("inference"))
-    return deployment, deployment["spec"]["template"]["spec"]["containers"][0]
+def pool_deployments(rendered):
+    """(pool values, Deployment, its container) of every inference pool."""
+    for name, pool in inference_pools(rendered).items():
+        deployment = rendered.get("Deployment", fullname(f"inference-{name}"))
+        yield pool, deployment, deployment["spec"]["template"]["spec"]["containers"][0]
 
 
 def test_gpu_requests_only_when_gpu_is_on(renders):
     for rendered in renders.values():
-        inference = rendered.values["inference"]
-        deployment, c = inference_container(rendered)
-        spec = deployment["spec"]["template"]["spec"]
-        gpu_on = inference["gpu"]["enabled"]
+        pools = list(pool_deployments(rendered))
+        gpu_pods = {id(d) for _, d, _ in pools}
         for obj, pod in workloads(rendered):
-            if obj is deployment:
+            if id(obj) in gpu_pods:
                 continue
             for other in containers(pod):
                 assert "nvidia.com/gpu" not in json.dumps(other["resources"]), obj["metadata"]["name"]
-        if gpu_on:
-            gpus = inference["engine"]["tensorParallelSize"]
-            assert c["resources"]["limits"]["nvidia.com/gpu"] == gpus, rendered.name
-            assert c["resources"]["requests"]["nvidia.com/gpu"] == gpus, rendered.name
-            assert "/inference-gpu:" in c["image"]
-            assert env_of(c)["CHATPLANE_INFERENCE_TENSOR_PARALLEL_SIZE"]["value"] == str(gpus)
-            preset = inference["gpu"]["presets"].get(inference["gpu"]["nodePool"], {})
-            for key, value in preset.get("nodeSelector", {}).items():
-                assert spec["nodeSelector"][key] == value, rendered.name
-            for toleration in preset.get("tolerations", []):
-                assert toleration in spec["tolerations"], rendered.name
-        else:
-            assert "nvidia.com/gpu" not in json.dumps(c["resources"]), rendered.name
-            assert "/inference-cpu:" in c["image"] or c["image"].startswith("chatplane/inference-cpu:")
-            assert "CHATPLANE_INFERENCE_KV_CACHE_GIB" in env_of(c)
+        for pool, deployment, c in pools:
+            where = f"{rendered.name}: pool {pool['name']}"
+            spec = deployment["spec"]["template"]["spec"]
+            if pool["gpu"]["enabled"]:
+                gpus = pool["engine"]["tensorParallelSize"]
+                assert c["resources"]["limits"]["nvidia.com/gpu"] == gpus, where
+                assert c["resources"]["requests"]["nvidia.com/gpu"] == gpus, where
+                assert "/inference-gpu:" in c["image"]
+                assert env_of(c)["CHATPLANE_INFERENCE_TENSOR_PARALLEL_SIZE"]["value"] == str(gpus)
+                preset = pool["gpu"]["presets"].get(pool["gpu"]["nodePool"], {})
+                for key, value in {**preset.get("nodeSelector", {}), **pool["nodeSelector"]}.items():
+                    assert spec["nodeSelector"][key] == value, where
+                for toleration in preset.get("tolerations", []) + pool["tolerations"]:
+                    assert toleration in spec["tolerations"], where
+            else:
+                assert "nvidia.com/gpu" not in json.dumps(c["resources"]), where
+                assert "/inference-cpu:" in c["image"] or c["image"].startswith("chatplane/inference-cpu:")
+                assert "CHATPLANE_INFERENCE_KV_CACHE_GIB" in env_of(c)
 
 
 def test_gpu_presets_of_each_cloud_are_rendered(renders):
-    gpus = [r.values["inference"]["gpu"] for r in renders.values()]
-    pools = {gpu["nodePool"] for gpu in gpus if gpu["enabled"]}
+    pools = {
+        pool["gpu"]["nodePool"] for r in renders.values() for pool in inference_pools(r).values() if pool["gpu"]["enabled"]
+    }
     assert {"gke", "eks", "aks"} <= pools
 
 
-def test_the_scaler_points_at_the_inference_deployment(renders):
+def test_each_pool_has_its_scaler(renders):
     modes = set()
     for rendered in renders.values():
-        scaling = rendered.values["inference"]["autoscaling"]
-        deployment, _ = inference_container(rendered)
-        name = deployment["metadata"]["name"]
-        scaled = rendered.find("ScaledObject", name)
-        hpa = rendered.find("HorizontalPodAutoscaler", name)
-        if not scaling["enabled"]:
-            assert scaled is None and hpa is None, rendered.name
-            assert deployment["spec"]["replicas"] == rendered.values["inference"]["replicas"]
-            continue
-        modes.add(scaling["mode"])
-        assert "replicas" not in deployment["spec"], "an autoscaled Deployment must not pin replicas"
-        if scaling["mode"] == "keda":
-            assert hpa is None, "KEDA owns the HPA of a ScaledObject"
-            spec = scaled["spec"]
-            assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
-            assert spec["minReplicaCount"] == scaling["minReplicas"] >= 1
-            assert spec["maxReplicaCount"] == scaling["maxReplicas"] > spec["minReplicaCount"]
-            trigger = spec["triggers"][0]
-            assert trigger["type"] == "prometheus"
-            assert "vllm:num_requests_waiting" in trigger["metadata"]["query"]
-            assert 'namespace="chat"' in trigger["metadata"]["query"]
-            behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
-        else:
-            assert scaled is None
-            spec = hpa["spec"]
-            assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
-            assert spec["metrics"][0]["pods"]["metric"]["name"] == scaling["adapterMetricName"]
-            assert 1 <= spec["minReplicas"] < spec["maxReplicas"]
-            behavior = spec["behavior"]
-        assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 300, "scale-down must be slow"
+        for pool, deployment, _ in pool_deployments(rendered):
+            scaling = pool["autoscaling"]
+            name = deployment["metadata"]["name"]
+            scaled = rendered.find("ScaledObject", name)
+            hpa = rendered.find("HorizontalPodAutoscaler", name)
+            if not scaling["enabled"]:
+                assert scaled is None and hpa is None, rendered.name
+                assert deployment["spec"]["replicas"] == pool["replicas"] >= 1
+                continue
+            modes.add(scaling["mode"])
+            assert "replicas" not in deployment["spec"], "an autoscaled Deployment must not pin replicas"
+            if scaling["mode"] == "keda":
+                assert hpa is None, "KEDA owns the HPA of a ScaledObject"
+                spec = scaled["spec"]
+                assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+                assert spec["minReplicaCount"] == scaling["minReplicas"] >= 1
+                assert spec["maxReplicaCount"] == scaling["maxReplicas"] > spec["minReplicaCount"]
+                trigger = spec["triggers"][0]
+                assert trigger["type"] == "prometheus"
+                query = trigger["metadata"]["query"]
+                assert "vllm:num_requests_waiting" in query and 'namespace="chat"' in query
+                # this pool's pods only: another pool whose name starts with this one's does not match
+                pods = re.search(r'pod=~"([^"]+)"', query)[1]
+                assert re.fullmatch(pods, f"{name}-7d9f8c6b5-x2x9z")
+                assert not re.fullmatch(pods, f"{name}-b-7d9f8c6b5-x2x9z")
+                behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+            else:
+                assert scaled is None
+                spec = hpa["spec"]
+                assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+                assert spec["metrics"][0]["pods"]["metric"]["name"] == scaling["adapterMetricName"]
+                assert 1 <= spec["minReplicas"] < spec["maxReplicas"]
+                behavior = spec["behavior"]
+            assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 300, "scale-down must be slow"
     assert modes == {"keda", "prometheus-adapter"}, "ci/*.yaml must cover both scalers"
 
 
@@ -243,17 +242,13 @@ def test_gateway_and_conversation_scale_on_cpu(default_render):
         assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
 
 
-def test_grpc_services_are_headless_and_clients_balance_per_request(renders):
+def test_grpc_services_are_headless(renders):
     for rendered in renders.values():
-        for name in GRPC_COMPONENTS:
-            service = rendered.find("Service", fullname(name))
-            if service is None:
-                continue
-            assert service["spec"]["clusterIP"] == "None", f"{name} must be headless"
-        gateway = rendered.find("Deployment", fullname("gateway"))
-        env = env_of(gateway["spec"]["template"]["spec"]["containers"][0])
-        target = env["CHATPLANE_GATEWAY_INFERENCE_TARGET"]["value"]
-        assert target == f"dns:///{fullname('inference')}.chat.svc.cluster.local:50053"
+        names = [fullname(n) for n in ("auth", "conversation")] + [fullname(f"inference-{p}") for p in inference_pools(rendered)]
+        for name in names:
+            service = rendered.find("Service", name)
+            if service is not None:
+                assert service["spec"]["clusterIP"] == "None", f"{name} must be headless"
 
 
 def test_pod_disruption_budgets_cover_replicated_services(default_render):
@@ -288,7 +283,7 @@ def test_network_policies_let_each_service_hear_only_its_callers(default_render)
     assert policies["cp-chatplane-default-deny"]["spec"]["policyTypes"] == ["Ingress"]
     assert ingress_sources(policies[fullname("gateway")]) == ["*"], "only the gateway is open"
     assert sorted(ingress_sources(policies[fullname("auth")])) == ["gateway"]
-    assert sorted(ingress_sources(policies[fullname("inference")])) == [
+    assert sorted(ingress_sources(policies[fullname("inference-smollm2")])) == [
         "conversation", "conversation-worker", "gateway"
     ]
     assert sorted(ingress_sources(policies[fullname("conversation")])) == ["gateway"]
@@ -297,7 +292,7 @@ def test_network_policies_let_each_service_hear_only_its_callers(default_render)
     ]
     assert sorted(ingress_sources(policies[fullname("redis")])) == ["conversation", "conversation-worker", "gateway"]
     assert sorted(ingress_sources(policies[fullname("kafka")])) == ["auth", "auth-usage-consumer", "conversation"]
-    for name in ("auth", "conversation", "inference", "postgresql", "redis", "kafka"):
+    for name in ("auth", "conversation", "inference-smollm2", "postgresql", "redis", "kafka"):
         assert "*" not in ingress_sources(policies[fullname(name)]), name
     # the side processes are called by nobody: only Prometheus' namespace reaches their metrics port
     for name, port in (("conversation-worker", 9104), ("auth-usage-consumer", 9105)):
@@ -404,11 +399,11 @@ def test_service_monitors_scrape_every_service(renders):
     monitors = {m["metadata"]["name"]: m for m in rendered.of_kind("ServiceMonitor")}
     assert set(monitors) == {
         fullname(n)
-        for n in ("auth", "conversation", "gateway", "inference", "conversation-worker", "auth-usage-consumer")
+        for n in ("auth", "conversation", "gateway", "inference-smollm2", "conversation-worker", "auth-usage-consumer")
     }
     assert monitors[fullname("conversation-worker")]["spec"]["endpoints"][0]["port"] == "metrics"
     assert monitors[fullname("gateway")]["spec"]["endpoints"][0]["port"] == "http"
-    assert monitors[fullname("inference")]["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitors[fullname("inference-smollm2")]["spec"]["endpoints"][0]["port"] == "metrics"
     for monitor in monitors.values():
         service = rendered.get("Service", monitor["metadata"]["name"])
         port_names = {p["name"] for p in service["spec"]["ports"]}
@@ -472,7 +467,7 @@ def test_side_processes_get_secrets_only_through_secret_key_refs(renders):
     worker = main_env("conversation-worker")
     broker = worker["CHATPLANE_CONVERSATION_CELERY_BROKER_URL"]["value"]
     assert broker.startswith("redis://:$(CHATPLANE_REDIS_PASSWORD)@")
-    assert worker["CHATPLANE_CONVERSATION_INFERENCE_TARGET"]["value"].startswith(f"dns:///{fullname('inference')}.")
+    assert json.loads(worker["CHATPLANE_INFERENCE_POOLS"]["value"])[0]["target"].startswith(f"dns:///{fullname('inference')}-")
     assert "CHATPLANE_AUTH_JWT_PRIVATE_KEY" not in worker
     consumer = main_env("auth-usage-consumer")
     # only the auth server signs tokens: the consumer never holds the private key

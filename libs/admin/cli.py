@@ -15,6 +15,7 @@ from chatplane.admin.logic import (
     component_of,
     deployment_row,
     format_status,
+    pick_deployment,
     pick_pods,
     pod_row,
 )
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     scale = commands.add_parser("scale", help="set the number of inference replicas")
     scale.add_argument("service", choices=["inference"])
     scale.add_argument("replicas", type=int)
+    scale.add_argument("--pool", default=None, help="the inference pool (needed when there are several)")
     scale.add_argument("--force", action="store_true", help="scale even when an autoscaler owns the replica count")
     logs = commands.add_parser("logs", help="logs of every pod of one service, prefixed with the pod name")
     logs.add_argument("service", choices=[*SERVICES, "postgresql", "redis", "kafka"])
@@ -49,10 +51,10 @@ def cmd_status(cluster, out: Callable[[str], None]) -> None:
     out(format_status(deployments, pods))
 
 
-def cmd_scale(cluster, service: str, replicas: int, force: bool, out: Callable[[str], None]) -> None:
-    deployment = next((d for d in cluster.deployments() if component_of(d) == service), None)
-    if deployment is None:
-        raise AdminError(f"no {service} Deployment in release {cluster.release!r}")
+def cmd_scale(
+    cluster, service: str, replicas: int, force: bool, out: Callable[[str], None], pool: str | None = None
+) -> None:
+    deployment = pick_deployment(cluster.deployments(), service, pool)
     autoscaler = autoscaler_for(deployment, cluster.hpas(), cluster.scaled_objects())
     check_scale(service, replicas, autoscaler, force)
     cluster.scale(deployment.metadata.name, replicas)
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None, cluster_factory=None) -> int:
         if args.command == "status":
             cmd_status(cluster, out)
         elif args.command == "scale":
-            cmd_scale(cluster, args.service, args.replicas, args.force, out)
+            cmd_scale(cluster, args.service, args.replicas, args.force, out, args.pool)
         else:
             cmd_logs(cluster, args.service, args.tail, args.follow, out)
     except AdminError as exc:

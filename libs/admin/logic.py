@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 INSTANCE = "app.kubernetes.io/instance"
 PART_OF = "app.kubernetes.io/part-of"
 COMPONENT = "app.kubernetes.io/component"
+POOL = "chatplane.dev/inference-pool"  # an inference pool's Deployment and pods
 SERVICES = ("gateway", "auth", "conversation", "inference")
 WAITING = "vllm:num_requests_waiting"
 RUNNING = "vllm:num_requests_running"
@@ -30,6 +31,24 @@ def label_selector(release: str, component: str | None = None) -> str:
 
 def component_of(obj: V1Deployment | V1Pod) -> str:
     return (obj.metadata.labels or {}).get(COMPONENT, "?")
+
+
+def pool_of(obj: V1Deployment | V1Pod) -> str:
+    """The inference pool of a Deployment or pod ("" for the other components)."""
+    return (obj.metadata.labels or {}).get(POOL, "")
+
+
+def pick_deployment(deployments: list[V1Deployment], service: str, pool: str | None) -> V1Deployment:
+    """The one Deployment of ``service`` to scale: of ``pool`` when given, which must be named when there are
+    several inference pools."""
+    found = [d for d in deployments if component_of(d) == service and (pool is None or pool_of(d) == pool)]
+    if not found:
+        where = f" pool {pool!r}" if pool else ""
+        raise AdminError(f"no {service}{where} Deployment found (is the release name and namespace right?)")
+    if len(found) > 1:
+        pools = ", ".join(sorted(pool_of(d) for d in found))
+        raise AdminError(f"{service} has several pools ({pools}): name one with --pool")
+    return found[0]
 
 
 @dataclass(frozen=True)
@@ -104,6 +123,7 @@ class DeploymentRow:
     ready: int
     updated: int
     autoscaler: str
+    pool: str = ""
 
 
 def deployment_row(deployment: V1Deployment, autoscaler: str = "") -> DeploymentRow:
@@ -115,6 +135,7 @@ def deployment_row(deployment: V1Deployment, autoscaler: str = "") -> Deployment
         ready=(status.ready_replicas or 0) if status else 0,
         updated=(status.updated_replicas or 0) if status else 0,
         autoscaler=autoscaler,
+        pool=pool_of(deployment),
     )
 
 
@@ -151,7 +172,8 @@ def format_status(deployments: list[DeploymentRow], pods: list[PodRow]) -> str:
     pods = sorted(pods, key=lambda p: (order.get(p.component, 99), p.component, p.name))
     services = _table(
         ["SERVICE", "READY", "UP-TO-DATE", "AUTOSCALER"],
-        [[d.component, f"{d.ready}/{d.desired}", str(d.updated), d.autoscaler or "-"] for d in deployments],
+        [[d.component + (f"/{d.pool}" if d.pool else ""), f"{d.ready}/{d.desired}", str(d.updated), d.autoscaler or "-"]
+         for d in deployments],
     )
     pod_rows = []
     for p in pods:
@@ -171,8 +193,8 @@ def check_scale(service: str, replicas: int, autoscaler: str, force: bool) -> No
         raise AdminError("replicas must be 0 or more")
     if autoscaler and not force:
         raise AdminError(
-            f"inference is autoscaled by {autoscaler}: a manual scale would be undone. Change "
-            "inference.autoscaling in the chart values, or pass --force to scale anyway."
+            f"inference is autoscaled by {autoscaler}: a manual scale would be undone. Change the pool's "
+            "autoscaling in the chart values (inference.pools[].autoscaling), or pass --force to scale anyway."
         )
 
 

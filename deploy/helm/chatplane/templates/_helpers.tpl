@@ -88,16 +88,18 @@ app.kubernetes.io/component: {{ .name }}
 {{ toYaml $sc }}
 {{- end }}
 
+{{/* The pod fields every chatplane pod shares. Dict {root, serviceAccountName (default the chart's), automount (the
+     API token; default false: only pods that call the API server get it)}. */}}
 {{- define "chatplane.podCommon" -}}
-serviceAccountName: {{ include "chatplane.serviceAccountName" . }}
-automountServiceAccountToken: false
+serviceAccountName: {{ .serviceAccountName | default (include "chatplane.serviceAccountName" .root) }}
+automountServiceAccountToken: {{ .automount | default false }}
 enableServiceLinks: false
-{{- with .Values.global.imagePullSecrets }}
+{{- with .root.Values.global.imagePullSecrets }}
 imagePullSecrets:
 {{ toYaml . }}
 {{- end }}
 securityContext:
-{{ include "chatplane.podSecurityContext" . | indent 2 }}
+{{ include "chatplane.podSecurityContext" .root | indent 2 }}
 {{- end }}
 
 {{/* Secrets ---------------------------------------------------------------------------------------------- */}}
@@ -116,8 +118,13 @@ securityContext:
 {{- .Values.redis.existingSecret | default (printf "%s-redis" (include "chatplane.fullname" .)) }}
 {{- end }}
 
-{{/* A Secret value generated once: kept from the live Secret (lookup) on upgrades. Dict {root, secret, key, gen}. */}}
+{{/* A Secret value generated once: kept from the live Secret (lookup) on upgrades. Refused with `gitOps: true`: a
+     renderer without the cluster would generate another on every render. Dict {root, secret, key, gen, value (the
+     values key that names an existing Secret instead)}. */}}
 {{- define "chatplane.keptSecretValue" -}}
+{{- if .root.Values.gitOps -}}
+{{- fail (printf "gitOps: the chart would generate the Secret %s, and a GitOps render (no cluster to look it up in) would generate it again on every sync. Create it beforehand and set %s" .secret .value) -}}
+{{- end -}}
 {{- $live := lookup "v1" "Secret" .root.Release.Namespace .secret -}}
 {{- if and $live $live.data (hasKey $live.data .key) -}}
 {{ index $live.data .key }}
@@ -194,11 +201,11 @@ securityContext:
 {{- end }}
 {{- end }}
 
-{{/* The gRPC target of a component: the headless Service's DNS name (clients balance per request). */}}
+{{/* The gRPC target of a component: the headless Service's DNS name (clients balance per request). The inference
+     pools are reached through CHATPLANE_INFERENCE_POOLS instead (_inference.tpl). */}}
 {{- define "chatplane.grpcTarget" -}}
-{{- $port := 0 -}}
-{{- if eq .name "inference" }}{{ $port = .root.Values.inference.port }}{{ else }}{{ $port = (index .root.Values.components .name).port }}{{ end -}}
-{{ printf "dns:///%s.%s.svc.cluster.local:%v" (include "chatplane.componentName" .) .root.Release.Namespace $port }}
+{{- $c := required (printf "upstream %q is not a component" .name) (get .root.Values.components .name) -}}
+{{ printf "dns:///%s.%s.svc.cluster.local:%v" (include "chatplane.componentName" .) .root.Release.Namespace $c.port }}
 {{- end }}
 
 {{/* Environment every chatplane container gets. Dict {root, name (the service: the CHATPLANE_<NAME>_ prefix),
