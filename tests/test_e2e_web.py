@@ -214,13 +214,24 @@ async def test_stop_cuts_a_long_reply_and_what_came_stays(new_page, stack):
     conv_id = await conversation_id(page)
     reply = page.get_by_role("article").last
     await expect(reply).to_contain_text(re.compile(r"\S+(\s+\S+){8}"), timeout=REPLY_TIMEOUT_MS)  # 9 words in
+
+    # While it streams, another chat works: its own question, its own reply; the story goes on meanwhile.
+    await page.get_by_role("button", name="New chat").click()
+    await send(page, QUESTION)
+    other_id = await conversation_id(page)
+    assert other_id != conv_id
+    await expect(page.get_by_role("article").last).to_contain_text("Paris", timeout=REPLY_TIMEOUT_MS)
+    story_link = conversations_nav(page).locator(f'a[href="/c/{conv_id}"]')
+    await expect(story_link).to_contain_text("Replying")  # still streaming, shown in the list
+    await story_link.click()
+    reply = page.get_by_role("article").last
+    await expect(page.get_by_role("button", name="Stop")).to_be_visible()
     await page.get_by_role("button", name="Stop").click()
     await expect(page.get_by_role("button", name="Send")).to_be_visible()
     await expect(reply).to_contain_text("Stopped")
     kept = await reply.locator(".reply-body").inner_text()
     await asyncio.sleep(2.0)
     assert await reply.locator(".reply-body").inner_text() == kept  # nothing arrives after Stop
-    assert len(kept.split()) < 400  # cut: a whole 512-token story would be far longer
 
     # The server stored the cut reply (as incomplete): a reload shows what had come.
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as http:
@@ -349,3 +360,71 @@ async def test_an_ended_session_goes_back_to_login_and_dark_theme(new_page, stac
     await page.get_by_role("button", name="Log in").click()
     await expect(page).to_have_url(f"{stack.base_url}/c/{conv_id}")
     await expect(page.get_by_role("article").last.get_by_role("button", name="Copy code")).to_be_visible()
+
+
+async def test_rename_archive_delete_and_paging(new_page, stack):
+    from playwright.async_api import expect
+
+    account = new_account(stack.base_url)
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=30, headers=account.headers) as http:
+        for i in range(25):  # more than one page (20)
+            r = await http.post("/v1/conversations", json={"title": f"Topic {i:02d}"})
+            assert r.status_code == 201, r.text
+    page = await new_page()
+    await log_in(page, account.email)
+    nav = conversations_nav(page)
+    await expect(nav.get_by_role("link").first).to_have_text("Topic 24")  # newest first
+    await nav.get_by_role("link", name="Topic 05").scroll_into_view_if_needed()  # the next page, as the list scrolls
+    await expect(nav.get_by_role("link", name="Topic 00")).to_be_visible()
+    await expect(nav.get_by_role("link")).to_have_count(25)
+
+    await nav.get_by_role("button", name="Options for Topic 24").click()
+    await page.get_by_role("menuitem", name="Rename").click()
+    await nav.get_by_role("textbox", name="Title").fill("Trip to Lyon")
+    await page.keyboard.press("Enter")
+    await expect(nav.get_by_role("link", name="Trip to Lyon")).to_be_visible()
+
+    await nav.get_by_role("button", name="Options for Topic 23").click()
+    await page.get_by_role("menuitem", name="Archive").click()
+    await expect(nav.get_by_role("link", name="Topic 23")).to_have_count(0)
+    await nav.get_by_role("switch", name="Show archived").click()
+    await expect(nav.get_by_role("link", name="Topic 23")).to_contain_text("archived")
+
+    await nav.get_by_role("button", name="Options for Topic 22").click()
+    await page.get_by_role("menuitem", name="Delete").click()
+    await page.get_by_role("dialog").get_by_role("button", name="Delete").click()
+    await expect(nav.get_by_role("link", name="Topic 22")).to_have_count(0)
+
+    await page.reload()  # what the server keeps
+    await expect(nav.get_by_role("link", name="Trip to Lyon")).to_be_visible()
+    await expect(nav.get_by_role("link", name="Topic 22")).to_have_count(0)
+    await expect(nav.get_by_role("link", name="Topic 23")).to_have_count(0)  # archived: hidden again by default
+    await screenshot(page, "list")
+
+
+async def test_errors_read_as_sentences(new_page, stack):
+    """Network gone (the browser offline) and a rate limit (the gateway's 429 answer, replayed by the browser's
+    request interception): the app says what happened and when to retry, never the raw JSON."""
+    from playwright.async_api import expect
+
+    page = await new_page()
+    await sign_up(page, new_email())
+    await page.context.set_offline(True)
+    await expect(page.get_by_text("You are offline.")).to_be_visible()
+    await send(page, "Hello?")
+    await expect(page.get_by_role("alert")).to_contain_text("Cannot reach the server")
+    await expect(page.get_by_role("textbox", name="Message")).to_have_value("Hello?")  # kept to send again
+    await page.context.set_offline(False)
+
+    body = ('{"error": {"message": "Rate limit reached for requests", "type": "rate_limit_error", '
+            '"param": null, "code": "rate_limit_exceeded"}}')
+
+    async def too_many(route):
+        await route.fulfill(status=429, body=body, headers={"content-type": "application/json", "retry-after": "7"})
+
+    await page.route("**/v1/conversations/*/messages", too_many)
+    await page.get_by_role("button", name="Send").click()
+    reply = page.get_by_role("article").last
+    await expect(reply).to_contain_text("You are sending requests too fast. Try again in 7 seconds.")
+    assert "rate_limit_exceeded" not in await page.inner_text("body")
+    await screenshot(page, "error-rate-limit")

@@ -177,7 +177,11 @@ function ConversationItem({ conversation: c, onNavigate }: { conversation: Conve
         >
           <span className="truncate">{c.title}</span>
           {c.archived && <span className="rounded bg-zinc-300 px-1 text-xs dark:bg-zinc-700">archived</span>}
-          {streaming && <span className="ml-auto h-2 w-2 shrink-0 animate-pulse rounded-full bg-teal-500" title="Replying" />}
+          {streaming && (
+            <span className="ml-auto h-2 w-2 shrink-0 animate-pulse rounded-full bg-teal-500">
+              <span className="sr-only">Replying</span>
+            </span>
+          )}
         </Link>
       )}
       {!renaming && (

@@ -218,7 +218,7 @@ function ModelPicker() {
   }, [state.loaded]);
   return (
     <Field className="flex items-center gap-2 text-sm">
-      <Label className="text-zinc-500">Model</Label>
+      <Label className="sr-only text-zinc-500 sm:not-sr-only">Model</Label>
       <Select
         value={state.selected}
         onChange={(e) => selectModel(e.target.value)}
