@@ -11,6 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from chatplane.gateway import (
     api_auth,
     api_chat,
+    api_completions,
     api_conversations,
     api_exports,
     api_health,
@@ -46,7 +47,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         title="chatplane", version="0.1.0", description=DESCRIPTION, lifespan=lifespan, responses=ERROR_RESPONSES
     )
     install_handlers(app)
-    for module in (api_health, api_auth, api_keys, api_models, api_chat, api_conversations, api_exports, api_usage):
+    for module in (api_health, api_auth, api_keys, api_models, api_chat, api_completions, api_conversations, api_exports,
+                   api_usage):
         app.include_router(module.router)
     app.add_middleware(RateLimitHeadersMiddleware)
     # Outermost first: CORS answers preflights; the body limit runs before anything reads the body.

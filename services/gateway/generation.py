@@ -7,9 +7,12 @@ and the accumulation of a stream of replies (several choices, tool-call pieces, 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any
+
+import grpc
 
 from chatplane.common import limits
 from chatplane.gateway.errors import APIError, invalid
@@ -175,11 +178,13 @@ class Choice:
 
 
 class Choices:
-    """Accumulates a stream of replies (any number of choices) for a non-streamed answer."""
+    """Accumulates a stream of replies (any number of choices) for a non-streamed answer. ``per_prompt`` choices
+    come from each prompt (several prompts: see :class:`MergedCalls`)."""
 
-    def __init__(self, n: int) -> None:
-        self.choices = [Choice(i) for i in range(n)]
-        self.prompt_logprobs: list[inference_pb2.TokenLogprob] = []
+    def __init__(self, count: int, per_prompt: int | None = None) -> None:
+        self.choices = [Choice(i) for i in range(count)]
+        self.per_prompt = per_prompt or count
+        self.prompt_logprobs: dict[int, list[inference_pb2.TokenLogprob]] = {}  # prompt -> its tokens
 
     def add(self, reply: inference_pb2.GenerateResponse) -> Choice:
         choice = self.choices[reply.index] if reply.index < len(self.choices) else self.choices[-1]
@@ -188,7 +193,7 @@ class Choices:
         if reply.logprobs:
             choice.logprobs.extend(reply.logprobs)
         if reply.prompt_logprobs:
-            self.prompt_logprobs.extend(reply.prompt_logprobs)
+            self.prompt_logprobs.setdefault(reply.index // self.per_prompt, []).extend(reply.prompt_logprobs)
         for delta in reply.tool_calls:
             call = choice.calls.setdefault(delta.index, {"id": "", "name": "", "arguments": []})
             call["id"] = call["id"] or delta.id
@@ -212,3 +217,61 @@ def tool_call_deltas(reply: inference_pb2.GenerateResponse) -> list[dict[str, An
         item["function"] = function
         out.append(item)
     return out
+
+
+_END = object()
+
+
+class MergedCalls:
+    """Several ``Generate`` streams read as one (a request with several prompts). Call ``i``'s choice ``j`` becomes
+    choice ``i * n + j``; the stream's last reply carries the usage of all calls, summed. ``read()`` and ``cancel()``
+    as a gRPC call's."""
+
+    def __init__(self, calls: list[Any], n: int) -> None:
+        self._calls = calls
+        self._n = n
+        self._queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+        self._open = len(calls)
+        self._ended_calls = 0
+        self._prompt_tokens = 0
+        self._completion_tokens = 0
+        self._tasks = [asyncio.ensure_future(self._pump(i, call)) for i, call in enumerate(calls)]
+
+    async def _pump(self, i: int, call: Any) -> None:
+        try:
+            while True:
+                reply = await call.read()
+                if reply is None or reply is grpc.aio.EOF:
+                    break
+                self._queue.put_nowait((i, reply))
+        except Exception as exc:  # noqa: BLE001 - handed to the reader, in order
+            self._queue.put_nowait((i, exc))
+        finally:
+            self._queue.put_nowait((i, _END))
+
+    async def read(self) -> Any:
+        while self._open:
+            i, item = await self._queue.get()
+            if item is _END:
+                self._open -= 1
+                continue
+            if isinstance(item, BaseException):
+                raise item
+            reply = item
+            reply.index += i * self._n
+            if reply.HasField("usage"):  # call i ended
+                self._ended_calls += 1
+                self._prompt_tokens += reply.usage.prompt_tokens
+                self._completion_tokens += reply.usage.completion_tokens
+                if self._ended_calls < len(self._calls):
+                    reply.ClearField("usage")
+                else:
+                    reply.usage.prompt_tokens = self._prompt_tokens
+                    reply.usage.completion_tokens = self._completion_tokens
+            return reply
+        return grpc.aio.EOF
+
+    def cancel(self) -> bool:
+        for task in self._tasks:
+            task.cancel()
+        return any([call.cancel() for call in self._calls])

@@ -225,8 +225,10 @@ class MeteredGeneration:
         request_id: str,
         model: str,
         prompt_estimate: int,
+        path: str = "chat",
     ) -> None:
         self._call = call
+        self._path = path
         self._metering = metering
         self._admission = admission
         self._principal = principal
@@ -291,7 +293,7 @@ class MeteredGeneration:
                 latency_ms=round((now - self._started) * 1000),
                 ttft_ms=round((self._first_token - self._started) * 1000) if self._first_token else 0,
                 finish_reason=finish_reason,
-                path="chat",
+                path=self._path,
             )
         )
 

@@ -202,6 +202,31 @@ class ChatCompletionRequest(_Request):
     web_search_options: Any = None
 
 
+# --- legacy completions -------------------------------------------------------------------------------------------
+
+
+class CompletionRequest(_Request):
+    model: Annotated[SafeStr, Field(min_length=1, max_length=256)]
+    # A string or a list of strings (token-id arrays are answered with a 400 naming prompt, in the route).
+    prompt: str | Annotated[list[Any], Field(min_length=1)]
+    max_tokens: Annotated[int, Field(ge=1, le=UINT32_MAX)] | None = 16  # OpenAI's default for this API
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    n: Annotated[int, Field(ge=1)] | None = None
+    best_of: Annotated[int, Field(ge=1)] | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    logprobs: Annotated[int, Field(ge=0, le=limits.MAX_TOP_LOGPROBS)] | None = None
+    echo: bool | None = None
+    stop: str | list[str] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    logit_bias: Annotated[dict[str, float], Field(max_length=limits.MAX_LOGIT_BIAS)] | None = None
+    seed: Annotated[int, Field(ge=-(2**63), le=INT64_MAX)] | None = None
+    user: Annotated[SafeStr, Field(max_length=256)] | None = None
+    suffix: Any = None  # not supported: 400 naming it when set
+
+
 # --- conversations ------------------------------------------------------------------------------------------------
 
 

@@ -117,7 +117,7 @@ class Chunk:
     more: bool = False  # this choice ended, others go on
     logprobs: list[TokenLogprob] | None = None
     tool_calls: list[ToolCallDelta] | None = None
-    prompt_logprobs: list[TokenLogprob | None] | None = None  # on the first chunk, when asked
+    prompt_logprobs: list[TokenLogprob] | None = None  # on the first chunk, when asked (the first has no logprob)
 
 
 @dataclass
@@ -427,9 +427,12 @@ class VllmEngine:
             top=[(self._token_text(tid, e), _finite(e.logprob)) for tid, e in alternatives],
         )
 
-    def _prompt_logprobs(self, ids: list[int], positions, top: int | None) -> list[TokenLogprob | None]:
+    def _prompt_logprobs(self, ids: list[int], positions, top: int | None) -> list[TokenLogprob]:
+        """The prompt's tokens with their logprobs; the first token has none (nothing comes before it): 0 and no
+        alternatives."""
         return [
-            None if entries is None else self._logprob(token_id, entries, top or 0)
+            TokenLogprob(self._tokenizer.decode([token_id]), 0.0, []) if entries is None
+            else self._logprob(token_id, entries, top or 0)
             for token_id, entries in zip(ids, positions, strict=False)
         ]
 

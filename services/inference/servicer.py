@@ -312,9 +312,7 @@ def _messages(chunks: list[Chunk], model: str) -> list[pb.GenerateResponse]:
         if c.logprobs:
             current.logprobs.extend(_logprobs(c.logprobs))
         if c.prompt_logprobs:
-            current.prompt_logprobs.extend(
-                pb.TokenLogprob() if t is None else _logprobs([t])[0] for t in c.prompt_logprobs
-            )
+            current.prompt_logprobs.extend(_logprobs(c.prompt_logprobs))
         for d in c.tool_calls or ():
             calls = current.tool_calls
             if calls and calls[-1].index == d.index and not d.id and not d.name:

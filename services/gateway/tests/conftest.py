@@ -263,6 +263,9 @@ class FakeInferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         for step, piece in enumerate(pieces):
             for i in range(n):
                 reply = inference_pb2.GenerateResponse(index=i)
+                if step == 0 and i == 0 and request.sampling.HasField("prompt_logprobs"):
+                    for j, word in enumerate(request.prompt.split(" ")):
+                        reply.prompt_logprobs.add(token=word if j == 0 else " " + word, logprob=0.0 if j == 0 else -1)
                 if named:
                     if step == 0:
                         reply.tool_calls.add(index=0, id=f"call_{i}", name=named, arguments='{"city":')
