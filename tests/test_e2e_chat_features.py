@@ -79,10 +79,10 @@ async def test_logit_bias_and_penalties_reach_the_engine(client):
     biased = await client.chat.completions.create(
         model=MODEL, messages=QUESTION, max_tokens=3, temperature=0, logit_bias={BANANA: 100})
     assert biased.choices[0].message.content == " banana banana banana"
-    # Penalties on the tokens already generated change a long greedy reply.
-    prompt = [{"role": "user", "content": "Write: banana banana banana banana banana banana banana banana"}]
+    # Penalties on the tokens already generated change a greedy reply.
+    prompt = [{"role": "user", "content": "Write a short story about a cat."}]
     plain = await client.chat.completions.create(model=MODEL, messages=prompt, max_tokens=30, temperature=0)
-    for penalty in ({"frequency_penalty": 2.0}, {"presence_penalty": 2.0}):
+    for penalty in ({"frequency_penalty": 2.0}, {"presence_penalty": 2.0}, {"presence_penalty": -2.0}):
         penalised = await client.chat.completions.create(
             model=MODEL, messages=prompt, max_tokens=30, temperature=0, **penalty)
         assert penalised.choices[0].message.content != plain.choices[0].message.content, penalty
@@ -96,20 +96,21 @@ async def test_json_schema_output_validates(client):
         if stream:
             chunks = await client.chat.completions.create(
                 model=MODEL, messages=[{"role": "user", "content": "Invent a person."}], response_format=fmt,
-                max_tokens=60, stream=True)
+                max_tokens=60, stream=True, temperature=0)
             text = "".join([c.choices[0].delta.content or "" async for c in chunks if c.choices])
         else:
             reply = await client.chat.completions.create(
                 model=MODEL, messages=[{"role": "user", "content": "Invent a person."}], response_format=fmt,
-                max_tokens=60)
+                max_tokens=60, temperature=0)
             text = reply.choices[0].message.content
         jsonschema.validate(json.loads(text), schema)
 
 
 async def test_json_object_output_parses(client):
     reply = await client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Describe Paris as JSON."}], max_tokens=60,
+        model=MODEL, messages=[{"role": "user", "content": "Describe Paris as JSON."}], max_tokens=400, temperature=0,
         response_format={"type": "json_object"})
+    assert reply.choices[0].finish_reason == "stop"  # a complete object (the grammar ends it)
     assert isinstance(json.loads(reply.choices[0].message.content), dict)
 
 
@@ -123,13 +124,13 @@ class City(BaseModel):
 async def test_sdk_parse_returns_the_pydantic_model(client):
     reply = await client.chat.completions.parse(
         model=MODEL, messages=[{"role": "user", "content": "Tell me about Paris."}], response_format=City,
-        max_tokens=120)
+        max_tokens=120, temperature=0)
     assert isinstance(reply.choices[0].message.parsed, City)
 
 
 async def test_named_tool_call_arguments_match_the_schema(client):
     reply = await client.chat.completions.create(
-        model=MODEL, messages=WEATHER_Q, tools=[WEATHER, TIME], max_tokens=80,
+        model=MODEL, messages=WEATHER_Q, tools=[WEATHER, TIME], max_tokens=80, temperature=0,
         tool_choice={"type": "function", "function": {"name": "get_weather"}})
     choice = reply.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -140,7 +141,7 @@ async def test_named_tool_call_arguments_match_the_schema(client):
 
 async def test_named_tool_call_streams_tool_call_deltas(client):
     stream = await client.chat.completions.create(
-        model=MODEL, messages=WEATHER_Q, tools=[WEATHER, TIME], max_tokens=80, stream=True,
+        model=MODEL, messages=WEATHER_Q, tools=[WEATHER, TIME], max_tokens=80, stream=True, temperature=0,
         tool_choice={"type": "function", "function": {"name": "get_weather"}})
     name, arguments, ids, finish = "", "", set(), None
     async for chunk in stream:
@@ -157,7 +158,7 @@ async def test_named_tool_call_streams_tool_call_deltas(client):
 
 async def test_required_tool_choice_calls_an_offered_function(client):
     reply = await client.chat.completions.create(
-        model=MODEL, messages=WEATHER_Q, tools=[WEATHER, TIME], tool_choice="required", max_tokens=120,
+        model=MODEL, messages=WEATHER_Q, tools=[WEATHER, TIME], tool_choice="required", max_tokens=120, temperature=0,
         parallel_tool_calls=False)
     calls = reply.choices[0].message.tool_calls
     assert len(calls) == 1
