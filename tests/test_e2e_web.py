@@ -72,6 +72,8 @@ async def new_page(browser, stack):
         page = await context.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda err: errors.append(str(err)))
+        # The gateway's Content-Security-Policy is strict: nothing the app does may be refused by it.
+        page.on("console", lambda m: "Content Security Policy" in m.text and errors.append(m.text))
         page.js_errors = errors  # checked after each test: the app never throws
         return page
 
@@ -146,7 +148,8 @@ async def test_sign_up_chat_stream_title_reload_and_history(new_page, stack):
     from playwright.async_api import expect
 
     page = await new_page()
-    await page.goto("/")
+    response = await page.goto("/")
+    assert "script-src 'self'" in response.headers["content-security-policy"]  # the gateway serves the app
     await expect(page).to_have_url(re.compile(r"/login$"))  # no session: the login page, never a blank one
     await expect(page.get_by_role("button", name="Log in")).to_be_visible()
     await screenshot(page, "login")

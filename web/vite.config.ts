@@ -31,6 +31,8 @@ export default defineConfig({
     // Nothing inlined as data: URLs (the gateway's CSP allows only this origin's files, plus data: images).
     assetsInlineLimit: 0,
     chunkSizeWarningLimit: 700,
+    // No build-time profile in `make` output (it reports slow plugins on a busy machine).
+    rolldownOptions: { checks: { pluginTimings: false } },
   },
   server: {
     // `npm run dev`: the API of a running `make run` on the same origin.

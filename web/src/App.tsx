@@ -6,6 +6,7 @@ import { LoginPage } from "./pages/LoginPage";
 import { NotFoundPage } from "./pages/NotFoundPage";
 import { forgetAll } from "./state/chat";
 import { resetList } from "./state/conversations";
+import { models } from "./state/prefs";
 import { session } from "./state/session";
 import { useStore } from "./state/store";
 
@@ -55,6 +56,7 @@ session.subscribe(() => {
   lastUser = user;
   forgetAll();
   resetList();
+  models.set((m) => ({ ...m, loaded: false, error: null })); // asked again with the new session's credentials
 });
 
 export function App() {
