@@ -89,6 +89,12 @@ def other_account(stack) -> Account:
     return new_account(stack.base_url)
 
 
+@pytest.fixture(scope="session")
+def make_account(stack):
+    """``make_account()``: a new user with an API key, for a test that needs one nobody else touches."""
+    return lambda: new_account(stack.base_url)
+
+
 @pytest.fixture
 async def http(stack):
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=60) as client:

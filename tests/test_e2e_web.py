@@ -14,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import new_account
 
 pytestmark = pytest.mark.engine
 
@@ -249,10 +248,10 @@ async def test_stop_cuts_a_long_reply_and_what_came_stays(new_page, stack):
     await expect(reloaded).to_contain_text("Stopped")
 
 
-async def test_a_second_user_sees_none_of_the_first_users_conversations(new_page, stack):
+async def test_a_second_user_sees_none_of_the_first_users_conversations(new_page, stack, make_account):
     from playwright.async_api import expect
 
-    first = new_account(stack.base_url)
+    first = make_account()
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as http:
         r = await http.post("/v1/conversations", json={"title": "First user's secret plans"}, headers=first.headers)
         assert r.status_code == 201, r.text
@@ -365,10 +364,10 @@ async def test_an_ended_session_goes_back_to_login_and_dark_theme(new_page, stac
     await expect(page.get_by_role("article").last.get_by_role("button", name="Copy code")).to_be_visible()
 
 
-async def test_rename_archive_delete_and_paging(new_page, stack):
+async def test_rename_archive_delete_and_paging(new_page, stack, make_account):
     from playwright.async_api import expect
 
-    account = new_account(stack.base_url)
+    account = make_account()
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=30, headers=account.headers) as http:
         for i in range(25):  # more than one page (20)
             r = await http.post("/v1/conversations", json={"title": f"Topic {i:02d}"})

@@ -30,6 +30,7 @@ function Loading() {
 
 const router = createBrowserRouter([
   { path: "/login", element: <LoginPage /> },
+  { path: "/signup", element: <LoginPage /> }, // one page for both: "Log in" and "Sign up" side by side
   {
     element: <RequireSession />,
     children: [
