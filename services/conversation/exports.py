@@ -124,6 +124,7 @@ def render_json(conversation: Conversation, messages: Sequence[Message]) -> str:
                     else None
                 ),
                 "created_at": _stamp(m.created_at),
+                **_tool_fields(m),
             }
             for m in messages
         ],
@@ -142,14 +143,34 @@ def render_markdown(conversation: Conversation, messages: Sequence[Message]) -> 
         f"- Messages: {len(messages)}",
     ]
     for m in messages:
-        heading = "User" if m.role == "user" else "Assistant"
+        heading = _HEADINGS.get(m.role, m.role.title())
         notes = [_stamp(m.created_at)]
         if m.model:
             notes.append(m.model)
         if m.status != "complete":
             notes.append(f"{m.status}: {m.finish_reason or 'cut short'}")
+        if m.tool_call_id:
+            notes.append(f"result of `{m.tool_call_id}`")
         lines += ["", f"## {heading}", "", f"_{' · '.join(notes)}_", "", m.content]
+        for call in _tool_fields(m).get("tool_calls", ()):
+            lines += ["", f"Called `{call['name']}` (`{call['id']}`) with `{call['arguments']}`"]
     return "\n".join(lines) + "\n"
+
+
+_HEADINGS = {"user": "User", "assistant": "Assistant", "system": "System", "tool": "Tool result"}
+
+
+def _tool_fields(m: Message) -> dict:
+    """An assistant message's function calls, a tool result's call id (messages of the Responses API)."""
+    out: dict = {}
+    if m.tool_calls:
+        try:
+            out["tool_calls"] = json.loads(m.tool_calls)
+        except ValueError:
+            out["tool_calls"] = []
+    if m.tool_call_id:
+        out["tool_call_id"] = m.tool_call_id
+    return out
 
 
 def render(fmt: str, conversation: Conversation, messages: Sequence[Message]) -> str:

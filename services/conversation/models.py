@@ -18,6 +18,9 @@ FINISH_REASON_CHARS = 32
 
 ROLE_USER = "user"
 ROLE_ASSISTANT = "assistant"
+ROLE_SYSTEM = "system"  # a system message of a Responses API input
+ROLE_TOOL = "tool"  # a function's result (Responses API)
+TOOL_CALL_ID_CHARS = 256
 STATUS_COMPLETE = "complete"
 STATUS_INCOMPLETE = "incomplete"
 
@@ -50,7 +53,7 @@ class Message(Base):
     __table_args__ = (
         # One position per message in its conversation; also the index that serves history reads and the cascade.
         UniqueConstraint("conversation_id", "seq"),
-        CheckConstraint(f"role IN ('{ROLE_USER}', '{ROLE_ASSISTANT}')", name="role"),
+        CheckConstraint(f"role IN ('{ROLE_USER}', '{ROLE_ASSISTANT}', '{ROLE_SYSTEM}', '{ROLE_TOOL}')", name="role"),
         CheckConstraint(f"status IN ('{STATUS_COMPLETE}', '{STATUS_INCOMPLETE}')", name="status"),
     )
 
@@ -65,6 +68,9 @@ class Message(Base):
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     finish_reason: Mapped[str] = mapped_column(String(FINISH_REASON_CHARS), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # An assistant message's function calls, as a JSON list of {"id", "name", "arguments"}; "" when none.
+    tool_calls: Mapped[str] = mapped_column(Text, default="", server_default="")
+    tool_call_id: Mapped[str] = mapped_column(String(TOOL_CALL_ID_CHARS), default="", server_default="")  # tool
 
 
 EXPORT_MARKDOWN = "markdown"

@@ -18,8 +18,15 @@ MAX_HISTORY_CHARS = 1_000_000
 
 @dataclass(frozen=True)
 class ChatMessage:
-    role: str  # system | user | assistant
+    role: str  # system | user | assistant | tool
     content: str
+    tool_calls: tuple[tuple[str, str, str], ...] = ()  # assistant: (id, name, arguments)
+    tool_call_id: str = ""  # tool
+
+    @property
+    def size(self) -> int:
+        """Characters, tool calls included."""
+        return len(self.content) + sum(len(i) + len(n) + len(a) for i, n, a in self.tool_calls)
 
 
 # Counts the tokens of a chat as the model will see it: returns (prompt_tokens, max_model_len).
@@ -59,11 +66,11 @@ def group_turns(history: Sequence[ChatMessage]) -> list[list[ChatMessage]]:
 def cap_turns(turns: list[list[ChatMessage]], max_messages: int, max_chars: int) -> list[list[ChatMessage]]:
     """Drop the oldest turns until the history is within ``max_messages`` and ``max_chars``."""
     messages = sum(len(t) for t in turns)
-    chars = sum(len(m.content) for t in turns for m in t)
+    chars = sum(m.size for t in turns for m in t)
     start = 0
     while start < len(turns) and (messages > max_messages or chars > max_chars):
         messages -= len(turns[start])
-        chars -= sum(len(m.content) for m in turns[start])
+        chars -= sum(m.size for m in turns[start])
         start += 1
     return turns[start:]
 
@@ -72,12 +79,12 @@ async def build_prompt(
     *,
     system_prompt: str,
     history: Sequence[ChatMessage],
-    new_message: ChatMessage,
+    new_message: ChatMessage | Sequence[ChatMessage],
     max_tokens: int | None,
     default_max_tokens: int,
     count: CountTokens,
 ) -> Prompt:
-    """The chat to send: system prompt, as much recent history as fits, the new message.
+    """The chat to send: system prompt, as much recent history as fits, the new message (or messages).
 
     Fitting means ``prompt_tokens + reply budget <= max_model_len``. The budget is ``max_tokens`` when given, else
     ``default_max_tokens``; the oldest turns are dropped until it fits (never the system prompt or the new message).
@@ -85,15 +92,17 @@ async def build_prompt(
     default budget, the reply gets whatever room is left. Raises :class:`ContextLengthExceeded` when nothing fits.
     Needs one token count when everything fits, otherwise a binary search over the number of dropped turns.
     """
+    new_messages = [new_message] if isinstance(new_message, ChatMessage) else list(new_message)
     turns = cap_turns(
-        group_turns([m for m in history if m.content]), MAX_HISTORY_MESSAGES, MAX_HISTORY_CHARS
+        group_turns([m for m in history if m.content or m.tool_calls]),
+        MAX_HISTORY_MESSAGES - len(new_messages) + 1, MAX_HISTORY_CHARS,
     )
     head = [ChatMessage("system", system_prompt)] if system_prompt else []
     budget = max_tokens if max_tokens is not None else default_max_tokens
     counted: dict[int, tuple[int, int]] = {}
 
     def assemble(dropped: int) -> list[ChatMessage]:
-        return [*head, *(m for t in turns[dropped:] for m in t), new_message]
+        return [*head, *(m for t in turns[dropped:] for m in t), *new_messages]
 
     async def tokens(dropped: int) -> tuple[int, int]:
         if dropped not in counted:

@@ -20,7 +20,17 @@ from chatplane.conversation.models import (
     ExportJob,
     Message,
 )
-from chatplane.conversation.service import ConversationCore, Delta, Done, Event, SendRequest, Started
+from chatplane.conversation.service import (
+    ConversationCore,
+    Delta,
+    Done,
+    Event,
+    InputMessage,
+    RespondRequest,
+    SendRequest,
+    Started,
+    chat_message,
+)
 from chatplane.protos.conversation.v1 import conversation_pb2 as pb
 from chatplane.protos.conversation.v1 import conversation_pb2_grpc
 
@@ -51,7 +61,10 @@ def message_pb(row: Message) -> pb.Message:
         prompt_tokens=row.prompt_tokens,
         completion_tokens=row.completion_tokens,
         finish_reason=row.finish_reason,
+        tool_call_id=row.tool_call_id,
     )
+    for call_id, name, arguments in chat_message(row).tool_calls:
+        msg.tool_calls.add(id=call_id, name=name, arguments=arguments)
     msg.created_at.FromDatetime(row.created_at)
     return msg
 
@@ -74,15 +87,18 @@ def export_pb(row: ExportJob) -> pb.Export:
 def event_pb(event: Event) -> pb.SendMessageEvent:
     if isinstance(event, Started):
         return pb.SendMessageEvent(
-            started=pb.SendMessageStarted(user_message_id=event.user_message.id, model=event.model)
+            started=pb.SendMessageStarted(
+                user_message_id=event.user_message.id if event.user_message is not None else "", model=event.model,
+                conversation_id=event.conversation_id, reply_id=event.reply_id,
+            )
         )
     if isinstance(event, Delta):
-        return pb.SendMessageEvent(delta=pb.SendMessageDelta(text=event.text))
+        return pb.SendMessageEvent(delta=pb.SendMessageDelta(text=event.text, tool_calls=event.tool_calls))
     if isinstance(event, Done):
         reply = event.assistant_message
         return pb.SendMessageEvent(
             done=pb.SendMessageDone(
-                user_message_id=event.user_message.id,
+                user_message_id=event.user_message.id if event.user_message is not None else "",
                 assistant_message_id=reply.id,
                 prompt_tokens=reply.prompt_tokens,
                 completion_tokens=reply.completion_tokens,
@@ -174,6 +190,46 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
             await self.core.send_message(send, emit)
         except ServiceError as err:
             await _fail(context, err)
+
+    async def Respond(self, request: pb.RespondRequest, context) -> None:  # noqa: N802
+        async def emit(event: Event) -> None:
+            await context.write(event_pb(event))
+
+        respond = RespondRequest(
+            user_id=request.user_id,
+            input=tuple(
+                InputMessage(i.role, i.content, tuple((c.id, c.name, c.arguments) for c in i.tool_calls),
+                             i.tool_call_id)
+                for i in request.input
+            ),
+            previous_reply_id=request.previous_response_id,
+            instructions=request.instructions,
+            model=request.model,
+            max_tokens=request.max_tokens if request.HasField("max_tokens") else None,
+            temperature=request.temperature if request.HasField("temperature") else None,
+            top_p=request.top_p if request.HasField("top_p") else None,
+            tools=tuple(request.tools),
+            tool_choice=request.tool_choice if request.HasField("tool_choice") else None,
+            parallel_tool_calls=request.parallel_tool_calls if request.HasField("parallel_tool_calls") else None,
+            structured_output=request.structured_output if request.HasField("structured_output") else None,
+            store=request.store,
+            api_key_id=request.api_key_id,
+            request_id=request.request_id,
+        )
+        try:
+            await self.core.respond(respond, emit)
+        except ServiceError as err:
+            await _fail(context, err)
+
+    async def GetResponse(self, request: pb.GetResponseRequest, context) -> pb.StoredResponse:  # noqa: N802
+        try:
+            found = await self.core.get_response(request.user_id, request.response_id)
+        except ServiceError as err:
+            await _fail(context, err)
+        return pb.StoredResponse(
+            conversation_id=found.conversation.id, message=message_pb(found.message),
+            previous_response_id=found.previous_reply_id,
+        )
 
     async def CreateExport(self, request: pb.CreateExportRequest, context) -> pb.Export:  # noqa: N802
         try:

@@ -45,6 +45,23 @@ class NewMessage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = ""
+    tool_calls: str = ""  # JSON list of {"id", "name", "arguments"}; "" when none
+    tool_call_id: str = ""
+    id: str = ""  # empty: a new one
+
+
+@dataclass(frozen=True)
+class StoredReply:
+    """An assistant message found by its id (a stored response), with where it sits in its conversation."""
+
+    conversation: Conversation
+    message: Message
+    latest: bool  # no message comes after it
+    previous_reply_id: str  # the assistant message before it ("" when none)
+
+
+class ConversationMoved(Exception):
+    """The conversation got messages after the one a reply was to follow."""
 
 
 class ConversationStore:
@@ -186,6 +203,22 @@ class ConversationStore:
         first: that takes its row lock (PostgreSQL) or the write lock (SQLite), so concurrent appends to one
         conversation get distinct, ordered ``seq`` values.
         """
+        rows = await self.append_messages(user_id, conversation_id, [new], completion)
+        return rows[0] if rows else None
+
+    async def append_messages(
+        self,
+        user_id: str,
+        conversation_id: str,
+        news: list[NewMessage],
+        completion: events_pb2.CompletionFinished | None = None,
+        *,
+        after: str | None = None,
+    ) -> list[Message] | None:
+        """Store messages, in order, at the end of a conversation in one transaction (see :meth:`append_message`).
+
+        ``after``: the id of the message they must follow; :class:`ConversationMoved` when another came since.
+        """
         now = utcnow()
         async with self.transaction() as session:
             # Core statements on the tables (not ORM-enabled ones, not a unit-of-work flush): this runs twice for every
@@ -200,29 +233,81 @@ class ConversationStore:
             last = await session.scalar(
                 select(func.max(_messages.c.seq)).where(_messages.c.conversation_id == conversation_id)
             )
-            row = Message(
-                id=new_id(),
-                conversation_id=conversation_id,
-                seq=(last or 0) + 1,
-                role=new.role,
-                content=new.content,
-                status=new.status,
-                model=new.model[:MODEL_CHARS],  # names come from inference; never fail a reply on a long one
-                prompt_tokens=new.prompt_tokens,
-                completion_tokens=new.completion_tokens,
-                finish_reason=new.finish_reason[:FINISH_REASON_CHARS],
-                created_at=now,
+            if after is not None:
+                follows = await session.scalar(select(_messages.c.seq).where(_messages.c.id == after))
+                if follows != last:
+                    raise ConversationMoved(conversation_id)
+            rows = []
+            events = []
+            for i, new in enumerate(news):
+                row = Message(
+                    id=new.id or new_id(),
+                    conversation_id=conversation_id,
+                    seq=(last or 0) + 1 + i,
+                    role=new.role,
+                    content=new.content,
+                    status=new.status,
+                    model=new.model[:MODEL_CHARS],  # names come from inference; never fail a reply on a long one
+                    prompt_tokens=new.prompt_tokens,
+                    completion_tokens=new.completion_tokens,
+                    finish_reason=new.finish_reason[:FINISH_REASON_CHARS],
+                    created_at=now,
+                    tool_calls=new.tool_calls,
+                    tool_call_id=new.tool_call_id,
+                )
+                rows.append(row)
+                events.append(envelope(events_pb2.MessageStored(
+                    conversation_id=conversation_id, user_id=user_id, message_id=row.id, role=row.role,
+                    status=row.status, seq=row.seq,
+                ), producer=PRODUCER))
+            await session.execute(
+                insert(_messages), [{p.columns[0].name: getattr(row, p.key) for p in _message_columns} for row in rows]
             )
-            await session.execute(insert(_messages).values({p.columns[0].name: getattr(row, p.key) for p in _message_columns}))
-            stored = events_pb2.MessageStored(
-                conversation_id=conversation_id, user_id=user_id, message_id=row.id, role=row.role, status=row.status,
-                seq=row.seq,
-            )
-            events = [envelope(stored, producer=PRODUCER)]
             if completion is not None:
                 events.append(envelope(completion, producer=PRODUCER))
             await add_events(session, events)
-        return row  # never attached to the session: a plain object with the values just written
+        return rows  # never attached to the session: plain objects with the values just written
+
+    async def record_completion(self, completion: events_pb2.CompletionFinished) -> None:
+        """The ``completion.finished`` event of a reply that is not stored."""
+        async with self.transaction() as session:
+            await add_events(session, [envelope(completion, producer=PRODUCER)])
+
+    async def reply(self, user_id: str, message_id: str) -> StoredReply | None:
+        """An assistant message of one of the user's conversations, by id (None: no such reply of theirs)."""
+        async with self._read() as session, session.begin():
+            found = (await session.execute(
+                select(Message, Conversation)
+                .join(Conversation, Conversation.id == Message.conversation_id)
+                .where(Message.id == message_id, Conversation.user_id == user_id, Message.role == "assistant")
+            )).first()
+            if found is None:
+                return None
+            message, conversation = found
+            later = await session.scalar(
+                select(func.count()).select_from(_messages).where(
+                    _messages.c.conversation_id == conversation.id, _messages.c.seq > message.seq)
+            )
+            previous = await session.scalar(
+                select(_messages.c.id).where(
+                    _messages.c.conversation_id == conversation.id, _messages.c.seq < message.seq,
+                    _messages.c.role == "assistant",
+                ).order_by(_messages.c.seq.desc()).limit(1)
+            )
+        return StoredReply(conversation, message, not later, previous or "")
+
+    async def messages_until(self, conversation_id: str, seq: int, limit: int) -> list[Message]:
+        """The last ``limit`` messages up to position ``seq`` (included), oldest first."""
+        query = (
+            select(Message)
+            .where(Message.conversation_id == conversation_id, Message.seq <= seq)
+            .order_by(Message.seq.desc())
+            .limit(limit)
+        )
+        async with self._read() as session:
+            rows = list((await session.scalars(query)).all())
+        rows.reverse()
+        return rows
 
 
 async def _owned(session: AsyncSession, user_id: str, conversation_id: str) -> Conversation | None:

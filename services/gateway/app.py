@@ -17,6 +17,7 @@ from chatplane.gateway import (
     api_health,
     api_keys,
     api_models,
+    api_responses,
     api_usage,
     web,
 )
@@ -47,8 +48,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         title="chatplane", version="0.1.0", description=DESCRIPTION, lifespan=lifespan, responses=ERROR_RESPONSES
     )
     install_handlers(app)
-    for module in (api_health, api_auth, api_keys, api_models, api_chat, api_completions, api_conversations, api_exports,
-                   api_usage):
+    for module in (api_health, api_auth, api_keys, api_models, api_chat, api_completions, api_responses,
+                   api_conversations, api_exports, api_usage):
         app.include_router(module.router)
     app.add_middleware(RateLimitHeadersMiddleware)
     # Outermost first: CORS answers preflights; the body limit runs before anything reads the body.

@@ -57,7 +57,7 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 def message(m: conversation_pb2.Message) -> dict[str, Any]:
     incomplete = m.status == conversation_pb2.MESSAGE_STATUS_INCOMPLETE
-    return {
+    out: dict[str, Any] = {
         "id": m.id,
         "object": "conversation.message",
         "role": m.role,
@@ -68,3 +68,11 @@ def message(m: conversation_pb2.Message) -> dict[str, Any]:
         "usage": usage(m.prompt_tokens, m.completion_tokens) if m.role == "assistant" else None,
         "created_at": unix(m, "created_at"),
     }
+    if m.tool_calls:  # an assistant message of the Responses API that called functions
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in m.tool_calls
+        ]
+    if m.tool_call_id:  # a function's result
+        out["tool_call_id"] = m.tool_call_id
+    return out

@@ -227,6 +227,70 @@ class CompletionRequest(_Request):
     suffix: Any = None  # not supported: 400 naming it when set
 
 
+# --- responses ----------------------------------------------------------------------------------------------------
+
+
+class ResponseTool(_Request):
+    type: Literal["function"]
+    name: Annotated[SafeStr, Field(min_length=1, max_length=limits.MAX_TOOL_NAME_CHARS)]
+    description: Annotated[SafeStr, Field(max_length=limits.MAX_MESSAGE_CHARS)] | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ResponseToolChoiceFunction(_Request):
+    type: Literal["function"]
+    name: Annotated[SafeStr, Field(min_length=1, max_length=limits.MAX_TOOL_NAME_CHARS)]
+
+
+class ResponseTextFormat(_Request):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    type: Literal["text", "json_object", "json_schema"]
+    name: Annotated[SafeStr, Field(min_length=1, max_length=64)] | None = None
+    description: Annotated[SafeStr, Field(max_length=limits.MAX_MESSAGE_CHARS)] | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseText(_Request):
+    format: ResponseTextFormat | None = None
+    verbosity: Any = None  # not supported: 400 naming it when set
+
+
+class ResponsesRequest(_Request):
+    model: Annotated[SafeStr, Field(min_length=1, max_length=256)]
+    # Text, or a list of items: messages, function calls, function call outputs (checked in the route).
+    input: Annotated[SafeStr, Field(max_length=limits.MAX_MESSAGE_CHARS)] | Annotated[
+        list[dict[str, Any]], Field(min_length=1, max_length=limits.MAX_MESSAGES)]
+    instructions: Annotated[SafeStr, Field(max_length=limits.MAX_MESSAGE_CHARS)] | None = None
+    max_output_tokens: Annotated[int, Field(ge=1, le=UINT32_MAX)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    stream: bool | None = None
+    stream_options: dict[str, Any] | None = None
+    tools: Annotated[list[ResponseTool], Field(max_length=limits.MAX_TOOLS)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | ResponseToolChoiceFunction | None = None
+    parallel_tool_calls: bool | None = None
+    previous_response_id: Annotated[SafeStr, Field(max_length=128)] | None = None
+    store: bool | None = None
+    text: ResponseText | None = None
+    metadata: Annotated[dict[str, Annotated[str, Field(max_length=512)]], Field(max_length=16)] | None = None
+    user: Annotated[SafeStr, Field(max_length=256)] | None = None
+    safety_identifier: Annotated[SafeStr, Field(max_length=256)] | None = None
+    prompt_cache_key: Annotated[SafeStr, Field(max_length=256)] | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    service_tier: str | None = None
+    # Known to OpenAI but not supported here: rejected with a 400 naming them when set.
+    include: Any = None
+    reasoning: Any = None
+    background: Any = None
+    top_logprobs: Any = None
+    prompt: Any = None
+    conversation: Any = None
+    max_tool_calls: Any = None
+
+
 # --- conversations ------------------------------------------------------------------------------------------------
 
 
@@ -275,6 +339,9 @@ class MessageOut(BaseModel):
     finish_reason: str | None
     usage: Usage | None
     created_at: int | None
+    # Messages of the Responses API: an assistant's function calls, a function's result.
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
 
 
 class ConversationWithMessagesOut(ConversationOut):

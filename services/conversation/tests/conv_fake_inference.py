@@ -46,6 +46,7 @@ class FakeInferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self.count_requests: list[pb.CountTokensRequest] = []
         self.cancelled: list[str] = []  # request ids of Generate calls cancelled by the caller
         self.target = ""  # host:port, set by the fixture
+        self.tool_call: tuple[str, str, list[str]] | None = None  # (id, name, argument pieces): reply with this call
 
     @staticmethod
     def chat(request) -> list[tuple[str, str]]:
@@ -78,6 +79,21 @@ class FakeInferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         budget = request.sampling.max_tokens if request.sampling.HasField("max_tokens") else len(self.chunks)
         chunks = self.chunks[:budget]
         sent = 0
+        if self.tool_call is not None and request.tools:
+            call_id, name, pieces = self.tool_call
+            try:
+                for i, piece in enumerate(pieces):
+                    await asyncio.sleep(self.chunk_delay)
+                    delta = pb.ToolCallDelta(index=0, id=call_id, name=name, arguments=piece) if i == 0 else (
+                        pb.ToolCallDelta(index=0, arguments=piece))
+                    await context.write(pb.GenerateResponse(tool_calls=[delta], model=MODEL))
+                await context.write(pb.GenerateResponse(
+                    finish_reason="tool_calls", model=MODEL,
+                    usage=pb.Usage(prompt_tokens=chat_tokens(self.chat(request)), completion_tokens=len(pieces))))
+            except asyncio.CancelledError:
+                self.cancelled.append(request.request_id)
+                raise
+            return
         try:
             for chunk in chunks:
                 if self.fail_after is not None and sent == self.fail_after:

@@ -304,6 +304,7 @@ class FakeConversationServicer(conversation_pb2_grpc.ConversationServiceServicer
 
     def reset(self) -> None:
         self.conversations: dict[str, FakeConversation] = {}
+        self.replies: dict[str, conversation_pb2.Message] = {}  # Respond's stored replies by id
         self.requests: list = []
         self.cancelled = asyncio.Event()
 
@@ -379,6 +380,58 @@ class FakeConversationServicer(conversation_pb2_grpc.ConversationServiceServicer
         except asyncio.CancelledError:
             self.cancelled.set()
             raise
+
+
+    async def Respond(self, request, context):
+        """The Responses API double: ``tool`` in the last input's text gives a function call (the first tool, its
+        arguments in two pieces), ``slow`` one delta and a wait; anything else "Hi there". Stored replies are kept
+        for GetResponse."""
+        self.requests.append(request)
+        if request.previous_response_id and request.previous_response_id not in self.replies:
+            await abort(context, grpc.StatusCode.NOT_FOUND, "previous response not found",
+                        code="previous_response_not_found", param="previous_response_id")
+        reply_id = uuid.uuid4().hex
+        model = request.model or MODEL
+        yield conversation_pb2.SendMessageEvent(started=conversation_pb2.SendMessageStarted(
+            model=model, reply_id=reply_id, conversation_id=uuid.uuid4().hex if request.store else ""))
+        last = request.input[-1].content
+        try:
+            reply = conversation_pb2.Message(
+                id=reply_id, role="assistant", status=conversation_pb2.MESSAGE_STATUS_COMPLETE, model=model,
+                prompt_tokens=5, completion_tokens=2, finish_reason="stop", created_at=now_ts())
+            if last == "slow":
+                yield conversation_pb2.SendMessageEvent(delta=conversation_pb2.SendMessageDelta(text="Thinking"))
+                await asyncio.sleep(30)
+            if "tool" in last and request.tools:
+                name = request.tools[0].name
+                pieces = [inference_pb2.ToolCallDelta(index=0, id="call_1", name=name, arguments='{"city":'),
+                          inference_pb2.ToolCallDelta(index=0, arguments=' "Oslo"}')]
+                for piece in pieces:
+                    yield conversation_pb2.SendMessageEvent(delta=conversation_pb2.SendMessageDelta(tool_calls=[piece]))
+                reply.tool_calls.add(id="call_1", name=name, arguments='{"city": "Oslo"}')
+                reply.finish_reason = "tool_calls"
+            else:
+                pieces = ["Hi", " there"]
+                for piece in pieces:
+                    yield conversation_pb2.SendMessageEvent(delta=conversation_pb2.SendMessageDelta(text=piece))
+                reply.content = "".join(pieces)
+                if request.HasField("max_tokens") and request.max_tokens < 2:
+                    reply.finish_reason = "length"
+            if request.store:
+                self.replies[reply_id] = reply
+            yield conversation_pb2.SendMessageEvent(done=conversation_pb2.SendMessageDone(
+                assistant_message_id=reply.id, prompt_tokens=5, completion_tokens=2,
+                finish_reason=reply.finish_reason, assistant_message=reply,
+            ))
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+    async def GetResponse(self, request, context):
+        reply = self.replies.get(request.response_id)
+        if reply is None:
+            await abort(context, grpc.StatusCode.NOT_FOUND, "response not found")
+        return conversation_pb2.StoredResponse(conversation_id="c", message=reply)
 
 
 # --- servers and fixtures -----------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from chatplane.protos.inference.v1 import inference_pb2 as _inference_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -54,7 +55,7 @@ class Conversation(_message.Message):
     def __init__(self, id: _Optional[str] = ..., title: _Optional[str] = ..., archived: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("id", "role", "content", "status", "model", "prompt_tokens", "completion_tokens", "finish_reason", "created_at")
+    __slots__ = ("id", "role", "content", "status", "model", "prompt_tokens", "completion_tokens", "finish_reason", "created_at", "tool_calls", "tool_call_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +65,8 @@ class Message(_message.Message):
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALL_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     role: str
     content: str
@@ -73,7 +76,9 @@ class Message(_message.Message):
     completion_tokens: int
     finish_reason: str
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., role: _Optional[str] = ..., content: _Optional[str] = ..., status: _Optional[_Union[MessageStatus, str]] = ..., model: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., finish_reason: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    tool_calls: _containers.RepeatedCompositeFieldContainer[_inference_pb2.ToolCall]
+    tool_call_id: str
+    def __init__(self, id: _Optional[str] = ..., role: _Optional[str] = ..., content: _Optional[str] = ..., status: _Optional[_Union[MessageStatus, str]] = ..., model: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., finish_reason: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tool_calls: _Optional[_Iterable[_Union[_inference_pb2.ToolCall, _Mapping]]] = ..., tool_call_id: _Optional[str] = ...) -> None: ...
 
 class ConversationWithMessages(_message.Message):
     __slots__ = ("conversation", "messages")
@@ -164,18 +169,24 @@ class SendMessageRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., content: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., model: _Optional[str] = ..., api_key_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class SendMessageStarted(_message.Message):
-    __slots__ = ("user_message_id", "model")
+    __slots__ = ("user_message_id", "model", "conversation_id", "reply_id")
     USER_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLY_ID_FIELD_NUMBER: _ClassVar[int]
     user_message_id: str
     model: str
-    def __init__(self, user_message_id: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+    conversation_id: str
+    reply_id: str
+    def __init__(self, user_message_id: _Optional[str] = ..., model: _Optional[str] = ..., conversation_id: _Optional[str] = ..., reply_id: _Optional[str] = ...) -> None: ...
 
 class SendMessageDelta(_message.Message):
-    __slots__ = ("text",)
+    __slots__ = ("text", "tool_calls")
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
     text: str
-    def __init__(self, text: _Optional[str] = ...) -> None: ...
+    tool_calls: _containers.RepeatedCompositeFieldContainer[_inference_pb2.ToolCallDelta]
+    def __init__(self, text: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[_inference_pb2.ToolCallDelta, _Mapping]]] = ...) -> None: ...
 
 class SendMessageDone(_message.Message):
     __slots__ = ("user_message_id", "assistant_message_id", "prompt_tokens", "completion_tokens", "finish_reason", "assistant_message")
@@ -202,6 +213,70 @@ class SendMessageEvent(_message.Message):
     delta: SendMessageDelta
     done: SendMessageDone
     def __init__(self, started: _Optional[_Union[SendMessageStarted, _Mapping]] = ..., delta: _Optional[_Union[SendMessageDelta, _Mapping]] = ..., done: _Optional[_Union[SendMessageDone, _Mapping]] = ...) -> None: ...
+
+class InputItem(_message.Message):
+    __slots__ = ("role", "content", "tool_calls", "tool_call_id")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    content: str
+    tool_calls: _containers.RepeatedCompositeFieldContainer[_inference_pb2.ToolCall]
+    tool_call_id: str
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[_inference_pb2.ToolCall, _Mapping]]] = ..., tool_call_id: _Optional[str] = ...) -> None: ...
+
+class RespondRequest(_message.Message):
+    __slots__ = ("user_id", "previous_response_id", "input", "instructions", "model", "max_tokens", "temperature", "top_p", "tools", "tool_choice", "parallel_tool_calls", "structured_output", "store", "api_key_id", "request_id")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_RESPONSE_ID_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CHOICE_FIELD_NUMBER: _ClassVar[int]
+    PARALLEL_TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    STRUCTURED_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    STORE_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    previous_response_id: str
+    input: _containers.RepeatedCompositeFieldContainer[InputItem]
+    instructions: str
+    model: str
+    max_tokens: int
+    temperature: float
+    top_p: float
+    tools: _containers.RepeatedCompositeFieldContainer[_inference_pb2.Tool]
+    tool_choice: _inference_pb2.ToolChoice
+    parallel_tool_calls: bool
+    structured_output: _inference_pb2.StructuredOutput
+    store: bool
+    api_key_id: str
+    request_id: str
+    def __init__(self, user_id: _Optional[str] = ..., previous_response_id: _Optional[str] = ..., input: _Optional[_Iterable[_Union[InputItem, _Mapping]]] = ..., instructions: _Optional[str] = ..., model: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., tools: _Optional[_Iterable[_Union[_inference_pb2.Tool, _Mapping]]] = ..., tool_choice: _Optional[_Union[_inference_pb2.ToolChoice, _Mapping]] = ..., parallel_tool_calls: _Optional[bool] = ..., structured_output: _Optional[_Union[_inference_pb2.StructuredOutput, _Mapping]] = ..., store: _Optional[bool] = ..., api_key_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class GetResponseRequest(_message.Message):
+    __slots__ = ("user_id", "response_id")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    response_id: str
+    def __init__(self, user_id: _Optional[str] = ..., response_id: _Optional[str] = ...) -> None: ...
+
+class StoredResponse(_message.Message):
+    __slots__ = ("conversation_id", "message", "previous_response_id")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_RESPONSE_ID_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    message: Message
+    previous_response_id: str
+    def __init__(self, conversation_id: _Optional[str] = ..., message: _Optional[_Union[Message, _Mapping]] = ..., previous_response_id: _Optional[str] = ...) -> None: ...
 
 class Export(_message.Message):
     __slots__ = ("id", "conversation_id", "format", "status", "content", "error", "created_at", "completed_at")

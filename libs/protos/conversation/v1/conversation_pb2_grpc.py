@@ -64,6 +64,16 @@ class ConversationServiceStub:
                 request_serializer=chatplane_dot_conversation_dot_v1_dot_conversation__pb2.SendMessageRequest.SerializeToString,
                 response_deserializer=chatplane_dot_conversation_dot_v1_dot_conversation__pb2.SendMessageEvent.FromString,
                 _registered_method=True)
+        self.Respond = channel.unary_stream(
+                '/chatplane.conversation.v1.ConversationService/Respond',
+                request_serializer=chatplane_dot_conversation_dot_v1_dot_conversation__pb2.RespondRequest.SerializeToString,
+                response_deserializer=chatplane_dot_conversation_dot_v1_dot_conversation__pb2.SendMessageEvent.FromString,
+                _registered_method=True)
+        self.GetResponse = channel.unary_unary(
+                '/chatplane.conversation.v1.ConversationService/GetResponse',
+                request_serializer=chatplane_dot_conversation_dot_v1_dot_conversation__pb2.GetResponseRequest.SerializeToString,
+                response_deserializer=chatplane_dot_conversation_dot_v1_dot_conversation__pb2.StoredResponse.FromString,
+                _registered_method=True)
         self.CreateExport = channel.unary_unary(
                 '/chatplane.conversation.v1.ConversationService/CreateExport',
                 request_serializer=chatplane_dot_conversation_dot_v1_dot_conversation__pb2.CreateExportRequest.SerializeToString,
@@ -117,6 +127,22 @@ class ConversationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Respond(self, request, context):
+        """The Responses API: a reply to input items (messages, tool results) after the history of previous_response_id
+        (or none), streamed like SendMessage. With `store` the input and the reply are stored in that conversation (a
+        new one without previous_response_id), and the reply's message id is the response's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetResponse(self, request, context):
+        """A stored response: its assistant message (with tool calls) and conversation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateExport(self, request, context):
         """Queues an export of the conversation (rendered by the worker); poll GetExport for the result.
         """
@@ -162,6 +188,16 @@ def add_ConversationServiceServicer_to_server(servicer, server):
                     servicer.SendMessage,
                     request_deserializer=chatplane_dot_conversation_dot_v1_dot_conversation__pb2.SendMessageRequest.FromString,
                     response_serializer=chatplane_dot_conversation_dot_v1_dot_conversation__pb2.SendMessageEvent.SerializeToString,
+            ),
+            'Respond': grpc.unary_stream_rpc_method_handler(
+                    servicer.Respond,
+                    request_deserializer=chatplane_dot_conversation_dot_v1_dot_conversation__pb2.RespondRequest.FromString,
+                    response_serializer=chatplane_dot_conversation_dot_v1_dot_conversation__pb2.SendMessageEvent.SerializeToString,
+            ),
+            'GetResponse': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetResponse,
+                    request_deserializer=chatplane_dot_conversation_dot_v1_dot_conversation__pb2.GetResponseRequest.FromString,
+                    response_serializer=chatplane_dot_conversation_dot_v1_dot_conversation__pb2.StoredResponse.SerializeToString,
             ),
             'CreateExport': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateExport,
@@ -336,6 +372,60 @@ class ConversationService:
             '/chatplane.conversation.v1.ConversationService/SendMessage',
             chatplane_dot_conversation_dot_v1_dot_conversation__pb2.SendMessageRequest.SerializeToString,
             chatplane_dot_conversation_dot_v1_dot_conversation__pb2.SendMessageEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Respond(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chatplane.conversation.v1.ConversationService/Respond',
+            chatplane_dot_conversation_dot_v1_dot_conversation__pb2.RespondRequest.SerializeToString,
+            chatplane_dot_conversation_dot_v1_dot_conversation__pb2.SendMessageEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetResponse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.conversation.v1.ConversationService/GetResponse',
+            chatplane_dot_conversation_dot_v1_dot_conversation__pb2.GetResponseRequest.SerializeToString,
+            chatplane_dot_conversation_dot_v1_dot_conversation__pb2.StoredResponse.FromString,
             options,
             channel_credentials,
             insecure,

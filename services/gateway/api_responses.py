@@ -1,0 +1,481 @@
+"""``/v1/responses``: OpenAI's Responses API, over the conversation service.
+
+A response is the assistant's reply to input items (messages, function calls and their outputs) after the history
+of ``previous_response_id``. The conversation service builds the prompt (the history fitted into the context window,
+``instructions`` as a system message of this reply only), streams the reply from inference and stores the input
+items and the reply in a conversation: a new one, or the one of ``previous_response_id``. A chain of responses is
+therefore a conversation the user also sees under ``/v1/conversations``. A response's id is ``resp_`` followed by
+its assistant message's id. With ``store: false`` nothing is stored (the usage is still recorded).
+
+Streaming sends OpenAI's typed events (``response.created``, ``response.in_progress``,
+``response.output_item.added``, ``response.content_part.added``, ``response.output_text.delta``, ...,
+``response.function_call_arguments.delta``, ..., ``response.completed`` or ``response.incomplete``), each as
+``event: <type>`` with its ``sequence_number``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import JSONResponse
+
+from chatplane.common import limits
+from chatplane.gateway import generation
+from chatplane.gateway.api_conversations import _read
+from chatplane.gateway.api_models import check_max_tokens, model_not_found
+from chatplane.gateway.deps import BackendsDep, ConversationStub, CurrentPrincipal, SettingsDep
+from chatplane.gateway.errors import APIError, invalid, upstream
+from chatplane.gateway.metering import MeteredConversationReply, rough_tokens
+from chatplane.gateway.observability import observe
+from chatplane.gateway.schemas import ResponsesRequest, ResponseToolChoiceFunction
+from chatplane.gateway.sse import ClientWatch, EventStream
+from chatplane.protos.conversation.v1 import conversation_pb2
+from chatplane.protos.inference.v1 import inference_pb2
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/responses", tags=["responses"])
+
+PREFIX = "resp_"
+_REPLY_ID = re.compile(r"[0-9a-f]{32}")
+_UNSUPPORTED = ("include", "reasoning", "background", "top_logprobs", "prompt", "conversation", "max_tool_calls")
+_TEXT_PARTS = ("input_text", "output_text", "text")
+_ROLES = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
+
+ResponseId = Annotated[str, Path(min_length=1, max_length=128)]
+
+
+def _not_found(response_id: str, param: str | None = None) -> APIError:
+    what = "Previous response" if param else "Response"
+    return APIError(404, f"{what} with id '{response_id}' not found.", param=param,
+                    code="previous_response_not_found" if param else "not_found")
+
+
+def _reply_id(response_id: str, param: str | None = None) -> str:
+    """The stored reply's (assistant message's) id of a response id; 404 when it cannot be one."""
+    reply = response_id[len(PREFIX):] if response_id.startswith(PREFIX) else ""
+    if not _REPLY_ID.fullmatch(reply):
+        raise _not_found(response_id, param)
+    return reply
+
+
+# --- request ------------------------------------------------------------------------------------------------------
+
+
+def _text(content: Any, param: str) -> str:
+    """A message's content: text, or a list of text parts."""
+    if isinstance(content, str):
+        text = content
+    elif isinstance(content, list):
+        texts = []
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") not in _TEXT_PARTS:
+                kind = part.get("type") if isinstance(part, dict) else None
+                raise invalid(f"Invalid content part type {kind!r} in '{param}[{j}]': only text parts are supported.",
+                              f"{param}[{j}].type", code="unsupported_value")
+            if not isinstance(part.get("text"), str):
+                raise invalid(f"Missing or invalid 'text' in '{param}[{j}]'.", f"{param}[{j}].text")
+            texts.append(part["text"])
+        text = "\n".join(texts)
+    else:
+        raise invalid(f"'{param}' must be a string or a list of text parts.", param)
+    if len(text) > limits.MAX_MESSAGE_CHARS:
+        raise invalid(f"'{param}' is too long: at most {limits.MAX_MESSAGE_CHARS} characters.", param,
+                      code="string_above_max_length")
+    if "\x00" in text:
+        raise invalid(f"'{param}' must not contain NUL (\\u0000) characters.", param)
+    return text
+
+
+def _string(item: dict[str, Any], key: str, param: str, *, limit: int = 256, empty: bool = False) -> str:
+    value = item.get(key)
+    if not isinstance(value, str) or (not value and not empty) or len(value) > limit or "\x00" in value:
+        raise invalid(f"Missing or invalid '{param}.{key}'.", f"{param}.{key}")
+    return value
+
+
+def input_items(value: str | list[dict[str, Any]]) -> list[conversation_pb2.InputItem]:
+    """The ``input`` as the contract's items. Consecutive function calls (and the assistant text before them) make
+    one assistant message, as a model's reply with several calls is one."""
+    if isinstance(value, str):
+        if not value:
+            raise invalid("'input' must not be empty.", "input")
+        return [conversation_pb2.InputItem(role="user", content=value)]
+    items: list[conversation_pb2.InputItem] = []
+    for i, item in enumerate(value):
+        param = f"input[{i}]"
+        kind = item.get("type", "message")
+        if kind == "message":
+            role = _ROLES.get(item.get("role"))
+            if role is None:
+                raise invalid(f"Invalid '{param}.role': one of user, system, developer, assistant.", f"{param}.role")
+            items.append(conversation_pb2.InputItem(role=role, content=_text(item.get("content"), f"{param}.content")))
+        elif kind == "function_call":
+            call = inference_pb2.ToolCall(
+                id=_string(item, "call_id", param),
+                name=_string(item, "name", param, limit=limits.MAX_TOOL_NAME_CHARS),
+                arguments=_string(item, "arguments", param, limit=limits.MAX_MESSAGE_CHARS, empty=True),
+            )
+            if not items or items[-1].role != "assistant":
+                items.append(conversation_pb2.InputItem(role="assistant"))
+            if len(items[-1].tool_calls) >= limits.MAX_TOOL_CALLS:
+                raise invalid(f"At most {limits.MAX_TOOL_CALLS} function calls in a row.", param)
+            items[-1].tool_calls.append(call)
+        elif kind == "function_call_output":
+            output = item.get("output")
+            items.append(conversation_pb2.InputItem(
+                role="tool", tool_call_id=_string(item, "call_id", param),
+                content=_text(output, f"{param}.output"),
+            ))
+        else:
+            raise invalid(f"Unsupported input item type {kind!r} in '{param}': messages, function_call and "
+                          "function_call_output are supported.", f"{param}.type", code="unsupported_value")
+    return items
+
+
+def build_request(
+    body: ResponsesRequest, user_id: str, api_key_id: str, request_id: str
+) -> conversation_pb2.RespondRequest:
+    for name in _UNSUPPORTED:
+        if getattr(body, name) is not None:
+            raise generation.unsupported(name)
+    if body.service_tier not in (None, "auto", "default"):
+        raise generation.unsupported("service_tier")
+    if body.text is not None and body.text.verbosity is not None:
+        raise generation.unsupported("text.verbosity")
+    respond = conversation_pb2.RespondRequest(
+        user_id=user_id,
+        input=input_items(body.input),
+        instructions=body.instructions or "",
+        model=body.model,
+        store=body.store is not False,
+        api_key_id=api_key_id,
+        request_id=request_id,
+    )
+    if body.previous_response_id is not None:
+        respond.previous_response_id = _reply_id(body.previous_response_id, "previous_response_id")
+    if body.max_output_tokens is not None:
+        respond.max_tokens = body.max_output_tokens
+    if body.temperature is not None:
+        respond.temperature = body.temperature
+    if body.top_p is not None:
+        respond.top_p = body.top_p
+    for i, tool in enumerate(body.tools or ()):
+        respond.tools.append(
+            generation.function_tool(tool.name, tool.description, tool.parameters, tool.strict, f"tools[{i}]")
+        )
+    names = generation.check_tool_names(list(respond.tools), "tools")
+    named = body.tool_choice.name if isinstance(body.tool_choice, ResponseToolChoiceFunction) else None
+    if body.tool_choice is not None or names:
+        respond.tool_choice.CopyFrom(generation.tool_choice(None if named else body.tool_choice, named, names))
+    if body.parallel_tool_calls is not None and names:
+        respond.parallel_tool_calls = body.parallel_tool_calls
+    fmt = body.text.format if body.text is not None else None
+    if fmt is not None:
+        structured = generation.structured_output(fmt.type, fmt.schema_, "text.format.schema")
+        if structured is not None:
+            respond.structured_output.CopyFrom(structured)
+    return respond
+
+
+def _estimate(respond: conversation_pb2.RespondRequest) -> int:
+    """The prompt's tokens, roughly (the history is the conversation service's to fit: settled afterwards)."""
+    chars = len(respond.instructions) + sum(
+        len(i.content) + sum(len(c.arguments) + len(c.name) for c in i.tool_calls) for i in respond.input
+    ) + sum(len(t.parameters_json) + len(t.description) + len(t.name) for t in respond.tools)
+    return rough_tokens(chars) + 4 * len(respond.input)
+
+
+# --- response objects ---------------------------------------------------------------------------------------------
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    return {
+        "input_tokens": prompt_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def _message_item(reply_id: str, text: str, status: str) -> dict[str, Any]:
+    """A message output item; one in progress has no content yet (its part is added by an event)."""
+    content = [] if status == "in_progress" else [
+        {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    ]
+    return {"id": f"msg_{reply_id}", "type": "message", "status": status, "role": "assistant", "content": content}
+
+
+def _call_item(reply_id: str, index: int, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
+    return {"id": f"fc_{reply_id}_{index}", "type": "function_call", "status": status, "call_id": call_id,
+            "name": name, "arguments": arguments}
+
+
+def _output(reply_id: str, text: str, calls: list[tuple[str, str, str]], status: str) -> list[dict[str, Any]]:
+    out = []
+    if text or not calls:
+        out.append(_message_item(reply_id, text, status))
+    out.extend(_call_item(reply_id, i, *call, status) for i, call in enumerate(calls))
+    return out
+
+
+class _Response:
+    """The response object's fields that come from the request (echoed in every state of the response)."""
+
+    def __init__(self, body: ResponsesRequest | None, created_at: int, model: str, store: bool) -> None:
+        self.created_at = created_at
+        self.model = model
+        self.store = store
+        self.id = ""
+        self.fields: dict[str, Any] = {
+            "instructions": None, "max_output_tokens": None, "metadata": {}, "parallel_tool_calls": True,
+            "previous_response_id": None, "temperature": None, "text": {"format": {"type": "text"}},
+            "tool_choice": "auto", "tools": [], "top_p": None, "truncation": "disabled", "user": None,
+        }
+        if body is not None:
+            fmt = body.text.format if body.text is not None and body.text.format is not None else None
+            self.fields.update({
+                "instructions": body.instructions,
+                "max_output_tokens": body.max_output_tokens,
+                "metadata": body.metadata or {},
+                "parallel_tool_calls": body.parallel_tool_calls is not False,
+                "previous_response_id": body.previous_response_id,
+                "temperature": body.temperature,
+                "text": {"format": fmt.model_dump(by_alias=True, exclude_none=True) if fmt else {"type": "text"}},
+                "tool_choice": (body.tool_choice.model_dump() if isinstance(body.tool_choice, ResponseToolChoiceFunction)
+                                else body.tool_choice or "auto"),
+                "tools": [{**t.model_dump(exclude_none=True), "strict": bool(t.strict)} for t in body.tools or ()],
+                "top_p": body.top_p,
+                "truncation": body.truncation or "disabled",
+                "user": body.user,
+            })
+
+    def object(
+        self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None = None, *,
+        finish_reason: str = "", error: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        incomplete = {"reason": "max_output_tokens"} if finish_reason == "length" else None
+        return {
+            "id": self.id, "object": "response", "created_at": self.created_at, "status": status,
+            "background": False, "error": error, "incomplete_details": incomplete, "max_tool_calls": None,
+            "model": self.model, "output": output, "reasoning": {"effort": None, "summary": None},
+            "service_tier": "default", "store": self.store, "top_logprobs": 0, "usage": usage, **self.fields,
+        }
+
+
+def _status(finish_reason: str) -> str:
+    return "incomplete" if finish_reason == "length" else "completed"
+
+
+def _done_calls(message: conversation_pb2.Message) -> list[tuple[str, str, str]]:
+    return [(c.id, c.name, c.arguments) for c in message.tool_calls]
+
+
+# --- routes -------------------------------------------------------------------------------------------------------
+
+
+@router.post(
+    "",
+    summary="Create a model response (OpenAI's Responses API)",
+    responses={200: {"description": "The response (JSON), or with stream=true its events as server-sent events",
+                     "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+)
+async def create_response(
+    body: ResponsesRequest, principal: CurrentPrincipal, backends: BackendsDep, request: Request
+) -> Any:
+    request_id = f"resp-{uuid.uuid4().hex}"
+    respond = build_request(body, principal.user_id, principal.api_key_id, request_id)
+    model = await backends.models.get(body.model)
+    if model is None:
+        raise model_not_found(body.model, "model")
+    check_max_tokens(model, body.max_output_tokens, "max_output_tokens")
+    observation = observe()
+    observation.model = body.model
+    observation.request_id = request_id
+
+    async def prompt_tokens(exact: bool) -> int:
+        return _estimate(respond)
+
+    reserve = body.max_output_tokens or backends.settings.estimated_completion_tokens
+    admission = await backends.metering.admit(principal, request.state, prompt_tokens=prompt_tokens, reserve=reserve)
+    call = MeteredConversationReply(
+        backends.conversation.Respond(respond, timeout=backends.settings.stream_timeout_seconds),
+        backends.metering, admission,
+    )
+    watch = ClientWatch(request.receive)
+    try:
+        first = await watch.guard(_read(call))  # `started`, or an ordinary HTTP error
+        if first is None or first.WhichOneof("event") != "started":
+            raise APIError(502, "The conversation service ended the response unexpectedly.", type="server_error")
+    except BaseException:
+        watch.stop()
+        call.cancel()
+        raise
+    response = _Response(body, int(time.time()), first.started.model or body.model, respond.store)
+    response.id = PREFIX + first.started.reply_id
+    if body.stream:
+        return EventStream(_stream(call, response, request_id), watch)
+    try:
+        return JSONResponse(await watch.guard(_complete(call, response)))
+    finally:
+        watch.stop()
+        call.cancel()
+
+
+async def _complete(call: Any, response: _Response) -> dict[str, Any]:
+    reply = await _read(call)
+    while reply is not None:
+        if reply.WhichOneof("event") == "done":
+            done = reply.done
+            message = done.assistant_message
+            observe().tokens(response.model, done.prompt_tokens, done.completion_tokens)
+            reply_id = response.id[len(PREFIX):]
+            status = _status(done.finish_reason)
+            return response.object(
+                status, _output(reply_id, message.content, _done_calls(message), status),
+                _usage(done.prompt_tokens, done.completion_tokens), finish_reason=done.finish_reason,
+            )
+        reply = await _read(call)
+    raise APIError(502, "The conversation service ended the response unexpectedly.", type="server_error")
+
+
+class _Events:
+    """The typed events of one streamed response, numbered."""
+
+    def __init__(self) -> None:
+        self.sequence = 0
+
+    def __call__(self, kind: str, **data: Any) -> bytes:
+        data = {"type": kind, **data, "sequence_number": self.sequence}
+        self.sequence += 1
+        return b"event: " + kind.encode() + b"\ndata: " + json.dumps(data, ensure_ascii=False,
+                                                                      separators=(",", ":")).encode() + b"\n\n"
+
+
+async def _stream(call: Any, response: _Response, request_id: str) -> AsyncIterator[bytes]:
+    ev = _Events()
+    reply_id = response.id[len(PREFIX):]
+    output: list[dict[str, Any]] = []  # finished items
+    text_item: dict[str, Any] | None = None  # the message being written: {"id", "index", "parts"}
+    calls: dict[int, dict[str, Any]] = {}  # call index -> {"id", "index", "call_id", "name", "parts"}
+    open_call: int | None = None
+
+    def close_text() -> bytes:
+        nonlocal text_item
+        if text_item is None:
+            return b""
+        item, text_item = text_item, None
+        text = "".join(item["parts"])
+        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+        done = _message_item(reply_id, text, "completed")
+        done["id"] = item["id"]
+        output.append(done)
+        common = {"item_id": item["id"], "output_index": item["index"], "content_index": 0}
+        return (ev("response.output_text.done", **common, text=text, logprobs=[])
+                + ev("response.content_part.done", **common, part=part)
+                + ev("response.output_item.done", output_index=item["index"], item=done))
+
+    def close_call() -> bytes:
+        nonlocal open_call
+        if open_call is None:
+            return b""
+        c, open_call = calls[open_call], None
+        arguments = "".join(c["parts"])
+        done = {**_call_item(reply_id, c["n"], c["call_id"], c["name"], arguments, "completed"), "id": c["id"]}
+        output.append(done)
+        return (ev("response.function_call_arguments.done", item_id=c["id"], output_index=c["index"],
+                   arguments=arguments, name=c["name"])
+                + ev("response.output_item.done", output_index=c["index"], item=done))
+
+    try:
+        yield (ev("response.created", response=response.object("in_progress", []))
+               + ev("response.in_progress", response=response.object("in_progress", [])))
+        reply = await _read(call)
+        while reply is not None:
+            kind = reply.WhichOneof("event")
+            if kind == "delta":
+                out = b""
+                delta = reply.delta
+                if delta.text:
+                    if text_item is None:
+                        out += close_call()
+                        index = len(output)
+                        text_item = {"id": f"msg_{reply_id}" if index == 0 else f"msg_{reply_id}_{index}",
+                                     "index": index, "parts": []}
+                        item = {**_message_item(reply_id, "", "in_progress"), "id": text_item["id"]}
+                        out += ev("response.output_item.added", output_index=index, item=item)
+                        out += ev("response.content_part.added", item_id=text_item["id"], output_index=index,
+                                  content_index=0, part={"type": "output_text", "text": "", "annotations": [],
+                                                         "logprobs": []})
+                    text_item["parts"].append(delta.text)
+                    out += ev("response.output_text.delta", item_id=text_item["id"],
+                              output_index=text_item["index"], content_index=0, delta=delta.text, logprobs=[])
+                for piece in delta.tool_calls:
+                    if piece.index not in calls:
+                        out += close_text() + close_call()
+                        index = len(output)
+                        c = calls[piece.index] = {"id": f"fc_{reply_id}_{len(calls)}", "n": len(calls),
+                                                  "index": index, "call_id": piece.id, "name": piece.name,
+                                                  "parts": []}
+                        open_call = piece.index
+                        item = {**_call_item(reply_id, c["n"], piece.id, piece.name, "", "in_progress"),
+                                "id": c["id"]}
+                        out += ev("response.output_item.added", output_index=index, item=item)
+                    c = calls[piece.index]
+                    if piece.arguments:
+                        c["parts"].append(piece.arguments)
+                        out += ev("response.function_call_arguments.delta", item_id=c["id"],
+                                  output_index=c["index"], delta=piece.arguments)
+                if out:
+                    yield out
+            elif kind == "done":
+                done = reply.done
+                observe().tokens(response.model, done.prompt_tokens, done.completion_tokens)
+                out = close_text() + close_call()
+                if not output:  # nothing was said: an empty message
+                    output.append(_message_item(reply_id, "", "completed"))
+                status = _status(done.finish_reason)
+                final = response.object(status, output, _usage(done.prompt_tokens, done.completion_tokens),
+                                        finish_reason=done.finish_reason)
+                yield out + ev(f"response.{status}", response=final)
+                return
+            reply = await _read(call)
+        raise APIError(502, "The conversation service ended the response unexpectedly.", type="server_error")
+    except APIError as err:
+        yield ev("error", code=err.code or err.type, message=err.message, param=err.param)
+    except Exception:
+        log.exception("response stream failed", extra={"request_id": request_id})
+        yield ev("error", code="server_error", message="The server had an error while streaming the response.",
+                 param=None)
+    finally:
+        call.cancel()
+
+
+@router.get("/{response_id}", summary="Retrieve a stored response")
+async def get_response(
+    response_id: ResponseId, principal: CurrentPrincipal, stub: ConversationStub, settings: SettingsDep
+) -> dict[str, Any]:
+    reply = _reply_id(response_id)
+    with upstream("conversation"):
+        stored = await stub.GetResponse(
+            conversation_pb2.GetResponseRequest(user_id=principal.user_id, response_id=reply),
+            timeout=settings.upstream_timeout_seconds,
+        )
+    message = stored.message
+    response = _Response(None, message.created_at.seconds, message.model, True)
+    response.id = response_id
+    if stored.previous_response_id:
+        response.fields["previous_response_id"] = PREFIX + stored.previous_response_id
+    incomplete = message.status == conversation_pb2.MESSAGE_STATUS_INCOMPLETE
+    status = "incomplete" if incomplete else _status(message.finish_reason)
+    return response.object(
+        status, _output(reply, message.content, _done_calls(message), "incomplete" if incomplete else "completed"),
+        _usage(message.prompt_tokens, message.completion_tokens), finish_reason=message.finish_reason,
+    )
