@@ -10,7 +10,7 @@ import helm_python
 import kubernetes_validate
 import pytest
 import yaml
-from chart_support import CHART, KUBE_VERSIONS, VALUE_SETS, load_values
+from chart_support import CHART, KUBE_VERSIONS, VALUE_SETS, component_of, env_of, load_values, render_chart, workloads
 
 # Custom resources whose CRDs kubernetes-validate has no schema for; their shape is checked by the policy tests.
 CUSTOM_KINDS = {"ScaledObject", "ServiceMonitor", "PrometheusRule", "HTTPRoute"}
@@ -172,3 +172,21 @@ def test_chart_packages_and_the_archive_renders(tmp_path):
         chart.close()
     docs = [d for path, text in manifests.items() if path.endswith(".yaml") for d in yaml.safe_load_all(text) if d]
     assert any(d["kind"] == "Deployment" for d in docs)
+
+
+def test_inference_pools_get_their_tool_call_parser_and_chat_template():
+    """The tool-call format is a model's: each pool sets its parser (default hermes) and, optionally, a template."""
+    rendered = render_chart(CHART, {"inference": {"pools": [
+        {"name": "qwen", "model": {"source": "image", "path": "/models/qwen"}},
+        {"name": "llama", "model": {"source": "image", "path": "/models/llama", "servedModelName": "llama"},
+         "engine": {"toolCallParser": "llama3_json", "chatTemplate": "/models/llama/tool_chat.jinja"}},
+    ]}})
+    env = {}
+    for obj, spec in workloads(rendered):
+        if obj["kind"] == "Deployment" and component_of(obj).startswith("inference"):
+            env[obj["metadata"]["name"]] = {k: e.get("value") for k, e in env_of(spec["containers"][0]).items()}
+    (qwen,) = [e for name, e in env.items() if name.endswith("qwen")]
+    (llama,) = [e for name, e in env.items() if name.endswith("llama")]
+    assert qwen["CHATPLANE_INFERENCE_TOOL_CALL_PARSER"] == "hermes" and "CHATPLANE_INFERENCE_CHAT_TEMPLATE" not in qwen
+    assert llama["CHATPLANE_INFERENCE_TOOL_CALL_PARSER"] == "llama3_json"
+    assert llama["CHATPLANE_INFERENCE_CHAT_TEMPLATE"] == "/models/llama/tool_chat.jinja"

@@ -249,8 +249,10 @@ class _Response:
                 "previous_response_id": body.previous_response_id,
                 "temperature": body.temperature,
                 "text": {"format": fmt.model_dump(by_alias=True, exclude_none=True) if fmt else {"type": "text"}},
-                "tool_choice": (body.tool_choice.model_dump() if isinstance(body.tool_choice, ResponseToolChoiceFunction)
-                                else body.tool_choice or "auto"),
+                "tool_choice": (
+                    body.tool_choice.model_dump() if isinstance(body.tool_choice, ResponseToolChoiceFunction)
+                    else body.tool_choice or "auto"
+                ),
                 "tools": [{**t.model_dump(exclude_none=True), "strict": bool(t.strict)} for t in body.tools or ()],
                 "top_p": body.top_p,
                 "truncation": body.truncation or "disabled",

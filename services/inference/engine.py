@@ -363,7 +363,9 @@ class VllmEngine:
                     completion_tokens += len(completion.token_ids)
                     chunks.append(self._chunk(completion, sampling, extractors))
                 if out.prompt_logprobs and chunks:
-                    chunks[0].prompt_logprobs = self._prompt_logprobs(ids, out.prompt_logprobs, sampling.prompt_logprobs)
+                    chunks[0].prompt_logprobs = self._prompt_logprobs(
+                        ids, out.prompt_logprobs, sampling.prompt_logprobs
+                    )
                 if out.finished:
                     finished = True
                     last = chunks[-1] if chunks else Chunk("", finish_reason="stop", index=sampling.n - 1)

@@ -20,7 +20,15 @@ import re
 import time
 from collections.abc import AsyncIterator
 
-from chatplane.inference.engine import Chunk, EngineInputError, EngineLoad, Messages, Sampling
+from chatplane.inference.engine import (
+    Chunk,
+    EngineInputError,
+    EngineLoad,
+    Messages,
+    Sampling,
+    Structured,
+    ToolUse,
+)
 from chatplane.inference.settings import InferenceSettings
 
 DEFAULT_MAX_MODEL_LEN = 2048
@@ -58,7 +66,9 @@ class SyntheticEngine:
         self._slots = asyncio.Semaphore(self.settings.max_num_seqs)
         self.created = int(time.time())
 
-    def count_tokens(self, *, messages: Messages | None = None, prompt: str | None = None) -> int:
+    def count_tokens(
+        self, *, messages: Messages | None = None, prompt: str | None = None, tools: ToolUse | None = None
+    ) -> int:
         if messages is not None:
             return sum(TOKENS_PER_MESSAGE + count_text(m[1]) for m in messages) + GENERATION_PROMPT_TOKENS
         return count_text(prompt or "")
@@ -81,12 +91,20 @@ class SyntheticEngine:
         return asked if asked is not None else min(room, self.settings.synthetic_reply_tokens)
 
     async def generate(
-        self, *, messages: Messages | None, prompt: str | None, sampling: Sampling, request_id: str
+        self,
+        *,
+        messages: Messages | None,
+        prompt: str | None,
+        sampling: Sampling,
+        request_id: str,
+        tools: ToolUse | None = None,
+        structured: Structured | None = None,
     ) -> AsyncIterator[Chunk]:
         if self._slots is None:
             raise RuntimeError("the engine is not started")
         for param, used in (("n", sampling.n > 1), ("logprobs", sampling.logprobs is not None),
-                            ("logprobs", sampling.prompt_logprobs is not None)):
+                            ("logprobs", sampling.prompt_logprobs is not None), ("tools", tools is not None),
+                            ("response_format", structured is not None)):
             if used:
                 raise EngineInputError(f"the synthetic engine does not support {param}", param=param)
         prompt_tokens = self.count_tokens(messages=messages, prompt=prompt)

@@ -65,7 +65,8 @@ async def test_a_chain_continues_its_conversation_with_tool_calls(conv: Harness)
     assert history[2].tool_calls[0].arguments == '{"city": "Oslo"}'
     assert list(conv.fake.generate_requests[-1].tools) == [WEATHER]
 
-    found = await conv.stub.GetResponse(pb.GetResponseRequest(user_id="alice", response_id=second[-1].done.assistant_message_id))
+    latest = second[-1].done.assistant_message_id
+    found = await conv.stub.GetResponse(pb.GetResponseRequest(user_id="alice", response_id=latest))
     assert found.previous_response_id == started.reply_id and found.conversation_id == started.conversation_id
     # Only the latest response can be continued; another user's is not found.
     with pytest.raises(grpc.aio.AioRpcError) as err:

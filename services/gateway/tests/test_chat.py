@@ -103,7 +103,8 @@ async def test_sampling_tools_and_format_reach_inference(client, auth_headers, f
             {"role": "developer", "content": "Be brief."},
             {"role": "user", "content": "Weather?"},
             {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+                {"id": "call_1", "type": "function",
+                 "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
             {"role": "tool", "tool_call_id": "call_1", "content": "cold"},
         ],
     )

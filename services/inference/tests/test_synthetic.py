@@ -8,7 +8,7 @@ import time
 import grpc
 import pytest
 
-from chatplane.inference.engine import EngineInputError, Sampling, create_engine
+from chatplane.inference.engine import EngineInputError, Function, Sampling, Structured, ToolUse, create_engine
 from chatplane.inference.server import build
 from chatplane.inference.settings import InferenceSettings
 from chatplane.inference.synthetic import SyntheticEngine, count_text
@@ -202,3 +202,21 @@ async def test_a_stream_interval_groups_tokens_but_never_holds_the_first_or_the_
     assert times[0] < 0.1
     assert times[1] < 0.28
     assert replies[-1].usage.completion_tokens == 40
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"sampling": Sampling(n=2)}, "n"),
+        ({"sampling": Sampling(logprobs=1)}, "logprobs"),
+        ({"tools": ToolUse((Function("f"),))}, "tools"),
+        ({"structured": Structured(json_object=True)}, "response_format"),
+    ],
+)
+async def test_features_it_cannot_fake_are_refused(extra, param):
+    engine = await started()
+    args = {"messages": HELLO, "prompt": None, "sampling": Sampling(), "request_id": "r", **extra}
+    with pytest.raises(EngineInputError) as err:
+        async for _ in engine.generate(**args):
+            pass
+    assert err.value.param == param

@@ -185,6 +185,12 @@ container:
       value: {{ $p.engine.enablePrefixCaching | toString | quote }}
     - name: CHATPLANE_INFERENCE_STREAM_INTERVAL_MS
       value: {{ $p.engine.streamIntervalMs | quote }}
+    - name: CHATPLANE_INFERENCE_TOOL_CALL_PARSER
+      value: {{ $p.engine.toolCallParser | quote }}
+    {{- with $p.engine.chatTemplate }}
+    - name: CHATPLANE_INFERENCE_CHAT_TEMPLATE
+      value: {{ . | quote }}
+    {{- end }}
     {{- if $gpu }}
     - name: CHATPLANE_INFERENCE_GPU_MEMORY_UTILIZATION
       value: {{ $p.engine.gpuMemoryUtilization | quote }}
