@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MODEL_DIR ?= data/models/SmolLM2-135M-Instruct
 PYTEST_ARGS ?=
 
-.PHONY: install model web test-web run test test-unit proto proto-check clean images kind-up deploy kind-down chart-test bench observe
+.PHONY: install model web test-web run test test-unit proto proto-check clean images podman-up podman-down test-podman kind-up deploy kind-down chart-test bench observe
 
 install: ## Install everything into .venv (idempotent)
 	@scripts/bootstrap.sh
@@ -44,8 +44,17 @@ IMAGE_REGISTRY ?=
 IMAGE_PREFIX := $(if $(IMAGE_REGISTRY),$(IMAGE_REGISTRY)/,)chatplane
 IMAGES ?= auth conversation gateway inference-cpu
 
-images: ## Build the service images with podman or docker, one tag (IMAGES="... inference-gpu" adds the GPU variant)
+images: web ## Build the service images with podman or docker, one tag (IMAGES="... inference-gpu" adds the GPU variant)
 	@deploy/docker/build.sh $(IMAGE_PREFIX) $(IMAGE_TAG) $(IMAGES)
+
+podman-up: install images ## Run the chart's workloads as podman pods from the images (pre-install hooks, tiers, probes); prints the gateway's URL
+	@$(PY) deploy/podman/podman_up.py up --set-image-tag $(IMAGE_TAG) $(PODMAN_UP_ARGS)
+
+podman-down: install ## Stop and remove every pod, volume and the network that podman-up started
+	@$(PY) deploy/podman/podman_up.py down
+
+test-podman: install images ## The images, then the platform run from them by podman-up and tested through the public API
+	@$(PY) -m pytest deploy/podman/tests $(PYTEST_ARGS)
 
 kind-up: ## Create the kind cluster with ingress-nginx (WITH_MONITORING=1, WITH_KEDA=1 add those)
 	@deploy/kind/kind-up.sh

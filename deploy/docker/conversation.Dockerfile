@@ -1,21 +1,28 @@
 # syntax=docker/dockerfile:1
 # The conversation service: `make images` (podman or docker; context: the repository root), or by hand
 #   podman build -f deploy/docker/conversation.Dockerfile -t chatplane/conversation:TAG .
-# Stages: deps (the extra's pinned dependencies: a layer that changes only with pyproject.toml), builder (our code on
-# top), runtime (the deps venv, then our package: an edit of the code rebuilds only the last, small layer).
+# Stages: requirements (the extra's pins), deps (installs them: rebuilt only when they change), builder (our code on
+# top), runtime (the deps venv, then our package: an edit of the code rebuilds only the last, small layers).
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+# The extra's pinned requirements, read from pyproject.toml.
+FROM ${PYTHON_IMAGE} AS requirements
+WORKDIR /src
+COPY pyproject.toml deploy/docker/requirements.py ./
+RUN python requirements.py conversation > requirements.txt
 
 FROM ${PYTHON_IMAGE} AS deps
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir "pip==25.3"
 WORKDIR /src
-COPY pyproject.toml deploy/docker/requirements.py ./
-# The one install step of the dependencies (a lock file with hashes replaces this line:
-#   pip install --require-hashes -r <lock of the extra>).
-RUN --mount=type=cache,target=/root/.cache/pip \
-    python requirements.py conversation > requirements.txt && /opt/venv/bin/pip install -r requirements.txt
+# Copied by content: an edit of pyproject.toml that leaves this extra's pins alone reuses the layers below.
+COPY --from=requirements /src/requirements.txt ./
+# The one install step of the dependencies (a lock file with hashes replaces these two lines:
+#   COPY <lock of the extra> ./  and  pip install --require-hashes -r <it>).
+RUN --mount=type=cache,target=/root/.cache/pip /opt/venv/bin/pip install -r requirements.txt
 
 FROM deps AS builder
+COPY pyproject.toml ./
 COPY libs/ libs/
 COPY services/ services/
 # Our package alone (its dependencies are the deps stage's), into a folder of its own for the runtime stage.

