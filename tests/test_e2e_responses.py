@@ -212,3 +212,41 @@ async def test_new_routes_are_metered_and_quotas_refuse_them(stack):
             with pytest.raises(openai.RateLimitError) as err:
                 await call
             assert err.value.code == "insufficient_quota"
+
+
+async def test_client_gone_aborts_the_engine_and_keeps_the_partial_reply(stack, account):
+    import grpc
+
+    from chatplane.protos.inference.v1 import inference_pb2 as ipb
+    from chatplane.protos.inference.v1 import inference_pb2_grpc
+
+    async with grpc.aio.insecure_channel(stack.inference) as chan:
+        engine = inference_pb2_grpc.InferenceServiceStub(chan)
+        before = await engine.GetEngineStats(ipb.GetEngineStatsRequest())
+        reply_id = None
+        async with httpx.AsyncClient(base_url=stack.base_url, timeout=60) as http:
+            body = {"model": MODEL, "stream": True, "max_output_tokens": 1500, "temperature": 0.8,
+                    "input": "Write a very long essay about the history of Europe."}
+            async with http.stream("POST", "/v1/responses", headers=account.headers, json=body) as resp:
+                deltas = 0
+                async for line in resp.aiter_lines():
+                    if line.startswith("data: ") and reply_id is None:
+                        reply_id = json.loads(line[6:])["response"]["id"]
+                    deltas += "response.output_text.delta" in line
+                    if deltas >= 3:
+                        break
+
+        async def aborted():
+            stats = await engine.GetEngineStats(ipb.GetEngineStatsRequest())
+            return stats.running == 0 and stats.aborted_total > before.aborted_total
+
+        await eventually(aborted, timeout=10)
+
+    async def stored_incomplete():
+        try:
+            conv = await conversation_of(stack, account, reply_id)
+        except AssertionError:
+            return None
+        return conv["messages"][-1]["status"] == "incomplete" and conv["messages"][-1]["content"]
+
+    assert await eventually(stored_incomplete, timeout=10)
