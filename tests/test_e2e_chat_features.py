@@ -48,19 +48,23 @@ async def test_n_choices_with_logprobs(client):
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
 
 
-async def test_n_choices_stream(client):
+async def test_n_choices_stream_with_logprobs(client):
     stream = await client.chat.completions.create(
-        model=MODEL, messages=QUESTION, n=2, max_tokens=6, temperature=1.0, stream=True,
-        stream_options={"include_usage": True})
+        model=MODEL, messages=QUESTION, n=2, max_tokens=6, temperature=1.0, stream=True, logprobs=True,
+        top_logprobs=1, stream_options={"include_usage": True})
     texts = {0: "", 1: ""}
+    tokens = {0: "", 1: ""}
     finishes = {}
     async for chunk in stream:
         for c in chunk.choices:
             texts[c.index] += c.delta.content or ""
+            if c.logprobs and c.logprobs.content:
+                tokens[c.index] += "".join(t.token for t in c.logprobs.content)
             if c.finish_reason:
                 finishes[c.index] = c.finish_reason
         usage = chunk.usage
     assert set(finishes) == {0, 1} and all(texts.values())
+    assert tokens == texts  # each streamed token comes with its logprob
     assert usage.completion_tokens >= 2
 
 

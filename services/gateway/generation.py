@@ -122,20 +122,6 @@ def check_n(n: int | None, maximum: int) -> int:
     return n
 
 
-def can_continue(request: inference_pb2.GenerateRequest) -> bool:
-    """Whether a reply to ``request`` cut short on one replica could be continued on another from its text (the
-    prompt plus the partial reply as an assistant prefix): not with several choices, log probabilities, tools or
-    structured outputs, whose state is more than the text."""
-    sampling = request.sampling
-    return not (
-        sampling.n > 1
-        or sampling.HasField("logprobs")
-        or sampling.HasField("prompt_logprobs")
-        or len(request.tools) > 0
-        or request.HasField("structured_output")
-    )
-
-
 # --- replies -> choices -------------------------------------------------------------------------------------------
 
 
