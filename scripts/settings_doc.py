@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic_core import PydanticUndefined
 
 from chatplane.auth.settings import AuthSettings
-from chatplane.common.settings import ServiceSettings
+from chatplane.common.settings import InferenceClientSettings, ServiceSettings
 from chatplane.conversation.settings import ConversationSettings
 from chatplane.gateway.settings import GatewaySettings
 from chatplane.inference.settings import InferenceSettings
@@ -52,6 +52,12 @@ def render() -> str:
     for name in sorted(shared):
         field = ServiceSettings.model_fields[name]
         lines.append(f"| `{_env_name(ServiceSettings, name, field)}` | {_default(field)} | {field.description} |")
+    lines += ["", "Shared by the callers of inference (gateway, conversation and its jobs worker):", "",
+              "| variable | default | meaning |", "|---|---|---|"]
+    for name, field in InferenceClientSettings.model_fields.items():
+        desc = (field.description or "").replace("|", "\\|")
+        lines.append(f"| `{_env_name(InferenceClientSettings, name, field)}` | {_default(field)} | {desc} |")
+    shared |= set(InferenceClientSettings.model_fields)
     for service, cls in SERVICES:
         lines += ["", f"**{service}**:", "", "| variable | default | meaning |", "|---|---|---|"]
         for name, field in cls.model_fields.items():

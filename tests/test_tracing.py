@@ -68,13 +68,13 @@ async def test_one_trace_from_the_gateway_to_the_kafka_consumer(spans, kafka_bro
 
     conversation_settings = ConversationSettings(
         port=0, data_dir=tmp_path, database_url=f"sqlite+aiosqlite:///{tmp_path}/conversation.db",
-        inference_target=f"127.0.0.1:{inference_port}", kafka_bootstrap_servers=kafka, generate_titles=False,
+        inference_pools=f"127.0.0.1:{inference_port}", kafka_bootstrap_servers=kafka, generate_titles=False,
     )
     try:
         async with running(conversation_settings) as conversation:
             gateway = GatewaySettings(
                 auth_target=f"127.0.0.1:{auth_port}", conversation_target=conversation.address,
-                inference_target=f"127.0.0.1:{inference_port}", kafka_bootstrap_servers=kafka,
+                inference_pools=f"127.0.0.1:{inference_port}", kafka_bootstrap_servers=kafka,
             )
             app = create_app(gateway)
             async with app.router.lifespan_context(app), httpx.AsyncClient(

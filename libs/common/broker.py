@@ -17,7 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from chatplane.common.procs import Service
+from chatplane.common.procs import Service, popen
 
 ENV_BINARY = "CHATPLANE_TANSU_BIN"
 
@@ -54,7 +54,7 @@ class BrokerProcess(Service):
     """A Tansu broker on 127.0.0.1:``port`` as a child process (never the default 0.0.0.0 listener)."""
 
     def __init__(self, port: int, log_path: Path | None = None) -> None:
-        super().__init__("kafka", "", {}, lambda: port_open("127.0.0.1", port), log_path)
+        super().__init__("kafka", "", {}, lambda: port_open("127.0.0.1", port), log_path, ports={"Kafka": port})
         self.port = port
 
     @property
@@ -65,12 +65,11 @@ class BrokerProcess(Service):
         url = f"tcp://127.0.0.1:{self.port}"
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
-            self.proc = subprocess.Popen(  # noqa: S603
+            self.proc = popen(
                 [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
                  "--storage-engine", "memory://tansu/"],
                 stdout=out,
                 stderr=subprocess.STDOUT if self.log_path else None,
-                start_new_session=True,
             )
         finally:
             if self.log_path:

@@ -14,6 +14,30 @@ CODE_KEY = "chatplane-error-code"
 PARAM_KEY = "chatplane-error-param"
 
 
+class ServiceError(Exception):
+    """A request failed in a way its caller should hear about as ``status``, with an OpenAI-style ``code`` and
+    ``param`` when one applies (``context_length_exceeded`` on ``messages``, ...)."""
+
+    def __init__(
+        self, status: grpc.StatusCode, message: str, *, code: str | None = None, param: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+
+    @classmethod
+    def from_rpc(cls, err: grpc.aio.AioRpcError) -> ServiceError:
+        """The error a peer answered, with the code and param it attached."""
+        code, param = error_details(err)
+        status = err.code()
+        return cls(status, err.details() or status.name.lower(), code=code, param=param)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.status.name}, {self.message!r}, code={self.code!r}, param={self.param!r})"
+
+
 async def abort(
     context: grpc.aio.ServicerContext,
     status: grpc.StatusCode,

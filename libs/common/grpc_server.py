@@ -13,7 +13,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from chatplane.common import tracing
-from chatplane.common.metrics import ServerMetricsInterceptor
+from chatplane.common.metrics import ActiveCalls, ServerMetricsInterceptor
+from chatplane.common.settings import GrpcServiceSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -26,6 +27,21 @@ SERVER_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
 ]
+# After the drain, watch streams (health, engine stats) that never end by themselves get this long to close.
+WATCHES_CLOSE_SECONDS = 0.5
+
+
+def server_options(settings: GrpcServiceSettings | None) -> list[tuple[str, int]]:
+    """SERVER_OPTIONS plus connection aging: a client's connection is closed (GOAWAY) after
+    ``max_connection_age_seconds`` so that it connects again and re-resolves its target (a backstop: clients that
+    balance by themselves do not depend on it); calls under way get ``max_connection_age_grace_seconds`` to end."""
+    options = list(SERVER_OPTIONS)
+    if settings is not None and settings.max_connection_age_seconds > 0:
+        options += [
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_seconds * 1000)),
+        ]
+    return options
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
@@ -43,10 +59,13 @@ class GrpcService:
     status ("") follows them. Start NOT_SERVING until :meth:`set_serving` says the service is ready.
     """
 
-    def __init__(self, service_names: list[str], *, interceptors=()) -> None:
+    def __init__(
+        self, service_names: list[str], *, settings: GrpcServiceSettings | None = None, interceptors=()
+    ) -> None:
+        self.active = ActiveCalls()  # calls doing work (not health or stats watches): what a drain waits for
         # Tracing (when on) outermost, so that the metrics interceptor and the servicer run inside the call's span.
-        chain = [*tracing.server_interceptors(), ServerMetricsInterceptor(), *interceptors]
-        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=chain)
+        chain = [*tracing.server_interceptors(), ServerMetricsInterceptor(self.active), *interceptors]
+        self.server = grpc.aio.server(options=server_options(settings), interceptors=chain)
         self.health = health.aio.HealthServicer()
         self.service_names = ["", *service_names]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -67,9 +86,13 @@ class GrpcService:
             await self.health.set(name, status)
 
     async def stop(self, grace: float) -> None:
-        """Report NOT_SERVING (so balancers move away), refuse new RPCs, let in-flight ones finish for ``grace``."""
-        await self.set_serving(False)
-        await self.server.stop(grace)
+        """Drain: report NOT_SERVING (clients watching the health service move away at once), let the calls under
+        way finish for at most ``grace`` seconds, then close (watch streams, which never end by themselves, and
+        whatever did not finish are cancelled)."""
+        await self.health.enter_graceful_shutdown()
+        if not await self.active.wait_idle(grace):
+            log.warning("drain grace over with calls still running", extra={"calls": self.active.count})
+        await self.server.stop(WATCHES_CLOSE_SECONDS)
 
 
 async def run_until_signal(
@@ -78,9 +101,11 @@ async def run_until_signal(
     *,
     grace: float,
     on_ready: Callable[[], Awaitable[None]] | None = None,
+    on_drain: Callable[[], None] | None = None,
     on_stop: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then drain. ``on_ready`` runs after the port is open, before SERVING."""
+    """Serve until SIGTERM or SIGINT, then drain. ``on_ready`` runs after the port is open, before SERVING;
+    ``on_drain`` when the drain begins (refuse new work that others can take); ``on_stop`` after the server stopped."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -106,6 +131,8 @@ async def run_until_signal(
             ready_task.cancel()
             with suppress(asyncio.CancelledError):
                 await ready_task
+        if on_drain is not None:
+            on_drain()
         await service.stop(grace)
         if on_stop is not None:
             await on_stop()

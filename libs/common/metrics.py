@@ -176,11 +176,49 @@ def _code_of(exc: BaseException | None, context: Any) -> str:
     return "OK" if exc is None else "UNKNOWN"
 
 
-class ServerMetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts, times and tracks in-flight calls of every (unary or server-streaming) method; health checks are
-    left out (probes every few seconds would drown the figures)."""
+class ActiveCalls:
+    """How many calls a server is working on (watch streams left out), and a way to wait until there are none."""
+
+    __slots__ = ("count", "_idle")
 
     def __init__(self) -> None:
+        self.count = 0
+        self._idle: asyncio.Event | None = None
+
+    def enter(self) -> None:
+        self.count += 1
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """True once no call is running, False if some still are after ``timeout`` seconds."""
+        if self.count == 0:
+            return True
+        self._idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._idle = None
+
+
+def is_watch(service: str, method: str) -> bool:
+    """Health checks and long-lived watch streams: not work, left out of the call metrics and of a drain's wait
+    (probes every few seconds would drown the figures; a watch never ends by itself)."""
+    return service.startswith(("grpc.health.", "grpc.reflection.")) or method.startswith("Watch")
+
+
+class ServerMetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts, times and tracks in-flight calls of every (unary or server-streaming) method but watches
+    (:func:`is_watch`); keeps ``active`` (:class:`ActiveCalls`) up to date."""
+
+    def __init__(self, active: ActiveCalls | None = None) -> None:
+        self.active = active or ActiveCalls()
         # Each method's wrapped handler, built on its first call: a server's handlers do not change while it runs,
         # and building one (closures, label lookups) cost more than the rest of a short call's metrics.
         self._wrapped: dict[str, Any] = {}
@@ -194,33 +232,33 @@ class ServerMetricsInterceptor(grpc.aio.ServerInterceptor):
             wrapped = self._wrapped[details.method] = self._wrap(handler, details.method)
         return wrapped
 
-    @staticmethod
-    def _wrap(handler: Any, full_method: str) -> Any:
+    def _wrap(self, handler: Any, full_method: str) -> Any:
         service, _, method = full_method.lstrip("/").rpartition("/")
-        if service.startswith("grpc.health.") or service.startswith("grpc.reflection."):
+        if is_watch(service, method):
             return handler
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _unary(handler.unary_unary, service, method),
+                _unary(handler.unary_unary, service, method, self.active),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _stream(handler.unary_stream, service, method),
+                _stream(handler.unary_stream, service, method, self.active),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
 
-def _unary(behavior: Callable, service: str, method: str) -> Callable:
+def _unary(behavior: Callable, service: str, method: str, active: ActiveCalls) -> Callable:
     in_flight = GRPC_IN_FLIGHT.labels(service, method)
     latency = GRPC_LATENCY.labels(service, method)
 
     async def wrapper(request: Any, context: Any) -> Any:
         started = time.perf_counter()
         in_flight.inc()
+        active.enter()
         error: BaseException | None = None
         try:
             return await behavior(request, context)
@@ -228,6 +266,7 @@ def _unary(behavior: Callable, service: str, method: str) -> Callable:
             error = exc
             raise
         finally:
+            active.leave()
             in_flight.dec()
             latency.observe(time.perf_counter() - started)
             GRPC_REQUESTS.labels(service, method, _code_of(error, context)).inc()
@@ -235,7 +274,7 @@ def _unary(behavior: Callable, service: str, method: str) -> Callable:
     return wrapper
 
 
-def _stream(behavior: Callable, service: str, method: str) -> Callable:
+def _stream(behavior: Callable, service: str, method: str, active: ActiveCalls) -> Callable:
     in_flight = GRPC_IN_FLIGHT.labels(service, method)
     latency = GRPC_LATENCY.labels(service, method)
     sent = GRPC_STREAM_MESSAGES.labels(service, method)
@@ -243,6 +282,7 @@ def _stream(behavior: Callable, service: str, method: str) -> Callable:
     async def wrapper(request: Any, context: Any) -> AsyncIterator[Any]:
         started = time.perf_counter()
         in_flight.inc()
+        active.enter()
         error: BaseException | None = None
         responses = behavior(request, context)
         traced = tracing.enabled()
@@ -271,6 +311,7 @@ def _stream(behavior: Callable, service: str, method: str) -> Callable:
                     await responses.aclose()
             if messages:
                 sent.inc(messages)
+            active.leave()
             in_flight.dec()
             latency.observe(time.perf_counter() - started)
             GRPC_REQUESTS.labels(service, method, _code_of(error, context)).inc()

@@ -1,11 +1,13 @@
 """Start chatplane services as child processes and wait until they are ready.
 
-Used by ``make run`` (:mod:`chatplane.common.launcher`) and by the test fixtures, so that both start the platform the
+Used by ``make run`` (:mod:`chatplane.common.stack`) and by the test fixtures, so that both start the platform the
 same way: real processes, real ports on 127.0.0.1.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import signal
 import socket
@@ -15,6 +17,77 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel sends SIGTERM when the launching process dies, however it dies (even
+    SIGKILL), so that no service outlives ``make run`` or a test run holding its ports."""
+    parent = os.getppid()
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the line above: nobody would send the signal
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def popen(argv: list[str], **kwargs) -> subprocess.Popen:
+    """Start a child in its own session (Ctrl-C reaches only the launcher) that dies with its launcher."""
+    preexec = _die_with_parent if sys.platform.startswith("linux") else None
+    return subprocess.Popen(argv, start_new_session=True, preexec_fn=preexec, **kwargs)  # noqa: S603, PLW1509
+
+
+def listeners(port: int) -> list[str]:
+    """Who listens on TCP ``port`` on this machine, as "pid NNN (command line)" when /proc shows it, else
+    "another process" (a process of another user, or outside /proc's view)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    found: list[str] = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            fds = list((proc / "fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                found.append(f"pid {proc.name} ({cmd[:120]})")
+                break
+    return found or (["another process"] if inodes else [])
+
+
+def port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def check_ports_free(ports: dict[str, int]) -> None:
+    """Raise RuntimeError naming every port (and what holds it) that is already taken."""
+    taken = []
+    for name, port in ports.items():
+        if port and port_taken(port):
+            holders = listeners(port)
+            taken.append(f"port {port} ({name}) is already in use" + (f" by {', '.join(holders)}" if holders else ""))
+    if taken:
+        raise RuntimeError("; ".join(taken) + ". Stop that process, or choose other ports.")
 
 
 def free_port() -> int:
@@ -54,18 +127,21 @@ class Service:
     ready: Callable[[], bool]
     log_path: Path | None = None
     args: tuple[str, ...] = ()  # after ``python -m module``
+    restart: bool = False  # a launcher restarts it when it dies instead of stopping everything
+    ports: dict[str, int] = field(default_factory=dict)  # what it listens on, checked free before it starts
     proc: subprocess.Popen | None = field(default=None, repr=False)
+    started_at: float = 0.0
 
     def start(self) -> None:
+        self.started_at = time.monotonic()
         env = {**os.environ, **self.env}
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
-            self.proc = subprocess.Popen(  # noqa: S603
+            self.proc = popen(
                 [sys.executable, "-m", self.module, *self.args],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT if self.log_path else None,
-                start_new_session=True,
             )
         finally:
             if self.log_path:

@@ -54,7 +54,47 @@ class ServiceSettings(BaseSettings):
         return f"{self.host}:{self.port}"
 
 
-class DatabaseServiceSettings(ServiceSettings):
+class InferenceClientSettings(BaseSettings):
+    """Where a caller of inference (gateway, conversation service, jobs worker) finds the model pools: one setting
+    for all of them (``chatplane.common.inference``)."""
+
+    inference_pools: str = shared(
+        "127.0.0.1:50053",
+        "CHATPLANE_INFERENCE_POOLS",
+        "The inference pools: one target (host:port[,host:port...] a static list of replicas; dns:///name:port a "
+        "name re-resolved periodically, e.g. a headless Service; kubernetes:///service.namespace:port its "
+        "EndpointSlices, watched) or a JSON list of pools [{\"name\", \"model\", \"target\", \"policy\"}]; policy "
+        "affinity (default), least_loaded or round_robin. An empty model means the first pool's.",
+    )
+    inference_discovery_interval_seconds: float = shared(
+        5.0,
+        "CHATPLANE_INFERENCE_DISCOVERY_INTERVAL_SECONDS",
+        "How often dns:/// inference targets are resolved again (new replicas get traffic within this).",
+    )
+
+    @model_validator(mode="after")
+    def _pools(self) -> Self:
+        from chatplane.common.inference.pools import parse_pools
+
+        parse_pools(self.inference_pools)  # fail at start with the reason, not at the first request
+        return self
+
+
+class GrpcServiceSettings(ServiceSettings):
+    """Settings of a service that serves gRPC."""
+
+    max_connection_age_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="Close each client connection after this long (it reconnects and re-resolves its target): a "
+        "backstop so that new replicas behind a DNS name get traffic. 0: never.",
+    )
+    max_connection_age_grace_seconds: float = Field(
+        30.0, ge=0, description="Calls under way on a connection closed for its age get this long to finish."
+    )
+
+
+class DatabaseServiceSettings(GrpcServiceSettings):
     """Settings of a service that owns a database: its URL (SQLite by default, PostgreSQL in production) and migrations.
 
     Subclasses set ``database_file``, the name of the SQLite file in ``data_dir`` used when no URL is given.

@@ -1,13 +1,16 @@
 """The whole platform on one machine: ``python -m chatplane.common.stack`` (what ``make run`` starts).
 
-Starts inference, auth, conversation and the gateway as child processes on 127.0.0.1 with the embedded defaults
-(SQLite files under the data folder), waits until the gateway is ready, creates a development user and API key on
-the first run, and stops everything on Ctrl-C. The test suite starts the same services through :func:`services`.
+Starts inference (``CHATPLANE_INFERENCE_REPLICAS`` replicas, default 1), auth, conversation and the gateway as child
+processes on 127.0.0.1 with the embedded defaults (SQLite files under the data folder), waits until the gateway is
+ready, creates a development user and API key on the first run, restarts an inference replica that dies, and stops
+everything on Ctrl-C (or when another service dies). The services die with it however it dies. The test suite
+starts the same services through :func:`services`.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import secrets
@@ -16,10 +19,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from chatplane.common.procs import Service, grpc_serving, http_ok
+from chatplane.common.procs import Service, check_ports_free, grpc_serving, http_ok
 
 DEV_EMAIL = "dev@example.com"  # a reserved example domain that email validation accepts
 
@@ -29,14 +33,27 @@ class Ports:
     gateway: int = 8000
     auth: int = 50051
     conversation: int = 50052
-    inference: int = 50053
+    inference: int = 50053  # replica i of N listens on inference + i
     kafka: int = 9092  # the embedded broker, when the stack starts one
     # Prometheus metrics endpoints (the gateway serves /metrics on its own port); see chatplane.common.observe.
     auth_metrics: int = 9101
     conversation_metrics: int = 9102
-    inference_metrics: int = 9103
+    inference_metrics: int = 9103  # the first inference replica's; replica i > 0: more_inference_metrics + i - 1
     worker_metrics: int = 9104
     usage_metrics: int = 9105
+    more_inference_metrics: int = 9111
+
+    def inference_replica(self, i: int) -> tuple[int, int]:
+        """(gRPC port, metrics port) of inference replica ``i``."""
+        return self.inference + i, self.inference_metrics if i == 0 else self.more_inference_metrics + i - 1
+
+
+def inference_replicas_setting() -> int:
+    """``CHATPLANE_INFERENCE_REPLICAS``: how many local inference replicas ``make run`` starts (default 1)."""
+    raw = os.environ.get("CHATPLANE_INFERENCE_REPLICAS", "1").strip() or "1"
+    if not raw.isdigit() or not 1 <= int(raw) <= 16:
+        raise ValueError(f"CHATPLANE_INFERENCE_REPLICAS must be a whole number from 1 to 16, not {raw!r}")
+    return int(raw)
 
 
 def services(
@@ -47,10 +64,13 @@ def services(
     env: dict[str, str] | None = None,
     inference_target: str | None = None,
     kafka_bootstrap_servers: str | None = None,
+    inference_replicas: int = 1,
 ) -> list[Service]:
-    """The platform's services wired to each other. ``inference_target`` reuses an inference server started
-    elsewhere (the tests share one engine) instead of starting one. ``kafka_bootstrap_servers`` uses brokers
-    running elsewhere ("" disables events); None starts the embedded broker (Tansu) on ``ports.kafka``."""
+    """The platform's services wired to each other. ``inference_target`` reuses inference servers started elsewhere
+    (the tests share one engine; any ``CHATPLANE_INFERENCE_POOLS`` value) instead of starting
+    ``inference_replicas`` of them, each its own process, port and metrics port, restarted when it dies.
+    ``kafka_bootstrap_servers`` uses brokers running elsewhere ("" disables events); None starts the embedded broker
+    (Tansu) on ``ports.kafka``."""
     from chatplane.common.broker import BrokerProcess
 
     def log(name: str) -> Path | None:
@@ -65,21 +85,49 @@ def services(
         "CHATPLANE_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap_servers,
         **(env or {}),
     }
-    inference = inference_target or f"127.0.0.1:{ports.inference}"
+    replicas = [] if inference_target is not None else [ports.inference_replica(i) for i in range(inference_replicas)]
+    inference = inference_target or ",".join(f"127.0.0.1:{port}" for port, _ in replicas)
+    common["CHATPLANE_INFERENCE_POOLS"] = inference  # every caller of inference: gateway, conversation, worker
 
     out: list[Service] = [broker] if broker is not None else []
-    if inference_target is None:
+    for i, (port, metrics_port) in enumerate(replicas):
+        name = "inference" if len(replicas) == 1 else f"inference-{i}"
         out.append(
             Service(
-                "inference",
+                name,
                 "chatplane.inference",
                 {
                     **common,
-                    "CHATPLANE_INFERENCE_PORT": str(ports.inference),
-                    "CHATPLANE_INFERENCE_METRICS_PORT": str(ports.inference_metrics),
+                    "CHATPLANE_INFERENCE_PORT": str(port),
+                    "CHATPLANE_INFERENCE_METRICS_PORT": str(metrics_port),
                 },
-                lambda: grpc_serving(f"127.0.0.1:{ports.inference}"),
-                log("inference"),
+                functools.partial(grpc_serving, f"127.0.0.1:{port}"),
+                log(name),
+                restart=True,  # a replica that dies comes back; the others carry the load meanwhile
+                ports={"gRPC": port, "metrics": metrics_port},
+            )
+        )
+    out += [
+        Service(
+            "auth",
+            "chatplane.auth",
+            {**common, "CHATPLANE_AUTH_PORT": str(ports.auth), "CHATPLANE_AUTH_METRICS_PORT": str(ports.auth_metrics)},
+            lambda: grpc_serving(f"127.0.0.1:{ports.auth}"),
+            log("auth"),
+            ports={"gRPC": ports.auth, "metrics": ports.auth_metrics},
+        ),
+    ]
+    if kafka_bootstrap_servers:
+        # Builds the per-user, per-key daily usage from the completion events (into auth's database).
+        out.append(
+            Service(
+                "usage",
+                "chatplane.auth",
+                {**common, "CHATPLANE_AUTH_CONSUMER_METRICS_PORT": str(ports.usage_metrics)},
+                lambda: True,
+                log("usage"),
+                args=("consume-usage",),
+                ports={"metrics": ports.usage_metrics},
             )
         )
     out += [
@@ -111,23 +159,20 @@ def services(
                 **common,
                 "CHATPLANE_CONVERSATION_PORT": str(ports.conversation),
                 "CHATPLANE_CONVERSATION_METRICS_PORT": str(ports.conversation_metrics),
-                "CHATPLANE_CONVERSATION_INFERENCE_TARGET": inference,
             },
             lambda: grpc_serving(f"127.0.0.1:{ports.conversation}"),
             log("conversation"),
+            ports={"gRPC": ports.conversation, "metrics": ports.conversation_metrics},
         ),
         # The conversation jobs (titles, exports, retention). Embedded default broker: a SQLite file in data_dir.
         Service(
             "worker",
             "chatplane.conversation",
-            {
-                **common,
-                "CHATPLANE_CONVERSATION_INFERENCE_TARGET": inference,
-                "CHATPLANE_CONVERSATION_WORKER_METRICS_PORT": str(ports.worker_metrics),
-            },
+            {**common, "CHATPLANE_CONVERSATION_WORKER_METRICS_PORT": str(ports.worker_metrics)},
             lambda: True,  # no port; it appears in the logs and its exit stops `make run`
             log("worker"),
             args=("worker",),
+            ports={"metrics": ports.worker_metrics},
         ),
         Service(
             "gateway",
@@ -137,16 +182,19 @@ def services(
                 "CHATPLANE_GATEWAY_PORT": str(ports.gateway),
                 "CHATPLANE_GATEWAY_AUTH_TARGET": f"127.0.0.1:{ports.auth}",
                 "CHATPLANE_GATEWAY_CONVERSATION_TARGET": f"127.0.0.1:{ports.conversation}",
-                "CHATPLANE_GATEWAY_INFERENCE_TARGET": inference,
             },
             lambda: http_ok(f"http://127.0.0.1:{ports.gateway}/readyz"),
             log("gateway"),
+            ports={"HTTP": ports.gateway},
         ),
     ]
     return out
 
 
 def start_all(svcs: list[Service], timeout: float) -> None:
+    """Start every service, then wait until each is ready. A port already taken is reported (by number, with the
+    process holding it) before anything starts."""
+    check_ports_free({f"{svc.name} {kind}": port for svc in svcs for kind, port in svc.ports.items()})
     for svc in svcs:
         svc.start()
     deadline = time.monotonic() + timeout
@@ -157,6 +205,38 @@ def start_all(svcs: list[Service], timeout: float) -> None:
 def stop_all(svcs: list[Service]) -> None:
     for svc in reversed(svcs):
         svc.stop()
+
+
+RESTART_FIRST_SECONDS = 1.0  # a restarted service's first wait, doubled on each quick death up to the next figure
+RESTART_MAX_SECONDS = 30.0
+RESTART_RESET_SECONDS = 60.0  # a service that ran this long starts again from the first wait
+
+
+def supervise(svcs: list[Service], stop_when: Callable[[], bool] = lambda: False) -> str:
+    """Watch the services until one that may not be restarted exits (returns why) or ``stop_when()``. Services
+    with ``restart`` (inference replicas) are started again with backoff; the platform goes on meanwhile."""
+    due: dict[str, float] = {}
+    delay: dict[str, float] = {}
+    while not stop_when():
+        now = time.monotonic()
+        for svc in svcs:
+            if svc.proc is None or svc.proc.poll() is None:
+                continue
+            if not svc.restart:
+                return f"{svc.name} exited with {svc.proc.returncode}"
+            if svc.name not in due:
+                ran = now - svc.started_at
+                wait = RESTART_FIRST_SECONDS if ran >= RESTART_RESET_SECONDS else min(
+                    delay.get(svc.name, RESTART_FIRST_SECONDS / 2) * 2, RESTART_MAX_SECONDS)
+                delay[svc.name] = wait
+                due[svc.name] = now + wait
+                print(f"{svc.name} exited with {svc.proc.returncode}; restarting in {wait:.0f}s", file=sys.stderr,
+                      flush=True)
+            elif now >= due[svc.name]:
+                del due[svc.name]
+                svc.start()
+        time.sleep(0.2)
+    return "stopped"
 
 
 def _post(url: str, body: dict, token: str | None = None) -> dict:
@@ -219,8 +299,13 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = data_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     ports = Ports(gateway=args.port)
+    try:
+        replicas = inference_replicas_setting()
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
     # CHATPLANE_KAFKA_BOOTSTRAP_SERVERS set: use those brokers ("" disables events); unset: the embedded broker.
-    svcs = services(ports, data_dir, log_dir=log_dir,
+    svcs = services(ports, data_dir, log_dir=log_dir, inference_replicas=replicas,
                     kafka_bootstrap_servers=os.environ.get("CHATPLANE_KAFKA_BOOTSTRAP_SERVERS"))
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     started = time.monotonic()
@@ -236,10 +321,8 @@ def main(argv: list[str] | None = None) -> int:
             model = json.loads(resp.read())["data"][0]["id"]
         print(f"ready in {ready_s:.1f}s", flush=True)
         print(usage_text(base_url, key, model), flush=True)
-        while all(s.proc and s.proc.poll() is None for s in svcs):
-            time.sleep(1)
-        dead = [s.name for s in svcs if s.proc and s.proc.poll() is not None]
-        print(f"stopped: {', '.join(dead)} exited (see {log_dir})", file=sys.stderr)
+        why = supervise(svcs)
+        print(f"stopped: {why} (see {log_dir})", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nstopping ...", flush=True)

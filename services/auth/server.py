@@ -57,7 +57,7 @@ class AuthServer:
             if settings.kafka_bootstrap_servers
             else None
         )
-        self.grpc = GrpcService([SERVICE_NAME])
+        self.grpc = GrpcService([SERVICE_NAME], settings=settings)
         auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(self.core), self.grpc.server)
 
     async def wait_ready(self, max_delay: float = 10.0) -> None:

@@ -6,6 +6,6 @@ one commit seam), ``prompt`` (history within the context window), ``service`` (t
 
 In-process use (tests of other services)::
 
-    async with running(ConversationSettings(database_url=..., inference_target=..., port=0)) as srv:
+    async with running(ConversationSettings(database_url=..., inference_pools=..., port=0)) as srv:
         stub = ConversationServiceStub(grpc.aio.insecure_channel(srv.address))
 """

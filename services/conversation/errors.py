@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import grpc
 
-from chatplane.common.errors import error_details
+from chatplane.common.errors import ServiceError
+
+__all__ = ["ServiceError", "from_inference", "invalid", "not_found"]
 
 NOT_FOUND_MESSAGE = "conversation not found"
 
@@ -18,19 +20,6 @@ _PASS_THROUGH = {
 }
 
 
-class ServiceError(Exception):
-    """A request failed in a way the caller should hear about as ``status`` (with optional code and param)."""
-
-    def __init__(
-        self, status: grpc.StatusCode, message: str, *, code: str | None = None, param: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.param = param
-
-
 def not_found() -> ServiceError:
     """The same answer for a missing, ill-formed or another user's conversation: existence is not disclosed."""
     return ServiceError(grpc.StatusCode.NOT_FOUND, NOT_FOUND_MESSAGE)
@@ -40,22 +29,18 @@ def invalid(message: str, param: str, code: str | None = None) -> ServiceError:
     return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message, code=code, param=param)
 
 
-def from_inference(err: grpc.aio.AioRpcError) -> ServiceError:
+def from_inference(err: ServiceError) -> ServiceError:
     """What a failed inference call means to our caller.
 
     INVALID_ARGUMENT (and the other request-related statuses) pass through with the code and param inference
     attached; NOT_FOUND from inference is an unknown model (never to be confused with a missing conversation);
     everything else (unreachable, internal errors, cancelled by a shutting-down peer) is UNAVAILABLE.
     """
-    code, param = error_details(err)
-    status = err.code()
-    if status in _PASS_THROUGH:
-        return ServiceError(status, err.details() or "inference request failed", code=code, param=param)
-    if status == grpc.StatusCode.NOT_FOUND:
+    if err.status in _PASS_THROUGH:
+        return err
+    if err.status == grpc.StatusCode.NOT_FOUND:
         return ServiceError(
-            grpc.StatusCode.NOT_FOUND,
-            err.details() or "model not found",
-            code=code or "model_not_found",
-            param=param or "model",
+            grpc.StatusCode.NOT_FOUND, err.message or "model not found",
+            code=err.code or "model_not_found", param=err.param or "model",
         )
     return ServiceError(grpc.StatusCode.UNAVAILABLE, "the inference service is unavailable, please retry")

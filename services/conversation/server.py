@@ -20,7 +20,7 @@ async def create_server(settings: ConversationSettings) -> tuple[GrpcService, Co
     """The server (not started, NOT_SERVING) and its core. Call ``core.prepare()`` (migrations) before SERVING and
     ``core.close()`` after stopping; :func:`running` does all of that."""
     core = ConversationCore.from_settings(settings)
-    service = GrpcService([SERVICE_NAME])
+    service = GrpcService([SERVICE_NAME], settings=settings)
     conversation_pb2_grpc.add_ConversationServiceServicer_to_server(ConversationServicer(core), service.server)
     return service, core
 

@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 import grpc
 
 from chatplane.common.db import make_engine, migrate, new_id, utcnow
+from chatplane.common.inference import InferenceClient
 from chatplane.common.limits import MAX_MESSAGE_CHARS
-from chatplane.common.grpc_client import channel
 from chatplane.common.relay import OutboxRelay
 from chatplane.common.streams import ReadAhead
 from chatplane.conversation import validation
@@ -45,14 +45,12 @@ from chatplane.conversation.prompt import (
 from chatplane.conversation.settings import ConversationSettings
 from chatplane.conversation.store import ConversationMoved, ConversationStore, NewMessage, PageKey, StoredReply
 from chatplane.protos.events.v1 import events_pb2
-from chatplane.protos.inference.v1 import inference_pb2, inference_pb2_grpc
+from chatplane.protos.inference.v1 import inference_pb2
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 UNARY_TIMEOUT_SECONDS = 30.0  # CountTokens, ListModels (capped by inference_timeout_seconds)
-PARTIAL_COUNT_TIMEOUT_SECONDS = 2.0  # best-effort token count of a partial reply
-MODEL_CACHE_SECONDS = 60.0
 
 T = TypeVar("T")
 
@@ -137,7 +135,8 @@ class _Reply:
     prompt_tokens: int
     parts: list[str] = field(default_factory=list)
     finish_reason: str = ""
-    completion_tokens: int | None = None
+    completion_tokens: int | None = None  # the engine's count, on the last message
+    tokens: int = 0  # counted as the messages arrive: what a reply cut short used
     # For the completion.finished event.
     user_id: str = ""
     api_key_id: str = ""
@@ -188,6 +187,7 @@ class _Reply:
             self.first_token_at = time.monotonic()
         if chunk.text:
             self.parts.append(chunk.text)
+        self.tokens += chunk.tokens
         if chunk.model:
             self.model = chunk.model
         if chunk.finish_reason:
@@ -202,7 +202,7 @@ class ConversationCore:
         self,
         settings: ConversationSettings,
         store: ConversationStore,
-        inference: inference_pb2_grpc.InferenceServiceStub,
+        inference: InferenceClient,
         *,
         on_close: Sequence[Callable[[], Awaitable[Any]]] = (),
         jobs: JobQueue | None = None,
@@ -213,8 +213,6 @@ class ConversationCore:
         self.jobs = jobs  # None: no background jobs (titles are not made, exports refused)
         self.exports = ExportStore(store.engine)
         self._on_close = list(on_close)
-        self._unary_timeout = min(UNARY_TIMEOUT_SECONDS, settings.inference_timeout_seconds)
-        self._served_model: tuple[str, float] | None = None
         self._pending: set[asyncio.Task] = set()
         # Publishes the outbox to Kafka; None when events are disabled (they then wait in the outbox).
         self.relay = (
@@ -225,20 +223,25 @@ class ConversationCore:
 
     @classmethod
     def from_settings(cls, settings: ConversationSettings) -> ConversationCore:
-        """A core with its own database engine and inference channel (closed by :meth:`close`)."""
+        """A core with its own database engine and inference client (closed by :meth:`close`)."""
         engine = make_engine(settings.database_url)
-        chan = channel(settings.inference_target)
+        inference = InferenceClient.from_settings(
+            settings,
+            timeout=min(UNARY_TIMEOUT_SECONDS, settings.inference_timeout_seconds),
+            stream_timeout=settings.inference_timeout_seconds,
+        )
         jobs = JobQueue(settings)
         return cls(
             settings,
             ConversationStore(engine),
-            inference_pb2_grpc.InferenceServiceStub(chan),
-            on_close=[chan.close, engine.dispose, jobs.close],
+            inference,
+            on_close=[inference.close, engine.dispose, jobs.close],
             jobs=jobs,
         )
 
     async def prepare(self) -> None:
         """Make the service ready: migrate the database when ``auto_migrate`` is set."""
+        self.inference.start()  # discovery and the replicas' watches run from now on
         if self.settings.auto_migrate:
             await migrate_database(self.settings.database_url)
             log.info("database migrated")
@@ -360,14 +363,16 @@ class ConversationCore:
         sampling = inference_pb2.SamplingParams(max_tokens=prompt.max_tokens)
         if temperature is not None:
             sampling.temperature = temperature
-        call = self.inference.Generate(
+        # Every turn of a conversation goes to the same replica while it can take it: its history is in that
+        # replica's prefix cache.
+        call = self.inference.generate(
             inference_pb2.GenerateRequest(
                 model=requested_model,
                 chat=_chat(prompt.messages),
                 sampling=sampling,
                 request_id=request_id,
             ),
-            timeout=self.settings.inference_timeout_seconds,
+            key=f"conversation:{conversation_id}",
         )
         reply = _Reply(
             model=model,
@@ -387,10 +392,10 @@ class ConversationCore:
                 text = "".join([chunk.text for chunk in chunks])
                 if text:
                     await emit(Delta(text))
-        except grpc.aio.AioRpcError as err:
+        except ServiceError as err:
             log.warning(
                 "inference failed mid-reply",
-                extra={"request_id": request_id, "status": err.code().name, "details": err.details()},
+                extra={"request_id": request_id, "status": err.status.name, "details": err.message},
             )
             if reply.parts:
                 await self._protected(self._store_partial(user_id, conversation_id, reply, "error"))
@@ -521,7 +526,7 @@ class ConversationCore:
             generate.parallel_tool_calls = request.parallel_tool_calls
         if request.structured_output is not None:
             generate.structured_output.CopyFrom(request.structured_output)
-        call = self.inference.Generate(generate, timeout=self.settings.inference_timeout_seconds)
+        call = self.inference.generate(generate, key=f"conversation:{conversation_id}")
         ahead = ReadAhead(aiter(call))
         try:
             while chunks := await ahead.ready():
@@ -534,9 +539,9 @@ class ConversationCore:
                 reply.add_calls(pieces)
                 if any(text) or pieces:
                     await emit(Delta("".join(text), tuple(pieces)))
-        except grpc.aio.AioRpcError as err:
+        except ServiceError as err:
             log.warning("inference failed mid-response",
-                        extra={"request_id": request_id, "status": err.code().name, "details": err.details()})
+                        extra={"request_id": request_id, "status": err.status.name, "details": err.message})
             if reply.parts or reply.calls:
                 await self._protected(self._end_response(request.store, user_id, conversation_id, reply, "error"))
             raise from_inference(err) from None
@@ -564,9 +569,8 @@ class ConversationCore:
         """Store the reply (or only record its completion, when nothing is stored); a reply cut short (abort,
         error) is incomplete."""
         complete = finish_reason not in ("abort", "error")
-        completion_tokens = reply.completion_tokens
-        if completion_tokens is None:  # cut short: counted from what arrived
-            completion_tokens = await self._count_text(reply.text + "".join("".join(c) for c in reply.calls.values()))
+        # Cut short: the tokens of the messages that arrived.
+        completion_tokens = reply.completion_tokens if reply.completion_tokens is not None else reply.tokens
         event = reply.completion_event(finish_reason, completion_tokens)
         new = NewMessage(
             role=ROLE_ASSISTANT, content=reply.text, status=STATUS_COMPLETE if complete else STATUS_INCOMPLETE,
@@ -648,9 +652,7 @@ class ConversationCore:
         return await asyncio.shield(task)
 
     async def _store_partial(self, user_id: str, conversation_id: str, reply: _Reply, finish_reason: str) -> None:
-        completion_tokens = reply.completion_tokens
-        if completion_tokens is None:
-            completion_tokens = await self._count_text(reply.text)
+        completion_tokens = reply.completion_tokens if reply.completion_tokens is not None else reply.tokens
         try:
             stored = await self.store.append_message(
                 user_id,
@@ -674,44 +676,27 @@ class ConversationCore:
         if stored is None:
             log.info("partial reply dropped: conversation deleted", extra={"conversation_id": conversation_id})
 
-    async def _count_text(self, text: str) -> int:
-        """Tokens of a partial reply, best effort (inference may be the thing that just failed)."""
-        if not text:
-            return 0
-        try:
-            reply = await self.inference.CountTokens(
-                inference_pb2.CountTokensRequest(prompt=text), timeout=PARTIAL_COUNT_TIMEOUT_SECONDS
-            )
-        except grpc.aio.AioRpcError:
-            return 0
-        return reply.token_count
-
     def _token_counter(self, model: str, tools: Sequence[inference_pb2.Tool] = ()):
         async def count(messages: Sequence[ChatMessage]) -> tuple[int, int]:
             try:
-                reply = await self.inference.CountTokens(
-                    inference_pb2.CountTokensRequest(model=model, chat=_chat(messages), tools=tools),
-                    timeout=self._unary_timeout,
+                reply = await self.inference.count_tokens(
+                    inference_pb2.CountTokensRequest(model=model, chat=_chat(messages), tools=tools)
                 )
-            except grpc.aio.AioRpcError as err:
+            except ServiceError as err:
                 raise from_inference(err) from None
             return reply.token_count, reply.max_model_len
 
         return count
 
     async def _resolve_served_model(self) -> str:
-        """The name of the served model (for the `started` event), cached for a minute."""
-        now = time.monotonic()
-        if self._served_model is not None and now - self._served_model[1] < MODEL_CACHE_SECONDS:
-            return self._served_model[0]
+        """The name of the default model (for the `started` event)."""
         try:
-            reply = await self.inference.ListModels(inference_pb2.ListModelsRequest(), timeout=self._unary_timeout)
-        except grpc.aio.AioRpcError as err:
+            model = await self.inference.model("")
+        except ServiceError as err:
             raise from_inference(err) from None
-        if not reply.models:
+        if model is None:
             raise ServiceError(grpc.StatusCode.UNAVAILABLE, "the inference service serves no model yet")
-        self._served_model = (reply.models[0].id, now)
-        return reply.models[0].id
+        return model.id
 
 
 def _first_exchange(conversation: Conversation, history: Sequence[Message]) -> bool:

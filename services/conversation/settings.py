@@ -8,10 +8,10 @@ from typing import ClassVar, Self
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from chatplane.common.settings import DatabaseServiceSettings
+from chatplane.common.settings import DatabaseServiceSettings, InferenceClientSettings
 
 
-class ConversationSettings(DatabaseServiceSettings):
+class ConversationSettings(DatabaseServiceSettings, InferenceClientSettings):
     model_config = SettingsConfigDict(env_prefix="CHATPLANE_CONVERSATION_", extra="ignore", populate_by_name=True)
     database_file: ClassVar[str] = "conversation.db"
 
@@ -21,9 +21,6 @@ class ConversationSettings(DatabaseServiceSettings):
     )
     worker_metrics_port: int = Field(
         9104, ge=0, le=65535, description="Metrics port of the Celery worker process (`worker`). 0: off."
-    )
-    inference_target: str = Field(
-        "127.0.0.1:50053", description="Address of the inference service (host:port or dns:///name:port)."
     )
     system_prompt: str = Field(
         "", description="System prompt put first in every conversation's prompt. Empty: no system prompt."

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -17,7 +17,7 @@ from chatplane.gateway import convert, generation
 from chatplane.gateway.api_models import check_max_tokens, model_not_found
 from chatplane.gateway.deps import BackendsDep, CurrentPrincipal
 from chatplane.gateway.backends import Backends
-from chatplane.gateway.errors import APIError, from_grpc, invalid
+from chatplane.gateway.errors import APIError, invalid, upstream
 from chatplane.gateway.metering import Admission, MeteredGeneration, rough_tokens
 from chatplane.gateway.observability import observe
 from chatplane.gateway.schemas import ChatCompletionRequest, ChatMessageIn, NamedToolChoice
@@ -201,12 +201,28 @@ def _finish_reason(reply: inference_pb2.GenerateResponse) -> str:
 
 
 async def _read(call: Any) -> inference_pb2.GenerateResponse | None:
-    """The next reply of the stream, None at its end; gRPC errors become API errors."""
-    try:
-        reply = await call.read()
-    except grpc.aio.AioRpcError as err:
-        raise from_grpc(err, "inference") from None
-    return None if reply is grpc.aio.EOF else reply
+    """The next reply of the stream, None at its end; failures become API errors."""
+    with upstream("inference"):
+        return await call.read()
+
+
+SESSION_HEADER = "x-session-id"
+
+
+def affinity_key(body: ChatCompletionRequest, request: Request) -> str:
+    """What keeps related stateless requests on one inference replica (its prefix cache): the client's session
+    (``x-session-id``), else its ``user``, else the prompt's leading messages (system prompt and first user turn)."""
+    session = request.headers.get(SESSION_HEADER)
+    if session:
+        return f"session:{session[:256]}"
+    if body.user:
+        return f"user:{body.user[:256]}"
+    lead: list[str] = []
+    for m in body.messages:  # up to and with the first user message
+        lead.append(f"{m.role}\0{m.content if isinstance(m.content, str) else m.content!r}")
+        if m.role == "user":
+            break
+    return "prompt:" + hashlib.blake2b("\0".join(lead).encode(), digest_size=16).hexdigest()
 
 
 def _count_request(generate: inference_pb2.GenerateRequest) -> inference_pb2.CountTokensRequest:
@@ -236,12 +252,8 @@ async def _admit(
     async def prompt_tokens(exact: bool) -> int:
         nonlocal counted
         if exact:  # a quota applies: count with the model's tokenizer
-            try:
-                reply = await backends.inference.CountTokens(
-                    _count_request(generate), timeout=backends.settings.upstream_timeout_seconds,
-                )
-            except grpc.aio.AioRpcError as err:
-                raise from_grpc(err, "inference") from None
+            with upstream("inference"):
+                reply = await backends.inference.count_tokens(_count_request(generate))
             counted = reply.token_count
         else:
             counted = _rough_prompt_tokens(generate)
@@ -265,7 +277,8 @@ async def create_chat_completion(
 ) -> Any:
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     generate = build_request(body, completion_id, backends.settings.max_n)
-    model = await backends.models.get(body.model)
+    with upstream("inference"):
+        model = await backends.inference.model(body.model)
     if model is None:
         raise model_not_found(body.model, "model")
     if body.max_completion_tokens is not None:
@@ -277,7 +290,7 @@ async def create_chat_completion(
     observation.request_id = completion_id  # the access log line names the call
     admission, prompt_estimate = await _admit(backends, principal, request, generate)
     call = MeteredGeneration(
-        backends.inference.Generate(generate, timeout=backends.settings.stream_timeout_seconds),
+        backends.inference.generate(generate, key=affinity_key(body, request)),
         backends.metering, admission, principal, completion_id, body.model, prompt_estimate,
     )
     watch = ClientWatch(request.receive)

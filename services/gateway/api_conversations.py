@@ -161,7 +161,8 @@ async def send_message(
     )
     if body.max_tokens is not None:
         send.max_tokens = body.max_tokens
-        model = await backends.models.get(body.model) if body.model else next(iter(await backends.models.models()), None)
+        with upstream("inference"):
+            model = await backends.inference.model(body.model or "")  # "": the default model
         if model is not None:  # an unknown model is the conversation service's 404
             check_max_tokens(model, body.max_tokens, "max_tokens")
     if body.temperature is not None:

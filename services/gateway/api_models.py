@@ -34,13 +34,13 @@ def check_max_tokens(model: inference_pb2.Model, max_tokens: int | None, param: 
 
 @router.get("", response_model=ModelList, summary="List models")
 async def list_models(principal: CurrentPrincipal, backends: BackendsDep) -> dict:
-    return {"object": "list", "data": [convert.model(m) for m in await backends.models.models()]}
+    return {"object": "list", "data": [convert.model(m) for m in await backends.inference.wait_models()]}
 
 
 # Model ids may contain slashes ("HuggingFaceTB/SmolLM2-135M-Instruct").
 @router.get("/{model_id:path}", response_model=ModelOut, summary="Retrieve a model")
 async def get_model(model_id: str, principal: CurrentPrincipal, backends: BackendsDep) -> dict:
-    found = await backends.models.get(model_id)
+    found = next((m for m in await backends.inference.wait_models() if m.id == model_id), None)
     if found is None:
         raise model_not_found(model_id)
     return convert.model(found)

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from chatplane.common.errors import error_details
+from chatplane.common.errors import ServiceError, error_details
 from chatplane.gateway.sse import ClientGone
 
 log = logging.getLogger(__name__)
@@ -129,17 +129,21 @@ _CLIENT_ERRORS: dict[grpc.StatusCode, tuple[int, str, str | None]] = {
 }
 
 
-def from_grpc(err: grpc.aio.AioRpcError, service: str) -> APIError:
-    """The client-facing error for a failed call to ``service``. Server-side details are logged, never returned."""
-    status = err.code()
-    code, param = error_details(err)
+def from_grpc(err: grpc.aio.AioRpcError | ServiceError, service: str) -> APIError:
+    """The client-facing error for a failed call to ``service`` (a gRPC error, or a client's
+    :class:`ServiceError`). Server-side details are logged, never returned."""
+    if isinstance(err, ServiceError):
+        status, details, code, param = err.status, err.message, err.code, err.param
+    else:
+        status, details = err.code(), err.details()
+        code, param = error_details(err)
     if status in _CLIENT_ERRORS:
         http_status, err_type, default_code = _CLIENT_ERRORS[status]
         if code == "model_not_found":
             http_status = 404
         headers = {"WWW-Authenticate": "Bearer"} if http_status == 401 else None
         return APIError(
-            http_status, err.details() or status.name.lower(), type=err_type, param=param, code=code or default_code,
+            http_status, details or status.name.lower(), type=err_type, param=param, code=code or default_code,
             headers=headers,
         )
     if status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
@@ -149,7 +153,7 @@ def from_grpc(err: grpc.aio.AioRpcError, service: str) -> APIError:
         log.warning("upstream deadline exceeded", extra={"upstream": service})
         return APIError(504, f"The {service} service did not answer in time. Please retry.", type=SERVER_ERROR,
                         code="timeout")
-    log.error("upstream error", extra={"upstream": service, "grpc_status": status.name, "details": err.details()})
+    log.error("upstream error", extra={"upstream": service, "grpc_status": status.name, "details": details})
     return internal()
 
 
@@ -158,7 +162,7 @@ def upstream(service: str) -> Iterator[None]:
     """Turn a failed gRPC call inside the block into an :class:`APIError`."""
     try:
         yield
-    except grpc.aio.AioRpcError as err:
+    except (grpc.aio.AioRpcError, ServiceError) as err:
         raise from_grpc(err, service) from None
 
 

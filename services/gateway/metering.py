@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 from cachetools import TTLCache
 
+from chatplane.common.errors import ServiceError
 from chatplane.gateway.authn import Principal
 from chatplane.gateway.completions import CompletionBatcher
 from chatplane.gateway.errors import APIError, from_grpc
@@ -247,10 +248,10 @@ class MeteredGeneration:
     async def read(self) -> Any:
         try:
             reply = await self._call.read()
-        except grpc.aio.AioRpcError:
+        except ServiceError:
             self._failed = True
             raise
-        if reply is not grpc.aio.EOF:
+        if reply is not None:
             self._replies += 1
             if self._first_token is None and reply.text:
                 self._first_token = time.monotonic()

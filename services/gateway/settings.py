@@ -6,16 +6,15 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from chatplane.common import limits
-from chatplane.common.settings import ServiceSettings
+from chatplane.common.settings import InferenceClientSettings, ServiceSettings
 
 
-class GatewaySettings(ServiceSettings):
+class GatewaySettings(ServiceSettings, InferenceClientSettings):
     model_config = SettingsConfigDict(env_prefix="CHATPLANE_GATEWAY_", extra="ignore", populate_by_name=True)
 
     port: int = Field(8000, description="HTTP port to listen on.")
     auth_target: str = Field("127.0.0.1:50051", description="gRPC address of the auth service.")
     conversation_target: str = Field("127.0.0.1:50052", description="gRPC address of the conversation service.")
-    inference_target: str = Field("127.0.0.1:50053", description="gRPC address of the inference service.")
     max_body_bytes: int = Field(
         limits.MAX_REQUEST_BODY_BYTES, gt=0, description="Request bodies larger than this get 413 without being read."
     )
@@ -36,7 +35,6 @@ class GatewaySettings(ServiceSettings):
     jwks_max_age_seconds: float = Field(
         3600.0, gt=0, description="The JWKS is fetched again after this long even when every key id is known."
     )
-    models_cache_seconds: float = Field(10.0, ge=0, description="How long the model list from inference is cached.")
     upstream_timeout_seconds: float = Field(
         10.0, gt=0, description="Deadline for unary gRPC calls to the auth, conversation and inference services."
     )

@@ -118,6 +118,7 @@ class Chunk:
     logprobs: list[TokenLogprob] | None = None
     tool_calls: list[ToolCallDelta] | None = None
     prompt_logprobs: list[TokenLogprob] | None = None  # on the first chunk, when asked (the first has no logprob)
+    tokens: int = 0  # completion tokens in ``text`` (the plain case: n = 1)
 
 
 @dataclass
@@ -143,7 +144,12 @@ class Engine(Protocol):
     async def start(self) -> None: ...
 
     def count_tokens(
-        self, *, messages: Messages | None = None, prompt: str | None = None, tools: ToolUse | None = None
+        self,
+        *,
+        messages: Messages | None = None,
+        prompt: str | None = None,
+        tools: ToolUse | None = None,
+        continue_final: bool = False,
     ) -> int: ...
 
     def generate(
@@ -155,7 +161,10 @@ class Engine(Protocol):
         request_id: str,
         tools: ToolUse | None = None,
         structured: Structured | None = None,
-    ) -> AsyncIterator[Chunk]: ...
+        continue_final: bool = False,
+    ) -> AsyncIterator[Chunk]:
+        """``continue_final``: the last message is an assistant reply to go on with (no new turn is opened)."""
+        ...
 
     async def stop(self) -> None: ...
 
@@ -270,16 +279,23 @@ class VllmEngine:
 
         return _LoadRecorder
 
-    def _prompt_ids(self, messages: Messages | None, prompt: str | None, tools: ToolUse | None = None) -> list[int]:
+    def _prompt_ids(
+        self, messages: Messages | None, prompt: str | None, tools: ToolUse | None = None, continue_final: bool = False
+    ) -> list[int]:
         tok = self._tokenizer
         if messages is not None:
-            return tok.encode(self._tools.render(messages, tools), add_special_tokens=False)
+            return tok.encode(self._tools.render(messages, tools, continue_final), add_special_tokens=False)
         return tok.encode(prompt or "")
 
     def count_tokens(
-        self, *, messages: Messages | None = None, prompt: str | None = None, tools: ToolUse | None = None
+        self,
+        *,
+        messages: Messages | None = None,
+        prompt: str | None = None,
+        tools: ToolUse | None = None,
+        continue_final: bool = False,
     ) -> int:
-        return len(self._prompt_ids(messages, prompt, tools))
+        return len(self._prompt_ids(messages, prompt, tools, continue_final))
 
     def _params(self, sampling: Sampling, max_tokens: int, plan) -> object:
         from vllm import SamplingParams
@@ -314,11 +330,12 @@ class VllmEngine:
         request_id: str,
         tools: ToolUse | None = None,
         structured: Structured | None = None,
+        continue_final: bool = False,
     ) -> AsyncIterator[Chunk]:
         from vllm.exceptions import VLLMValidationError
 
         plan = self._tools.plan(tools if messages is not None else None, structured)
-        ids = self._prompt_ids(messages, prompt, tools)
+        ids = self._prompt_ids(messages, prompt, tools, continue_final)
         if not ids:
             raise EngineInputError("the prompt is empty", param="messages" if messages is not None else "prompt")
         room = self.max_model_len - len(ids)
@@ -341,27 +358,36 @@ class VllmEngine:
         finished = False
         started = False
         try:
+            prompt_tokens = len(ids)
+            pending = 0  # tokens of deltas that brought no text yet (a character split across tokens)
             async for out in self._llm.generate({"prompt_token_ids": ids}, params, engine_id):
                 started = True
                 if extractors is None and sampling.n == 1 and sampling.logprobs is None and not out.prompt_logprobs:
                     # The plain case, per token: one choice, its text.
                     completion = out.outputs[0]
-                    completion_tokens += len(completion.token_ids)
+                    new = len(completion.token_ids)
+                    completion_tokens += new
                     if out.finished:
                         finished = True
                         yield Chunk(
                             completion.text,
                             finish_reason=completion.finish_reason or "stop",
-                            prompt_tokens=len(ids),
+                            prompt_tokens=prompt_tokens,
                             completion_tokens=completion_tokens,
+                            tokens=pending + new,
                         )
                     elif completion.text:
-                        yield Chunk(completion.text)
+                        yield Chunk(completion.text, prompt_tokens=prompt_tokens, tokens=pending + new)
+                        pending = 0
+                    else:
+                        pending += new  # a character split across tokens: counted with the text that completes it
                     continue
                 chunks = []
                 for completion in out.outputs:
                     completion_tokens += len(completion.token_ids)
-                    chunks.append(self._chunk(completion, sampling, extractors))
+                    chunk = self._chunk(completion, sampling, extractors)
+                    chunk.tokens = len(completion.token_ids)
+                    chunks.append(chunk)
                 if out.prompt_logprobs and chunks:
                     chunks[0].prompt_logprobs = self._prompt_logprobs(
                         ids, out.prompt_logprobs, sampling.prompt_logprobs

@@ -14,22 +14,29 @@ from chatplane.protos.inference.v1 import inference_pb2, inference_pb2_grpc
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 
 
-def build(engine: Engine, stream_interval_ms: float = 0.0) -> tuple[GrpcService, InferenceServicer]:
-    service = GrpcService([SERVICE_NAME])
-    servicer = InferenceServicer(engine, stream_interval=stream_interval_ms / 1000)
+def build(engine: Engine, settings: InferenceSettings | None = None) -> tuple[GrpcService, InferenceServicer]:
+    service = GrpcService([SERVICE_NAME], settings=settings)
+    interval_ms = settings.stream_interval_ms if settings is not None else 0.0
+    servicer = InferenceServicer(engine, stream_interval=interval_ms / 1000)
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, service.server)
     return service, servicer
 
 
 async def serve(settings: InferenceSettings) -> None:
     engine = create_engine(settings)
-    service, servicer = build(engine, settings.stream_interval_ms)
+    service, servicer = build(engine, settings)
     collector = register_collector(engine, servicer)  # engine ready, load and aborts on /metrics
 
     async def start_engine() -> None:
         # The port is open (health answers NOT_SERVING) while the engine loads; SERVING only once it is up.
         await engine.start()
         servicer.ready = True
+
+    def drain() -> None:
+        # Health says NOT_SERVING from now on (the server's drain); new generations are refused so that clients
+        # take them elsewhere, the streams under way finish within the grace period.
+        servicer.draining = True
+        servicer.stop_watches()
 
     async def stop_engine() -> None:
         servicer.ready = False
@@ -41,5 +48,6 @@ async def serve(settings: InferenceSettings) -> None:
         settings.listen_address(),
         grace=settings.shutdown_grace_seconds,
         on_ready=start_engine,
+        on_drain=drain,
         on_stop=stop_engine,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -30,6 +32,9 @@ from chatplane.protos.inference.v1 import inference_pb2_grpc
 log = logging.getLogger(__name__)
 
 ROLES = {"system", "user", "assistant", "tool"}
+STATS_DEFAULT_INTERVAL_MS = 250
+STATS_MIN_INTERVAL_SECONDS = 0.05
+STATS_HEARTBEAT_SECONDS = 5.0
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,%d}$" % limits.MAX_TOOL_NAME_CHARS)
 _CHOICES = {
     pb.TOOL_CHOICE_MODE_UNSPECIFIED: "auto",
@@ -44,11 +49,18 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def __init__(self, engine: Engine, *, stream_interval: float = 0.0) -> None:
         self.engine = engine
         self.ready = False
+        self.draining = False  # stopping: streams under way finish, new work goes to other replicas
         self.stream_interval = stream_interval  # seconds between two messages of a stream after its first
+        self._stopped = asyncio.Event()  # ends the stats watches
 
     async def _check_ready(self, context) -> None:
+        if self.draining:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, "this replica is shutting down")
         if not self.ready:
             await abort(context, grpc.StatusCode.UNAVAILABLE, "the model engine is starting")
+
+    def stop_watches(self) -> None:
+        self._stopped.set()
 
     async def _check_model(self, model: str, context) -> None:
         if model and model != self.engine.model_name:
@@ -60,7 +72,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 param="model",
             )
 
-    async def _input(self, request, context) -> tuple[Messages | None, str | None]:
+    async def _input(self, request, context, continue_final: bool = False) -> tuple[Messages | None, str | None]:
         which = request.WhichOneof("input")
         if which == "chat":
             msgs = request.chat.messages
@@ -74,7 +86,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             turns = []
             for i, m in enumerate(msgs):
                 turns.append(await self._turn(m, i, context))
+            if continue_final and msgs[-1].role != "assistant":
+                await abort(
+                    context, grpc.StatusCode.INVALID_ARGUMENT,
+                    "continue_final_message needs an assistant message last", param="continue_final_message",
+                )
             return turns, None
+        if continue_final:
+            await abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT,
+                "continue_final_message needs chat messages", param="continue_final_message",
+            )
         if which == "prompt":
             if not request.prompt or len(request.prompt) > limits.MAX_MESSAGE_CHARS * 4:
                 await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "prompt is empty or too long", param="prompt")
@@ -203,7 +225,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def Generate(self, request: pb.GenerateRequest, context):  # noqa: N802 - gRPC naming
         await self._check_ready(context)
         await self._check_model(request.model, context)
-        messages, prompt = await self._input(request, context)
+        messages, prompt = await self._input(request, context, request.continue_final_message)
         sampling = await self._sampling(request.sampling, context)
         tools = await self._tools(request, context)
         structured = await self._structured(request, context)
@@ -214,6 +236,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             extras["tools"] = tools
         if structured is not None:
             extras["structured"] = structured
+        if request.continue_final_message:
+            extras["continue_final"] = True
         stream = self.engine.generate(
             messages=messages, prompt=prompt, sampling=sampling, request_id=request.request_id, **extras
         )
@@ -223,6 +247,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         context.add_done_callback(ahead.stop)
         model = self.engine.model_name
         interval = self.stream_interval
+        first = True  # the first message carries the prompt's token count (a client continuing elsewhere needs it)
         try:
             while True:
                 chunks = await ahead.ready()
@@ -230,9 +255,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     return
                 last = chunks[-1]
                 if all(_plain(c) for c in chunks):
-                    text = last.text if len(chunks) == 1 else "".join([c.text for c in chunks])
+                    if len(chunks) == 1:
+                        text, tokens = last.text, last.tokens
+                    else:
+                        text, tokens = "".join([c.text for c in chunks]), sum([c.tokens for c in chunks])
+                    prompt_tokens = last.prompt_tokens if first else 0
+                    first = False
                     if last.finish_reason is None:
-                        yield pb.GenerateResponse(text=text)
+                        yield pb.GenerateResponse(text=text, tokens=tokens, prompt_tokens=prompt_tokens)
                         if interval:
                             await ahead.hold(interval)
                         continue
@@ -241,6 +271,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                         finish_reason=last.finish_reason,
                         usage=pb.Usage(prompt_tokens=last.prompt_tokens, completion_tokens=last.completion_tokens),
                         model=model,
+                        tokens=tokens,
+                        prompt_tokens=prompt_tokens,
                     )
                     return
                 messages_out = _messages(chunks, model)
@@ -274,15 +306,34 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             models=[pb.Model(id=e.model_name, max_model_len=e.max_model_len, created=e.created, owned_by="chatplane")]
         )
 
-    async def GetEngineStats(self, request, context):  # noqa: N802
+    def _stats(self) -> pb.EngineStats:
         load = self.engine.load
         return pb.EngineStats(
             running=load.running,
             waiting=load.waiting,
             kv_cache_usage=load.kv_cache_usage,
-            ready=self.ready,
+            ready=self.ready and not self.draining,
             aborted_total=load.aborted_total,
         )
+
+    async def GetEngineStats(self, request, context):  # noqa: N802
+        return self._stats()
+
+    async def WatchEngineStats(self, request: pb.WatchEngineStatsRequest, context):  # noqa: N802
+        """The load figures now, then on every change (at most one message per interval), at least every
+        ``STATS_HEARTBEAT_SECONDS``; ends when the server stops (:meth:`stop_watches`)."""
+        interval = max(STATS_MIN_INTERVAL_SECONDS, (request.interval_ms or STATS_DEFAULT_INTERVAL_MS) / 1000)
+        last = None
+        sent_at = 0.0
+        loop = asyncio.get_running_loop()
+        while not self._stopped.is_set():
+            stats = self._stats()
+            key = (stats.running, stats.waiting, round(stats.kv_cache_usage, 3), stats.ready)
+            if key != last or loop.time() - sent_at >= STATS_HEARTBEAT_SECONDS:
+                last, sent_at = key, loop.time()
+                yield stats
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), interval)
 
 
 def _plain(chunk: Chunk) -> bool:
@@ -309,6 +360,7 @@ def _messages(chunks: list[Chunk], model: str) -> list[pb.GenerateResponse]:
             current = pb.GenerateResponse(index=c.index)
             out.append(current)
         current.text += c.text
+        current.tokens += c.tokens
         if c.logprobs:
             current.logprobs.extend(_logprobs(c.logprobs))
         if c.prompt_logprobs:

@@ -8,10 +8,10 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from chatplane.common.settings import ServiceSettings
+from chatplane.common.settings import GrpcServiceSettings
 
 
-class InferenceSettings(ServiceSettings):
+class InferenceSettings(GrpcServiceSettings):
     model_config = SettingsConfigDict(env_prefix="CHATPLANE_INFERENCE_")
 
     port: int = Field(50053, description="gRPC port.")

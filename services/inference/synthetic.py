@@ -67,13 +67,19 @@ class SyntheticEngine:
         self.created = int(time.time())
 
     def count_tokens(
-        self, *, messages: Messages | None = None, prompt: str | None = None, tools: ToolUse | None = None
+        self,
+        *,
+        messages: Messages | None = None,
+        prompt: str | None = None,
+        tools: ToolUse | None = None,
+        continue_final: bool = False,
     ) -> int:
         if messages is not None:
-            return sum(TOKENS_PER_MESSAGE + count_text(m[1]) for m in messages) + GENERATION_PROMPT_TOKENS
+            opened = 0 if continue_final else GENERATION_PROMPT_TOKENS
+            return sum(TOKENS_PER_MESSAGE + count_text(m[1]) for m in messages) + opened
         return count_text(prompt or "")
 
-    def _budget(self, prompt_tokens: int, sampling: Sampling, chat: bool) -> int:
+    def _budget(self, prompt_tokens: int, sampling: Sampling, chat: bool, given: int = 0) -> int:
         """max_tokens as vLLM would check it (same errors), with ``synthetic_reply_tokens`` when none is given."""
         if prompt_tokens == 0:
             raise EngineInputError("the prompt is empty", param="messages" if chat else "prompt")
@@ -88,7 +94,7 @@ class SyntheticEngine:
                 param="messages" if room < 1 or asked is None else "max_tokens",
                 code="context_length_exceeded",
             )
-        return asked if asked is not None else min(room, self.settings.synthetic_reply_tokens)
+        return asked if asked is not None else min(room, max(1, self.settings.synthetic_reply_tokens - given))
 
     async def generate(
         self,
@@ -99,6 +105,7 @@ class SyntheticEngine:
         request_id: str,
         tools: ToolUse | None = None,
         structured: Structured | None = None,
+        continue_final: bool = False,
     ) -> AsyncIterator[Chunk]:
         if self._slots is None:
             raise RuntimeError("the engine is not started")
@@ -107,9 +114,13 @@ class SyntheticEngine:
                             ("response_format", structured is not None)):
             if used:
                 raise EngineInputError(f"the synthetic engine does not support {param}", param=param)
-        prompt_tokens = self.count_tokens(messages=messages, prompt=prompt)
-        max_tokens = self._budget(prompt_tokens, sampling, messages is not None)
-        words = _reply(sampling.seed if sampling.seed is not None else self.settings.seed, max_tokens)
+        prompt_tokens = self.count_tokens(messages=messages, prompt=prompt, continue_final=continue_final)
+        # A continued reply goes on with the same words the uninterrupted one would have had (same seed): the words
+        # already given are skipped, so a stream continued on another replica reads exactly like one that was not.
+        given = count_text(messages[-1][1]) if continue_final and messages else 0
+        max_tokens = self._budget(prompt_tokens, sampling, messages is not None, given)
+        seed = sampling.seed if sampling.seed is not None else self.settings.seed
+        words = _reply(seed, given + max_tokens)[given:]
         # With no max_tokens the reply ends on its own ("stop", the model's end of text); otherwise at the limit.
         end_reason = "stop" if sampling.max_tokens is None else "length"
         load = self.load
@@ -156,13 +167,13 @@ class SyntheticEngine:
                 hit = _first_stop(text + piece, stop, len(text))
                 if hit is not None:
                     # As vLLM does: the stop sequence and what follows are not part of the reply.
-                    yield Chunk(hit[len(text):], "stop", prompt_tokens, i + 1)
+                    yield Chunk(hit[len(text):], "stop", prompt_tokens, i + 1, tokens=1)
                     return
             text += piece
             if i == last:
-                yield Chunk(piece, end_reason, prompt_tokens, i + 1)
+                yield Chunk(piece, end_reason, prompt_tokens, i + 1, tokens=1)
             else:
-                yield Chunk(piece)
+                yield Chunk(piece, prompt_tokens=prompt_tokens, tokens=1)
 
     def _update_load(self) -> None:
         capacity = self.settings.max_num_seqs * self.max_model_len

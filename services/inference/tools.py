@@ -167,8 +167,9 @@ class ToolSupport:
             return self.fallback_template
         return None  # the model's own
 
-    def render(self, messages: Sequence[Turn], tools: ToolUse | None) -> str:
-        """The prompt text of a chat (the generation prompt appended)."""
+    def render(self, messages: Sequence[Turn], tools: ToolUse | None, continue_final: bool = False) -> str:
+        """The prompt text of a chat: the generation prompt appended, or (``continue_final``) the last message, an
+        assistant reply, left open to be continued, as vLLM's server does with ``continue_final_message``."""
         # With tool_choice "none" the model is not shown the functions: it cannot call what it does not see.
         tool_dicts = (
             [function_dict(f.name, f.description, f.parameters, f.strict) for f in tools.functions]
@@ -177,7 +178,7 @@ class ToolSupport:
         )
         return self.tokenizer.apply_chat_template(
             [turn_dict(m) for m in messages], tools=tool_dicts, chat_template=self.template_for(messages, tool_dicts),
-            tokenize=False, add_generation_prompt=True,
+            tokenize=False, add_generation_prompt=not continue_final, continue_final_message=continue_final,
         )
 
     def plan(self, tools: ToolUse | None, structured: Structured | None) -> Plan:

@@ -8,14 +8,12 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import grpc
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from chatplane.common.db import make_engine, sessionmaker
-from chatplane.common.grpc_client import channel
+from chatplane.common.inference import InferenceClient
 from chatplane.conversation.exports import ExportStore
 from chatplane.conversation.settings import ConversationSettings
-from chatplane.protos.inference.v1 import inference_pb2_grpc
 
 T = TypeVar("T")
 
@@ -26,25 +24,24 @@ class JobContext:
     engine: AsyncEngine
     sessions: async_sessionmaker
     exports: ExportStore
-    inference: inference_pb2_grpc.InferenceServiceStub
-    _channel: grpc.aio.Channel
+    inference: InferenceClient
 
     @classmethod
     def open(cls, settings: ConversationSettings) -> JobContext:
-        """Call inside the event loop that will use it (the gRPC channel binds to it)."""
+        """Call inside the event loop that will use it (the client's channels and watches bind to it)."""
         engine = make_engine(settings.database_url)
-        chan = channel(settings.inference_target)
         return cls(
             settings=settings,
             engine=engine,
             sessions=sessionmaker(engine),
             exports=ExportStore(engine),
-            inference=inference_pb2_grpc.InferenceServiceStub(chan),
-            _channel=chan,
+            inference=InferenceClient.from_settings(
+                settings, timeout=settings.inference_timeout_seconds, stream_timeout=settings.inference_timeout_seconds
+            ),
         )
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self.inference.close()
         await self.engine.dispose()
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import grpc
 
+from chatplane.common.errors import ServiceError
+
 _TRANSIENT = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -17,5 +19,5 @@ class PermanentJobError(Exception):
     """The job can never succeed (retrying would not help): it is logged and dropped."""
 
 
-def transient_inference(err: grpc.aio.AioRpcError) -> bool:
-    return err.code() in _TRANSIENT
+def transient_inference(err: ServiceError) -> bool:
+    return err.status in _TRANSIENT

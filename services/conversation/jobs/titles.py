@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 import re
 
-import grpc
 from sqlalchemy import select, update
 
+from chatplane.common.errors import ServiceError
 from chatplane.conversation.jobs.context import JobContext
 from chatplane.conversation.jobs.errors import PermanentJobError, transient_inference
 from chatplane.conversation.models import ROLE_ASSISTANT, ROLE_USER, Conversation, Message
@@ -72,14 +72,14 @@ async def ask_model(ctx: JobContext, user_text: str, assistant_text: str) -> str
     )
     parts: list[str] = []
     try:
-        async for chunk in ctx.inference.Generate(
+        async for chunk in ctx.inference.generate(
             request, timeout=min(TITLE_TIMEOUT_SECONDS, ctx.settings.inference_timeout_seconds)
         ):
             parts.append(chunk.text)
-    except grpc.aio.AioRpcError as err:
+    except ServiceError as err:
         if transient_inference(err):
             raise  # retried with backoff
-        log.warning("the model could not write a title", extra={"status": err.code().name})
+        log.warning("the model could not write a title", extra={"status": err.status.name})
         return ""
     return "".join(parts)
 

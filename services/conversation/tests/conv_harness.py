@@ -47,7 +47,7 @@ async def harness(
     """The conversation service on ``database_url``, talking to ``fake``; ``overrides`` are settings fields."""
     fields = dict(
         database_url=database_url,
-        inference_target=fake.target,
+        inference_pools=fake.target,
         port=0,
         data_dir=data_dir,
         system_prompt=SYSTEM_PROMPT,

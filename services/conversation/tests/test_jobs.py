@@ -89,7 +89,7 @@ def start_worker(settings: ConversationSettings, log: Path) -> Service:
     env = {
         "CHATPLANE_DATA_DIR": str(settings.data_dir),
         "CHATPLANE_CONVERSATION_DATABASE_URL": settings.database_url,
-        "CHATPLANE_CONVERSATION_INFERENCE_TARGET": settings.inference_target,
+        "CHATPLANE_INFERENCE_POOLS": settings.inference_pools,
         "CHATPLANE_CONVERSATION_CELERY_BROKER_URL": settings.celery_broker_url,
         "CHATPLANE_CONVERSATION_CELERY_QUEUE": settings.celery_queue,
         "CHATPLANE_CONVERSATION_WORKER_CONCURRENCY": "2",
@@ -161,7 +161,7 @@ def test_clean_title():
 
 @pytest.mark.engine
 async def test_title_from_the_real_model_after_the_first_exchange(jobs: Jobs, inference_server, tmp_path):
-    settings = jobs.settings(jobs.new_queue(), inference_target=inference_server)
+    settings = jobs.settings(jobs.new_queue(), inference_pools=inference_server)
     worker = start_worker(settings, tmp_path / "worker.log")
     try:
         async with conversation_service(settings) as stub:
@@ -184,13 +184,13 @@ async def _changed(stub, user: str, conversation_id: str) -> str | None:
 async def test_title_job_retries_until_inference_is_back(jobs: Jobs, tmp_path):
     """Inference is down when the job first runs: it is retried with backoff and the title appears once it is up."""
     port = free_port()  # nothing listens here yet
-    settings = jobs.settings(jobs.new_queue(), inference_target=f"127.0.0.1:{port}", title_max_tokens=7)
+    settings = jobs.settings(jobs.new_queue(), inference_pools=f"127.0.0.1:{port}", title_max_tokens=7)
     service_inference = FakeInferenceServicer()
     worker = start_worker(settings, tmp_path / "worker.log")
     try:
         async with fake_inference_on(free_port(), service_inference) as fake:
             # The service itself talks to a working inference; only the worker's is down.
-            async with conversation_service(settings.model_copy(update={"inference_target": fake.target})) as stub:
+            async with conversation_service(settings.model_copy(update={"inference_pools": fake.target})) as stub:
                 conv = await exchange(stub, "rita", "Tell me about the Eiffel tower")
                 await asyncio.sleep(1.5)  # the job has run and failed at least once by now
                 assert await title_of(stub, "rita", conv.id) == DEFAULT
@@ -207,7 +207,7 @@ async def test_title_job_retries_until_inference_is_back(jobs: Jobs, tmp_path):
 
 async def test_title_job_twice_changes_nothing_and_a_rename_wins(jobs: Jobs, tmp_path):
     async with fake_inference_on(free_port(), FakeInferenceServicer()) as fake:
-        settings = jobs.settings(jobs.new_queue(), inference_target=fake.target, generate_titles=False)
+        settings = jobs.settings(jobs.new_queue(), inference_pools=fake.target, generate_titles=False)
         async with conversation_service(settings) as stub:
             first = await exchange(stub, "ida", "How do magnets work?")
             renamed = await exchange(stub, "ida", "What is a prime number?")
@@ -251,7 +251,7 @@ async def finished_export(stub, user: str, conversation_id: str, export_id: str)
 
 async def test_export_markdown_and_json(export_worker: ConversationSettings):
     async with fake_inference_on(free_port(), FakeInferenceServicer()) as fake:
-        settings = export_worker.model_copy(update={"inference_target": fake.target})
+        settings = export_worker.model_copy(update={"inference_pools": fake.target})
         async with conversation_service(settings) as stub:
             tricky = "Quote: \"x\" | `code` ; DROP TABLE messages;\n# not a heading"
             conv = await exchange(stub, "eve", tricky, title="Notes")
@@ -428,7 +428,7 @@ async def test_a_broken_queue_never_fails_the_reply(jobs: Jobs):
     """The title job cannot be queued (broker down): the reply is still stored and answered."""
     async with fake_inference_on(free_port(), FakeInferenceServicer()) as fake:
         settings = jobs.settings(
-            jobs.new_queue(), inference_target=fake.target, celery_broker_url=f"redis://127.0.0.1:{free_port()}/0"
+            jobs.new_queue(), inference_pools=fake.target, celery_broker_url=f"redis://127.0.0.1:{free_port()}/0"
         )
         async with conversation_service(settings) as stub:
             conv = await exchange(stub, "noq", "Hello there")

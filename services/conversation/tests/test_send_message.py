@@ -248,7 +248,7 @@ async def test_concurrent_messages_in_one_conversation(conv: Harness):
 
 
 async def test_inference_unreachable_is_unavailable_and_stores_nothing(database_url, fake_inference, tmp_path):
-    async with harness(database_url, fake_inference, tmp_path, inference_target=f"127.0.0.1:{free_port()}") as h:
+    async with harness(database_url, fake_inference, tmp_path, inference_pools=f"127.0.0.1:{free_port()}") as h:
         c = await h.create()
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await h.send(c.id, "anyone there?")

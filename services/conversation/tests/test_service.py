@@ -23,7 +23,7 @@ def test_settings_defaults_and_production_refuses_sqlite(tmp_path, monkeypatch):
     monkeypatch.setenv("CHATPLANE_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("CHATPLANE_CONVERSATION_DATABASE_URL", raising=False)
     settings = ConversationSettings()
-    assert settings.port == 50052 and settings.inference_target == "127.0.0.1:50053"
+    assert settings.port == 50052 and settings.inference_pools == "127.0.0.1:50053"
     assert settings.database_url == f"sqlite+aiosqlite:///{tmp_path}/conversation.db"
     assert settings.broker_url == f"sqla+sqlite:///{tmp_path.resolve()}/celery-broker.db"  # embedded: no server
     monkeypatch.setenv("CHATPLANE_ENVIRONMENT", "production")
@@ -66,7 +66,7 @@ def test_runs_as_a_process(tmp_path):
     env = {
         "CHATPLANE_DATA_DIR": str(tmp_path / "data"),
         "CHATPLANE_CONVERSATION_PORT": str(port),
-        "CHATPLANE_CONVERSATION_INFERENCE_TARGET": f"127.0.0.1:{free_port()}",
+        "CHATPLANE_INFERENCE_POOLS": f"127.0.0.1:{free_port()}",
     }
     migrate = subprocess.run(
         [sys.executable, "-m", "chatplane.conversation", "migrate"],

@@ -490,7 +490,7 @@ def settings(fakes: Backends) -> GatewaySettings:
     return GatewaySettings(
         auth_target=fakes.targets["auth"],
         conversation_target=fakes.targets["conversation"],
-        inference_target=fakes.targets["inference"],
+        inference_pools=fakes.targets["inference"],
         jwks_refresh_seconds=0.5,
         readiness_timeout_seconds=0.5,
         upstream_timeout_seconds=5,

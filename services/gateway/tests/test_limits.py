@@ -175,7 +175,7 @@ async def _start_gateway(fakes, env: dict[str, str]) -> tuple[subprocess.Popen, 
         env={**os.environ, **env, "CHATPLANE_GATEWAY_PORT": str(port),
              "CHATPLANE_GATEWAY_AUTH_TARGET": fakes.targets["auth"],
              "CHATPLANE_GATEWAY_CONVERSATION_TARGET": fakes.targets["conversation"],
-             "CHATPLANE_GATEWAY_INFERENCE_TARGET": fakes.targets["inference"]},
+             "CHATPLANE_INFERENCE_POOLS": fakes.targets["inference"]},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     return proc, f"http://127.0.0.1:{port}"

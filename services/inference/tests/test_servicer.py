@@ -32,10 +32,12 @@ class FakeEngine:
     async def start(self) -> None:
         return None
 
-    def count_tokens(self, *, messages=None, prompt=None) -> int:
+    def count_tokens(self, *, messages=None, prompt=None, continue_final=False) -> int:
         return sum(len(m.content.split()) for m in messages) if messages else len((prompt or "").split())
 
-    async def generate(self, *, messages, prompt, sampling: Sampling, request_id: str) -> AsyncIterator[Chunk]:
+    async def generate(
+        self, *, messages, prompt, sampling: Sampling, request_id: str, continue_final: bool = False
+    ) -> AsyncIterator[Chunk]:
         self.seen.append((messages, prompt, sampling))
         if sampling.max_tokens and sampling.max_tokens > self.max_model_len:
             raise EngineInputError("too long", param="max_tokens", code="context_length_exceeded")

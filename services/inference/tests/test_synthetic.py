@@ -180,7 +180,7 @@ async def test_cancelled_rpc_aborts_the_synthetic_request(synthetic_stub):
 
 async def test_a_stream_interval_groups_tokens_but_never_holds_the_first_or_the_end():
     engine = await started(synthetic_tokens_per_second=200)  # a token every 5 ms: 40 tokens in about 200 ms
-    service, servicer = build(engine, stream_interval_ms=300)
+    service, servicer = build(engine, settings(stream_interval_ms=300))
     servicer.ready = True
     port = await service.start("127.0.0.1:0")
     chan = grpc.aio.insecure_channel(f"127.0.0.1:{port}")

@@ -54,6 +54,11 @@ class InferenceServiceStub:
                 request_serializer=chatplane_dot_inference_dot_v1_dot_inference__pb2.GetEngineStatsRequest.SerializeToString,
                 response_deserializer=chatplane_dot_inference_dot_v1_dot_inference__pb2.EngineStats.FromString,
                 _registered_method=True)
+        self.WatchEngineStats = channel.unary_stream(
+                '/chatplane.inference.v1.InferenceService/WatchEngineStats',
+                request_serializer=chatplane_dot_inference_dot_v1_dot_inference__pb2.WatchEngineStatsRequest.SerializeToString,
+                response_deserializer=chatplane_dot_inference_dot_v1_dot_inference__pb2.EngineStats.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -87,6 +92,14 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEngineStats(self, request, context):
+        """The same figures as a stream: one message at once, then whenever they change (at most one per interval) and at
+        least every few seconds. Clients route requests by it; it ends when the server stops.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +121,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
             'GetEngineStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetEngineStats,
                     request_deserializer=chatplane_dot_inference_dot_v1_dot_inference__pb2.GetEngineStatsRequest.FromString,
+                    response_serializer=chatplane_dot_inference_dot_v1_dot_inference__pb2.EngineStats.SerializeToString,
+            ),
+            'WatchEngineStats': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEngineStats,
+                    request_deserializer=chatplane_dot_inference_dot_v1_dot_inference__pb2.WatchEngineStatsRequest.FromString,
                     response_serializer=chatplane_dot_inference_dot_v1_dot_inference__pb2.EngineStats.SerializeToString,
             ),
     }
@@ -218,6 +236,33 @@ class InferenceService:
             target,
             '/chatplane.inference.v1.InferenceService/GetEngineStats',
             chatplane_dot_inference_dot_v1_dot_inference__pb2.GetEngineStatsRequest.SerializeToString,
+            chatplane_dot_inference_dot_v1_dot_inference__pb2.EngineStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEngineStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chatplane.inference.v1.InferenceService/WatchEngineStats',
+            chatplane_dot_inference_dot_v1_dot_inference__pb2.WatchEngineStatsRequest.SerializeToString,
             chatplane_dot_inference_dot_v1_dot_inference__pb2.EngineStats.FromString,
             options,
             channel_credentials,

@@ -1,0 +1,153 @@
+"""One inference replica as a client sees it: its channel, its health and its load, kept current by two watch
+streams (``grpc.health.v1`` Watch and ``WatchEngineStats``) while the replica is part of a pool."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from chatplane.common.grpc_client import channel
+from chatplane.common.inference import metrics
+from chatplane.protos.inference.v1 import inference_pb2, inference_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+HEALTH_SERVICE = ""  # the server's overall status (what the kubelet probes), NOT_SERVING while it drains
+STATS_INTERVAL_MS = 250
+RETRY_FIRST_SECONDS = 0.2  # reconnecting a watch: first wait, doubled up to RETRY_MAX_SECONDS
+RETRY_MAX_SECONDS = 5.0
+FAILED_SKIP_SECONDS = 1.0  # a replica whose call just failed is passed over this long (its health may lag)
+MODELS_TIMEOUT_SECONDS = 5.0
+
+
+class Replica:
+    """Health, load and models of one replica; ``on_change`` is called when it becomes routable or stops being so."""
+
+    def __init__(self, pool: str, address: str, on_change: Callable[[], None]) -> None:
+        self.pool = pool
+        self.address = address
+        self.channel = channel(address)
+        self.stub = inference_pb2_grpc.InferenceServiceStub(self.channel)
+        self.serving = False
+        self.in_flight = 0
+        self.engine_running = 0
+        self.engine_waiting = 0
+        self.kv_cache_usage = 0.0
+        self.models: list[inference_pb2.Model] = []
+        self.failed_until = 0.0
+        self.leaving = False  # gone from discovery: no new calls; closed once the last one ends
+        self.known = asyncio.Event()  # set once the health watch first answered (or failed)
+        self._on_change = on_change
+        self._tasks: list[asyncio.Task] = []
+        self._in_flight_gauge = metrics.IN_FLIGHT.labels(pool, address)
+
+    # --- what routing reads -------------------------------------------------------------------------------------
+
+    @property
+    def load(self) -> int:
+        return max(self.in_flight, self.engine_running + self.engine_waiting)
+
+    def routable(self, now: float) -> bool:
+        return self.serving and not self.leaving and now >= self.failed_until
+
+    def call_started(self) -> None:
+        self.in_flight += 1
+        self._in_flight_gauge.inc()
+
+    def call_ended(self, outcome: str) -> None:
+        self.in_flight -= 1
+        self._in_flight_gauge.dec()
+        metrics.REQUESTS.labels(self.pool, self.address, outcome).inc()
+        if self.leaving and self.in_flight == 0:
+            asyncio.get_running_loop().create_task(self.close())
+
+    def failed(self) -> None:
+        """A call found the replica unreachable: pass it over until its health watch says otherwise."""
+        self.failed_until = time.monotonic() + FAILED_SKIP_SECONDS
+        self._on_change()
+
+    # --- life -----------------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._watch_health(), name=f"inference-health-{self.address}"),
+            asyncio.create_task(self._watch_stats(), name=f"inference-stats-{self.address}"),
+        ]
+
+    def leave(self) -> None:
+        """Taken out of the pool: no new calls; closed now if idle, else when its last call ends."""
+        self.leaving = True
+        self._set_serving(False)
+        if self.in_flight == 0:
+            asyncio.get_running_loop().create_task(self.close())
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self.channel.close()
+        metrics.forget_replica(self.pool, self.address)
+
+    def _set_serving(self, serving: bool) -> None:
+        self.known.set()
+        if serving != self.serving:
+            self.serving = serving
+            log.info("inference replica %s", "serving" if serving else "not serving",
+                     extra={"pool": self.pool, "replica": self.address})
+            self._on_change()
+
+    async def _watch_health(self) -> None:
+        health = health_pb2_grpc.HealthStub(self.channel)
+        delay = RETRY_FIRST_SECONDS
+        while True:
+            try:
+                async for reply in health.Watch(health_pb2.HealthCheckRequest(service=HEALTH_SERVICE)):
+                    serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+                    if serving and not self.serving:  # (re)started: its model may have changed
+                        self.models = await self._list_models()
+                    self._set_serving(serving)
+                    delay = RETRY_FIRST_SECONDS
+            except grpc.aio.AioRpcError as err:
+                if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    # No health service: as gRPC's own health checking does, count it serving (failed calls still
+                    # move requests elsewhere).
+                    log.warning("inference replica has no health service; assumed serving",
+                                extra={"pool": self.pool, "replica": self.address})
+                    self.models = await self._list_models()
+                    self._set_serving(True)
+                    return
+            self._set_serving(False)  # the watch ended: the replica is gone, restarting or unreachable
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
+
+    async def _list_models(self) -> list[inference_pb2.Model]:
+        reply = await self.stub.ListModels(inference_pb2.ListModelsRequest(), timeout=MODELS_TIMEOUT_SECONDS)
+        return list(reply.models)
+
+    async def _watch_stats(self) -> None:
+        delay = RETRY_FIRST_SECONDS
+        request = inference_pb2.WatchEngineStatsRequest(interval_ms=STATS_INTERVAL_MS)
+        while True:
+            try:
+                async for stats in self.stub.WatchEngineStats(request):
+                    self.engine_running = stats.running
+                    self.engine_waiting = stats.waiting
+                    self.kv_cache_usage = stats.kv_cache_usage
+                    delay = RETRY_FIRST_SECONDS
+            except grpc.aio.AioRpcError as err:
+                if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    log.warning("inference replica reports no load (an older version?)",
+                                extra={"pool": self.pool, "replica": self.address})
+                    return
+            self.engine_running = self.engine_waiting = 0  # unknown: the client's own in-flight count stands
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
