@@ -88,7 +88,7 @@ def start_gateway(port: int, data_dir: str) -> subprocess.Popen:
         "CHATPLANE_KAFKA_BOOTSTRAP_SERVERS": "",
         "CHATPLANE_GATEWAY_AUTH_TARGET": f"127.0.0.1:{unused}",
         "CHATPLANE_GATEWAY_CONVERSATION_TARGET": f"127.0.0.1:{unused}",
-        "CHATPLANE_GATEWAY_INFERENCE_TARGET": f"127.0.0.1:{unused}",
+        "CHATPLANE_INFERENCE_POOLS": f"127.0.0.1:{unused}",
     }
     proc = subprocess.Popen([sys.executable, "-m", "chatplane.gateway"], env=env, stdout=subprocess.DEVNULL,  # noqa: S603
                             stderr=subprocess.DEVNULL)
