@@ -12,6 +12,7 @@ import pytest
 
 from chatplane.common.procs import free_port
 from chatplane.common.stack import Ports, services, start_all, stop_all
+from tests_support import Account, new_account
 
 @dataclass
 class Stack:
@@ -51,32 +52,6 @@ def stack(inference_server, kafka_broker, tmp_path_factory, pg_database_factory)
                         kafka_broker.bootstrap_servers)
         finally:
             stop_all(svcs)
-
-
-@dataclass
-class Account:
-    email: str
-    password: str
-    token: str  # JWT access token
-    api_key: str
-    api_key_id: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"}
-
-
-def new_account(base_url: str) -> Account:
-    email = f"user-{uuid.uuid4().hex[:10]}@example.com"
-    password = "correct horse battery staple"
-    with httpx.Client(base_url=base_url, timeout=30) as http:
-        r = http.post("/v1/auth/signup", json={"email": email, "password": password})
-        assert r.status_code == 201, r.text
-        token = http.post("/v1/auth/login", json={"email": email, "password": password}).json()["access_token"]
-        r = http.post("/v1/api-keys", json={"name": "tests"}, headers={"Authorization": f"Bearer {token}"})
-        assert r.status_code == 201, r.text
-        key = r.json()
-    return Account(email, password, token, key["key"], key["id"])
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
+from dataclasses import dataclass
+
+import httpx
 
 
 def assert_openai_error(response, *statuses: int) -> dict:
@@ -26,3 +30,29 @@ async def eventually(check, timeout: float = 20.0, interval: float = 0.05):
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+@dataclass
+class Account:
+    email: str
+    password: str
+    token: str  # JWT access token
+    api_key: str
+    api_key_id: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+
+def new_account(base_url: str) -> Account:
+    email = f"user-{uuid.uuid4().hex[:10]}@example.com"
+    password = "correct horse battery staple"
+    with httpx.Client(base_url=base_url, timeout=30) as http:
+        r = http.post("/v1/auth/signup", json={"email": email, "password": password})
+        assert r.status_code == 201, r.text
+        token = http.post("/v1/auth/login", json={"email": email, "password": password}).json()["access_token"]
+        r = http.post("/v1/api-keys", json={"name": "tests"}, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 201, r.text
+        key = r.json()
+    return Account(email, password, token, key["key"], key["id"])
