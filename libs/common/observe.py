@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from chatplane.common.stack import Ports
+from chatplane.common.stack import Ports, inference_replicas_setting
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "chatplane"
@@ -31,9 +31,12 @@ DASHBOARDS_DIR = CHART / "dashboards"
 JOB_PREFIX = "chatplane-"  # job names like the Kubernetes Services' (<release>-chatplane-<component>)
 
 
-def scrape_targets(ports: Ports, *, inference_metrics: int | None = None, host: str = "127.0.0.1") -> dict[str, str]:
-    """Component -> host:port of its metrics endpoint (the gateway: its HTTP port, path /metrics)."""
-    return {
+def scrape_targets(
+    ports: Ports, *, inference_metrics: int | None = None, inference_replicas: int = 1, host: str = "127.0.0.1"
+) -> dict[str, str]:
+    """Component -> host:port of its metrics endpoint (the gateway: its HTTP port, path /metrics). Inference replicas
+    after the first are components of their own (``inference-1``, ...)."""
+    targets = {
         "gateway": f"{host}:{ports.gateway}",
         "auth": f"{host}:{ports.auth_metrics}",
         "usage": f"{host}:{ports.usage_metrics}",
@@ -41,6 +44,9 @@ def scrape_targets(ports: Ports, *, inference_metrics: int | None = None, host: 
         "worker": f"{host}:{ports.worker_metrics}",
         "inference": f"{host}:{inference_metrics if inference_metrics is not None else ports.inference_metrics}",
     }
+    for i in range(1, inference_replicas):
+        targets[f"inference-{i}"] = f"{host}:{ports.inference_replica(i)[1]}"
+    return targets
 
 
 def rule_files(rules_dir: Path = RULES_DIR) -> list[Path]:
@@ -150,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", default="5s", help="scrape and rule evaluation interval")
     args = parser.parse_args(argv)
 
-    targets = scrape_targets(Ports(gateway=args.gateway_port))
+    targets = scrape_targets(Ports(gateway=args.gateway_port), inference_replicas=inference_replicas_setting())
     prom = Prometheus(prometheus_config(targets, interval=args.interval), args.port)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:

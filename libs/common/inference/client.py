@@ -51,6 +51,7 @@ class Pool:
         self.picker = Picker(spec.policy)
         self._changed = asyncio.Event()
         self._discoverer = Discoverer(spec.target, self._update, discovery_interval)
+        metrics.start_pool(spec.name, spec.policy.value)
 
     def models(self) -> list[pb.Model]:
         """The pool's models: the configured one, else what its replicas report (none until one answered)."""

@@ -43,6 +43,18 @@ REPLICAS = Gauge(
 )
 
 
+def start_pool(pool: str, policy: str) -> None:
+    """Series at zero from the start (a dashboard shows 0 failovers, not "no data")."""
+    for stage in ("before_first_token", "mid_stream"):
+        FAILOVERS.labels(pool, stage)
+    results = {"affinity": ("preferred", "spilled", "least_loaded"), "least_loaded": ("least_loaded",),
+               "round_robin": ("round_robin",)}[policy]
+    for result in results:
+        PICKS.labels(pool, policy, result)
+    for state in ("serving", "not_serving"):
+        REPLICAS.labels(pool, state)
+
+
 def forget_replica(pool: str, replica: str) -> None:
     """Drop a departed replica's series (labels stay bounded while replicas come and go)."""
     with suppress(KeyError):
