@@ -9,7 +9,9 @@
    bare server, and the CPU time the platform's processes spent per request (from /proc, their own utime + stime).
 2. real engine: ``benchmarks/throughput.py`` (the full stack against vLLM's AsyncLLM called directly, 1 and 8 streams).
 3. events: outbox -> consumer, once the platform has an events path.
-4. web: the web app's first-screen JavaScript (gzipped, against the 300 KB budget) and its time to first paint in
+4. fleet: ``benchmarks/fleet.py`` (two real replicas: prefix-cache hit ratio and TTFT with affinity against round
+   robin; a replica killed under 16 streams; a replica joining under load; the spread of 32 stateless clients).
+5. web: the web app's first-screen JavaScript (gzipped, against the 300 KB budget) and its time to first paint in
    Chromium (``benchmarks/web.py``).
 
 Everything listens on 127.0.0.1; every run is bounded by a request count and a deadline. Prints a table and writes
@@ -326,6 +328,46 @@ def web(args: argparse.Namespace, report: dict) -> None:
         report["web"] = json.loads(Path(out.name).read_text())
 
 
+def fleet(args: argparse.Namespace, report: dict) -> None:
+    print("fleet section (benchmarks/fleet.py: two real replicas, affinity against round robin; kill, join, spread) "
+          "...", flush=True)
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        try:
+            done = run_child([sys.executable, str(HERE / "fleet.py"), "--json", out.name], args.fleet_timeout)
+        except subprocess.TimeoutExpired:
+            report["fleet"] = {"error": f"timed out after {args.fleet_timeout} s"}
+            return
+        if done.returncode != 0:
+            report["fleet"] = {"error": (done.stderr or done.stdout)[-1500:]}
+            return
+        report["fleet"] = json.loads(Path(out.name).read_text())
+
+
+def print_fleet(fl: dict) -> None:
+    if "error" in fl:
+        print(f"\nfleet: failed: {fl['error'][-500:]}")
+        return
+    px = fl.get("prefix") or {}
+    if "phases" in px:
+        print(f"\nfleet: {px['replicas']} real replicas, {px['conversations']} conversations x {px['turns']} turns "
+              f"({px['words_per_turn']} words a turn), KV cache {px['kv_cache_gib_per_replica']} GiB a replica")
+        print(f"{'policy':<12} {'prefix-cache hit ratio':>22} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} "
+              f"{'p50 turns 2+':>13}")
+        for policy, ph in px["phases"].items():
+            print(f"{policy:<12} {ph['prefix_cache_hit_ratio']!s:>22} {ph['ttft_p50_ms']!s:>12} "
+                  f"{ph['ttft_p99_ms']!s:>12} {ph['ttft_p50_ms_turns_2_on']!s:>13}")
+        print(f"  TTFT p50 round robin / affinity: {px.get('ttft_p50_speedup')}")
+        if "kill_real_engine" in px:
+            print(f"  kill -9 of a real replica under 16 streams: {px['kill_real_engine']}")
+    elif px:
+        print(f"\nfleet prefix: failed: {px.get('error', '')[-500:]}")
+    for name in ("kill", "join"):
+        if fl.get(name):
+            print(f"  {name}: {fl[name]}")
+    for policy, sp in (fl.get("spread") or {}).items():
+        print(f"  spread ({policy}): {sp}")
+
+
 def print_tables(report: dict) -> None:
     ov = report.get("overhead")
     if ov:
@@ -361,6 +403,8 @@ def print_tables(report: dict) -> None:
               f"commit -> applied at {lat['rate_per_s']}/s: p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms")
     elif ev:
         print(f"\nevents: {ev.get('skipped') or 'failed: ' + ev.get('error', '')[-500:]}")
+    if report.get("fleet"):
+        print_fleet(report["fleet"])
     wb = report.get("web") or {}
     if "bundle" in wb:
         import web as web_bench
@@ -381,6 +425,8 @@ def main() -> int:
     parser.add_argument("--skip-events", action="store_true", help="skip the events section")
     parser.add_argument("--events-timeout", type=float, default=180.0)
     parser.add_argument("--skip-web", action="store_true", help="skip the web app section (bundle size, first paint)")
+    parser.add_argument("--skip-fleet", action="store_true", help="skip the inference fleet section")
+    parser.add_argument("--fleet-timeout", type=float, default=1500.0)
     parser.add_argument("--stream-interval-ms", type=float, default=20.0,
                         help="also measure the platform with this inference stream interval; 0: skip that run")
     parser.add_argument("--env", nargs="*", default=[], help="KEY=VALUE settings for the platform's services")
@@ -409,6 +455,10 @@ def main() -> int:
         report["events"] = None
     else:
         events(args, report)
+    if args.skip_fleet:
+        report["fleet"] = None
+    else:
+        fleet(args, report)
     if args.skip_web:
         report["web"] = None
     else:

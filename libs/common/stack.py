@@ -230,7 +230,7 @@ def supervise(svcs: list[Service], stop_when: Callable[[], bool] = lambda: False
                     delay.get(svc.name, RESTART_FIRST_SECONDS / 2) * 2, RESTART_MAX_SECONDS)
                 delay[svc.name] = wait
                 due[svc.name] = now + wait
-                print(f"{svc.name} exited with {svc.proc.returncode}; restarting in {wait:.0f}s", file=sys.stderr,
+                print(f"{svc.name} exited with {svc.proc.returncode}; restarting in {wait:.1f}s", file=sys.stderr,
                       flush=True)
             elif now >= due[svc.name]:
                 del due[svc.name]

@@ -39,6 +39,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         backends = Backends(settings)
         app.state.backends = backends
         backends.metering.start()  # the completion records' sender; Backends.close() flushes and stops it
+        backends.inference.start()  # discovery and the replicas' health and load watches, before the first request
         try:
             yield
         finally:

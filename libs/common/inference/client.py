@@ -80,7 +80,7 @@ class Pool:
 
     def _update(self, addresses: set[str]) -> None:
         for address in addresses - self.replicas.keys():
-            replica = Replica(self.spec.name, address, self._notify)
+            replica = Replica(self.spec.name, address, self._notify, lambda a=address: self._forget(a))
             self.replicas[address] = replica
             replica.start()
             log.info("inference replica joined", extra={"pool": self.spec.name, "replica": address})
@@ -88,6 +88,10 @@ class Pool:
             self.replicas.pop(address).leave()
             log.info("inference replica left", extra={"pool": self.spec.name, "replica": address})
         self._notify()
+
+    def _forget(self, address: str) -> None:
+        if address not in self.replicas:  # gone for good (not back under the same address meanwhile)
+            metrics.forget_replica(self.spec.name, address)
 
     def _notify(self) -> None:
         self._changed.set()
@@ -297,7 +301,8 @@ class Generation:
         self._call = None
         self._tried: set[str] = set()
         self._attempts = 0
-        self._text: list[str] = []  # what the caller has been given
+        self._text: list[str] = []  # the text the caller has been given
+        self._given = False  # whether the caller has been given anything (text, tool calls, log-probabilities)
         self._tokens = 0  # completion tokens given
         self._attempt_tokens = 0  # of them, given by the current attempt
         self._prompt_tokens = 0
@@ -371,7 +376,7 @@ class Generation:
             raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, "the generation did not finish in time")
         if self.pool is None:
             self.pool = await self.client._pool(self.request.model)  # noqa: SLF001 - the client's own helper
-        request = self.request if not self._text else self._continuation()
+        request = self.request if not self._given else self._continuation()
         if request is None:  # the token budget was used up exactly when the replica was lost
             self._ended = True
             return pb.GenerateResponse(
@@ -415,7 +420,7 @@ class Generation:
 
     def _take(self, reply: pb.GenerateResponse, *, final: bool) -> pb.GenerateResponse | None:
         """Account for a reply from the current attempt and make it what the caller sees."""
-        continued = bool(self._text) or self._tokens > 0
+        continued = self._given
         if self._first_of_attempt:
             self._first_of_attempt = False
             if self._attempts == 1 or not continued:
@@ -433,7 +438,9 @@ class Generation:
         if not final:
             if reply.finish_reason == "abort":  # an aborted last message: only its text goes on
                 reply = pb.GenerateResponse(text=reply.text, tokens=reply.tokens, prompt_tokens=reply.prompt_tokens)
-                return reply if reply.text else None
+                if not reply.text:
+                    return None
+            self._given = True
             return reply
         if self.failovers and self._attempts > 1 and tokens_before:
             # Usage as if one replica had answered: the first prompt, every token given.
@@ -445,7 +452,7 @@ class Generation:
 
     def _fail_over(self, reason: str) -> None:
         replica = self.replica
-        stage = "mid_stream" if self._text else "before_first_token"
+        stage = "mid_stream" if self._given else "before_first_token"
         log.warning("inference replica failed, going on with another",
                     extra={"pool": self.pool.spec.name, "replica": replica.address if replica else None,
                            "reason": reason, "stage": stage, "request_id": self.request.request_id})

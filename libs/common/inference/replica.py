@@ -29,7 +29,9 @@ MODELS_TIMEOUT_SECONDS = 5.0
 class Replica:
     """Health, load and models of one replica; ``on_change`` is called when it becomes routable or stops being so."""
 
-    def __init__(self, pool: str, address: str, on_change: Callable[[], None]) -> None:
+    def __init__(
+        self, pool: str, address: str, on_change: Callable[[], None], on_closed: Callable[[], None] = lambda: None
+    ) -> None:
         self.pool = pool
         self.address = address
         self.channel = channel(address)
@@ -44,6 +46,7 @@ class Replica:
         self.leaving = False  # gone from discovery: no new calls; closed once the last one ends
         self.known = asyncio.Event()  # set once the health watch first answered (or failed)
         self._on_change = on_change
+        self._on_closed = on_closed
         self._tasks: list[asyncio.Task] = []
         self._in_flight_gauge = metrics.IN_FLIGHT.labels(pool, address)
 
@@ -95,7 +98,7 @@ class Replica:
                 await task
         self._tasks = []
         await self.channel.close()
-        metrics.forget_replica(self.pool, self.address)
+        self._on_closed()
 
     def _set_serving(self, serving: bool) -> None:
         self.known.set()
