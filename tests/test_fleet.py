@@ -93,6 +93,14 @@ def request(text: str = "Tell me a story", max_tokens: int = 40, seed: int = 11)
     )
 
 
+async def all_serving(client: InferenceClient, count: int, timeout: float = 20) -> None:
+    """Until the client sees ``count`` serving replicas (their health watches answer in their own time)."""
+    deadline = time.monotonic() + timeout
+    while sum(r.serving for r in client.pools[0].replicas.values()) < count:
+        assert time.monotonic() < deadline, "the replicas did not all become serving"
+        await asyncio.sleep(0.02)
+
+
 async def collect(gen) -> tuple[str, pb.GenerateResponse]:
     parts, last = [], None
     async for reply in gen:
@@ -114,6 +122,7 @@ async def test_requests_spread_over_the_replicas_and_a_new_replica_gets_traffic(
     listing.write_text("\n".join(r.address for r in first))
     async with client_for(f'[{{"target": "file://{listing}", "policy": "least_loaded"}}]',
                           discovery_interval=0.2) as client:
+        await all_serving(client, 2)
         gens = [client.generate(request(max_tokens=20)) for _ in range(12)]
         firsts = await asyncio.gather(*(g.read() for g in gens))
         assert all(f.text for f in firsts)
@@ -142,6 +151,7 @@ async def test_a_replica_lost_before_the_first_token_is_unseen(replicas):
     slow, fast = replicas(1, tokens_per_second=100, CHATPLANE_INFERENCE_SYNTHETIC_PROMPT_TOKEN_SECONDS="0.2")[0], \
         replicas(1, tokens_per_second=100)[0]
     async with client_for(f"{slow.address},{fast.address}") as client:
+        await all_serving(client, 2)
         key = next(k for k in (f"session:{i}" for i in range(100))
                    if client.pools[0].picker.pick(list(client.pools[0].replicas.values()), k)[0].address
                    == slow.address)
@@ -161,6 +171,7 @@ async def test_a_replica_lost_before_the_first_token_is_unseen(replicas):
 async def test_a_reply_cut_off_mid_stream_continues_on_another_replica_as_if_nothing_happened(replicas):
     a, b = replicas(2, tokens_per_second=40)
     async with client_for(f"{a.address},{b.address}") as client:
+        await all_serving(client, 2)
         reference, ref_last = await collect(client.generate(request(max_tokens=60, seed=5)))
         before = failovers("mid_stream")
         gen = client.generate(request(max_tokens=60, seed=5), key="conversation:cut")
@@ -183,6 +194,7 @@ async def test_a_reply_cut_off_mid_stream_continues_on_another_replica_as_if_not
 async def test_a_draining_replica_finishes_its_streams_and_gets_no_new_ones(replicas):
     a, b = replicas(2, tokens_per_second=20)
     async with client_for(f"{a.address},{b.address}") as client:
+        await all_serving(client, 2)
         gen = client.generate(request(max_tokens=30), key="session:drain")
         first = await gen.read()
         draining = a if gen.replica.address == a.address else b

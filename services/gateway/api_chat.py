@@ -209,20 +209,25 @@ async def _read(call: Any) -> inference_pb2.GenerateResponse | None:
 SESSION_HEADER = "x-session-id"
 
 
-def affinity_key(body: ChatCompletionRequest, request: Request) -> str:
+def affinity_key(request: Request, user: str | None, lead: str) -> str:
     """What keeps related stateless requests on one inference replica (its prefix cache): the client's session
-    (``x-session-id``), else its ``user``, else the prompt's leading messages (system prompt and first user turn)."""
+    (``x-session-id``), else its ``user``, else the prompt's beginning (``lead``)."""
     session = request.headers.get(SESSION_HEADER)
     if session:
         return f"session:{session[:256]}"
-    if body.user:
-        return f"user:{body.user[:256]}"
+    if user:
+        return f"user:{user[:256]}"
+    return "prompt:" + hashlib.blake2b(lead.encode(errors="replace"), digest_size=16).hexdigest()
+
+
+def chat_lead(body: ChatCompletionRequest) -> str:
+    """A chat's leading messages: the system prompt and the first user turn."""
     lead: list[str] = []
     for m in body.messages:  # up to and with the first user message
         lead.append(f"{m.role}\0{m.content if isinstance(m.content, str) else m.content!r}")
         if m.role == "user":
             break
-    return "prompt:" + hashlib.blake2b("\0".join(lead).encode(), digest_size=16).hexdigest()
+    return "\0".join(lead)
 
 
 def _count_request(generate: inference_pb2.GenerateRequest) -> inference_pb2.CountTokensRequest:
@@ -290,7 +295,7 @@ async def create_chat_completion(
     observation.request_id = completion_id  # the access log line names the call
     admission, prompt_estimate = await _admit(backends, principal, request, generate)
     call = MeteredGeneration(
-        backends.inference.generate(generate, key=affinity_key(body, request)),
+        backends.inference.generate(generate, key=affinity_key(request, body.user, chat_lead(body))),
         backends.metering, admission, principal, completion_id, body.model, prompt_estimate,
     )
     watch = ClientWatch(request.receive)

@@ -13,17 +13,23 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from chatplane.common import limits
 from chatplane.gateway import convert, generation
-from chatplane.gateway.api_chat import _count_request, _finish_reason, _read, _rough_prompt_tokens, _stop
+from chatplane.gateway.api_chat import (
+    _count_request,
+    _finish_reason,
+    _read,
+    _rough_prompt_tokens,
+    _stop,
+    affinity_key,
+)
 from chatplane.gateway.api_models import check_max_tokens, model_not_found
 from chatplane.gateway.backends import Backends
 from chatplane.gateway.deps import BackendsDep, CurrentPrincipal
-from chatplane.gateway.errors import APIError, from_grpc, invalid
+from chatplane.gateway.errors import APIError, invalid, upstream
 from chatplane.gateway.metering import Admission, MeteredGeneration
 from chatplane.gateway.observability import observe
 from chatplane.gateway.schemas import CompletionRequest
@@ -32,6 +38,7 @@ from chatplane.protos.inference.v1 import inference_pb2
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["completions"])
+LEAD_CHARS = 2000  # the beginning of a prompt that keeps requests sharing it on one replica (affinity)
 
 
 def _prompts(body: CompletionRequest) -> list[str]:
@@ -97,12 +104,8 @@ async def _admit(
         if exact:  # a quota applies: count with the model's tokenizer
             counted = 0
             for generate in generates:
-                try:
-                    reply = await backends.inference.CountTokens(
-                        _count_request(generate), timeout=backends.settings.upstream_timeout_seconds
-                    )
-                except grpc.aio.AioRpcError as err:
-                    raise from_grpc(err, "inference") from None
+                with upstream("inference"):
+                    reply = await backends.inference.count_tokens(_count_request(generate))
                 counted += reply.token_count
         else:
             counted = sum(_rough_prompt_tokens(g) for g in generates)
@@ -126,7 +129,8 @@ async def create_completion(
 ) -> Any:
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     generates = build_requests(body, completion_id, backends.settings.max_n)
-    model = await backends.models.get(body.model)
+    with upstream("inference"):
+        model = await backends.inference.model(body.model)
     if model is None:
         raise model_not_found(body.model, "model")
     check_max_tokens(model, body.max_tokens, "max_tokens")
@@ -135,7 +139,8 @@ async def create_completion(
     observation.request_id = completion_id
     admission, prompt_estimate = await _admit(backends, principal, request, generates)
     n = generates[0].sampling.n or 1
-    calls = [backends.inference.Generate(g, timeout=backends.settings.stream_timeout_seconds) for g in generates]
+    calls = [backends.inference.generate(g, key=affinity_key(request, body.user, g.prompt[:LEAD_CHARS]))
+             for g in generates]
     call = MeteredGeneration(
         calls[0] if len(calls) == 1 else generation.MergedCalls(calls, n),
         backends.metering, admission, principal, completion_id, body.model, prompt_estimate, path="completions",

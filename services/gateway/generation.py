@@ -12,7 +12,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 
 from chatplane.common import limits
 from chatplane.gateway.errors import APIError, invalid
@@ -210,8 +209,8 @@ _END = object()
 
 class MergedCalls:
     """Several ``Generate`` streams read as one (a request with several prompts). Call ``i``'s choice ``j`` becomes
-    choice ``i * n + j``; the stream's last reply carries the usage of all calls, summed. ``read()`` and ``cancel()``
-    as a gRPC call's."""
+    choice ``i * n + j``; the stream's last reply carries the usage of all calls, summed. ``read()`` (None at the end)
+    and ``cancel()`` as an inference client's :class:`~chatplane.common.inference.Generation`."""
 
     def __init__(self, calls: list[Any], n: int) -> None:
         self._calls = calls
@@ -227,7 +226,7 @@ class MergedCalls:
         try:
             while True:
                 reply = await call.read()
-                if reply is None or reply is grpc.aio.EOF:
+                if reply is None:
                     break
                 self._queue.put_nowait((i, reply))
         except Exception as exc:  # noqa: BLE001 - handed to the reader, in order
@@ -255,7 +254,7 @@ class MergedCalls:
                     reply.usage.prompt_tokens = self._prompt_tokens
                     reply.usage.completion_tokens = self._completion_tokens
             return reply
-        return grpc.aio.EOF
+        return None
 
     def cancel(self) -> bool:
         for task in self._tasks:

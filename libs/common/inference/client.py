@@ -10,6 +10,7 @@ Deadlines and error mapping live here: failures are raised as :class:`~chatplane
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -309,6 +310,7 @@ class Generation:
         self._first_of_attempt = True
         self._strip = ""  # whitespace the continued prefix lost at its end (the chat template trims it)
         self._ended = False
+        self._complete = False  # the last message (with the usage) was given
         self._cancelled = False
         self._last_error: ServiceError | None = None  # the last replica failure, told when no replica is left
 
@@ -323,7 +325,7 @@ class Generation:
 
     def cancel(self) -> None:
         self._cancelled = True
-        self._finish("cancelled", cancel=True)
+        self._finish("ok" if self._complete else "cancelled", cancel=True)
 
     async def read(self) -> pb.GenerateResponse | None:
         try:
@@ -364,6 +366,10 @@ class Generation:
                 continue
             # The stream's last message carries the usage (with n > 1 each choice's last has a finish_reason).
             return self._take(reply, final=reply.HasField("usage"))
+        if self._call is not None:  # the last message came: read the call's end (it ends the call's trace span)
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await self._call.read()
+            self._finish("ok")
         return None
 
     # --- internals ------------------------------------------------------------------------------------------------
@@ -446,8 +452,7 @@ class Generation:
             # Usage as if one replica had answered: the first prompt, every token given.
             reply.usage.prompt_tokens = self._prompt_tokens or reply.usage.prompt_tokens
             reply.usage.completion_tokens = tokens_before + reply.usage.completion_tokens
-        self._ended = True
-        self._finish("ok")
+        self._ended = self._complete = True
         return reply
 
     def _fail_over(self, reason: str) -> None:
