@@ -294,7 +294,8 @@ async def create_response(
 ) -> Any:
     request_id = f"resp-{uuid.uuid4().hex}"
     respond = build_request(body, principal.user_id, principal.api_key_id, request_id)
-    model = await backends.models.get(body.model)
+    with upstream("inference"):
+        model = await backends.inference.model(body.model)
     if model is None:
         raise model_not_found(body.model, "model")
     check_max_tokens(model, body.max_output_tokens, "max_output_tokens")
