@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import json
 import re
 import socket
@@ -51,7 +52,9 @@ STANDIN_PREFIX = "localhost/chatplane-standin/"
 RELEASE = NAMESPACE = NETWORK = "chatplane"
 LABEL = "chatplane.dev/podman-up"  # on every pod, volume and network this tool makes: what `down` removes
 STATE = REPO / "data" / "podman-up.json"  # what podman makes without our label (ConfigMap volumes), for `down`
-MEMORY_VOLUMES = "chatplane.dev/podman-up-memory-volumes"  # pod annotation: its tmpfs volumes and their sizes
+MEMORY_VOLUMES = "chatplane.dev/podman-up-memory-volumes"
+SPEC = "chatplane.dev/podman-up-spec"  # pod annotation: a digest of the manifest it was started from
+WORKLOAD = "chatplane.dev/podman-up-workload"  # pod label: the Deployment, StatefulSet or Job it belongs to  # pod annotation: its tmpfs volumes and their sizes
 CLUSTER_DOMAIN = "svc.cluster.local"
 # Kinds the tool runs, and those it renders but cannot execute here.
 RUNS = {"Deployment", "StatefulSet", "Job"}
@@ -84,8 +87,8 @@ def deep_merge(base: Any, over: Any) -> Any:
     return over
 
 
-def render(values_files: Iterable[Path], overrides: dict[str, Any]) -> list[dict[str, Any]]:
-    """The chart's objects for a first install, in Helm's file order."""
+def render(values_files: Iterable[Path], overrides: dict[str, Any], upgrade: bool = False) -> list[dict[str, Any]]:
+    """The chart's objects for an install (or an upgrade), in Helm's file order."""
     import helm_python
 
     values: dict[str, Any] = {}
@@ -94,7 +97,7 @@ def render(values_files: Iterable[Path], overrides: dict[str, Any]) -> list[dict
     values = deep_merge(values, overrides)
     chart = helm_python.Chart.load(CHART)
     try:
-        manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=not upgrade, is_upgrade=upgrade)
     finally:
         chart.close()
     objects = []
@@ -178,6 +181,7 @@ class Workload:
     obj: dict[str, Any]
     services: list[str]
     needs: set[str] = field(default_factory=set)  # Services its environment names
+    pods: list[str] = field(default_factory=list)  # its pods once started
 
     @property
     def kind(self) -> str:
@@ -198,10 +202,18 @@ class Workload:
         # An autoscaled Deployment has no replicas: its autoscaler's minimum, which podman has none of, is 1 here.
         return int(self.obj["spec"].get("replicas", 1))
 
-    def pod_names(self) -> list[str]:
+    def pod_names(self, revision: str = "") -> list[str]:
+        """A Job's pod, a StatefulSet's pods by ordinal, a Deployment's by revision (its pod template's digest,
+        as a ReplicaSet's pod-template-hash) and index."""
         if self.kind == "Job":
             return [self.name]
-        return [f"{self.name}-{i}" for i in range(self.replicas)]
+        if self.kind == "StatefulSet":
+            return [f"{self.name}-{i}" for i in range(self.replicas)]
+        return [f"{self.name}-{revision}-{i}" for i in range(self.replicas)]
+
+    @property
+    def recreate(self) -> bool:
+        return (self.obj["spec"].get("strategy") or {}).get("type") == "Recreate"
 
     @property
     def hook(self) -> tuple[list[str], int] | None:
@@ -306,10 +318,11 @@ def pod_manifest(workload: Workload, pod_name: str, objects: Objects, publish: d
             volumes[i] = {"name": volume["name"], "persistentVolumeClaim": {"claimName": name}}
             memory_volumes[name] = size
     spec["volumes"] = volumes
-    labels = {**template["metadata"].get("labels", {}), LABEL: RELEASE}
-    annotations = {MEMORY_VOLUMES: json.dumps(memory_volumes)} if memory_volumes else {}
-    metadata = {"name": pod_name, "labels": labels, **({"annotations": annotations} if annotations else {})}
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
+    labels = {**template["metadata"].get("labels", {}), LABEL: RELEASE, WORKLOAD: workload.name}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod_name, "labels": labels}, "spec": spec}
+    if memory_volumes:
+        pod[MEMORY_VOLUMES] = memory_volumes  # for play(), which makes them and takes the key out
+    return pod
 
 
 _QUANTITY = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
@@ -346,7 +359,8 @@ def aliases(workload: Workload) -> list[str]:
 
 def play(workload: Workload, pod: dict[str, Any], objects: Objects, scratch: Path) -> None:
     """Start one pod with `podman kube play` on the network, with its Services' names as aliases."""
-    memory = json.loads((pod["metadata"].get("annotations") or {}).get(MEMORY_VOLUMES, "{}"))
+    pod = dict(pod)
+    memory = pod.pop(MEMORY_VOLUMES, {})
     names = aliases(workload)
     network = f"{NETWORK}:" + ",".join(f"alias={a}" for a in names) if names else NETWORK
     args = ["kube", "play", "--replace", "--network", network]
@@ -368,11 +382,10 @@ def play(workload: Workload, pod: dict[str, Any], objects: Objects, scratch: Pat
 
 def remember(kind: str, name: str) -> None:
     """Note something podman makes that cannot carry our label, for `down`."""
-    state = json.loads(STATE.read_text()) if STATE.exists() else {}
+    state = load_state()
     if name not in state.setdefault(kind, []):
         state[kind].append(name)
-        STATE.parent.mkdir(parents=True, exist_ok=True)
-        STATE.write_text(json.dumps(state))
+        save_state(state)
 
 
 def ensure_volume(name: str) -> None:
@@ -487,10 +500,12 @@ class ProbeRun:
 CRASH_LOOP = 3  # restarts before a container counts as crash-looping (the kubelet's CrashLoopBackOff)
 
 
-def wait_ready(workloads: list[Workload], timeout: float) -> None:
+def wait_ready(workloads: list[Workload], timeout: float, only: str = "") -> None:
+    """Until every container of the workloads' pods (or of the pod `only`) passed its startup, then readiness probe."""
     runs = [
         ProbeRun(pod, container, time.monotonic())
-        for w in workloads for pod in w.pod_names() for container in w.template["spec"]["containers"]
+        for w in workloads for pod in w.pods for container in w.template["spec"]["containers"]
+        if not only or pod == only
     ]
     ips: dict[str, str] = {}
     deadline = time.monotonic() + timeout
@@ -538,6 +553,18 @@ def run_job(workload: Workload, objects: Objects, scratch: Path, timeout: float)
     raise UpError(f"hook Job {workload.name} failed {attempts} times")
 
 
+def restart_container(container: str, grace: float) -> None:
+    """Restart one container as the kubelet does after a failed liveness probe: SIGTERM, `grace` seconds, SIGKILL,
+    then start it again (`podman restart` gives up when a killed process lingers)."""
+    subprocess.run(["podman", "stop", "-t", str(int(grace)), container], capture_output=True, timeout=grace + 120)
+    deadline = time.monotonic() + 120
+    while podman("inspect", container, "--format", "{{.State.Status}}").strip() not in ("exited", "stopped"):
+        if time.monotonic() > deadline:
+            raise UpError(f"{container} did not stop")
+        time.sleep(0.5)
+    podman("start", container)
+
+
 # --- images --------------------------------------------------------------------------------------------------------------
 
 
@@ -572,22 +599,111 @@ class Platform:
     url: str
     pods: dict[str, list[str]]  # workload name -> pod names
     skipped: dict[str, int]  # kinds rendered but not executed -> count
+    hooks: list[str] = field(default_factory=list)  # hook Jobs run, in order
+    replaced: list[str] = field(default_factory=list)  # pods started (all of them on an install)
+    seconds: float = 0.0
+
+
+def load_state() -> dict[str, Any]:
+    return json.loads(STATE.read_text()) if STATE.exists() else {}
+
+
+def save_state(state: dict[str, Any]) -> None:
+    STATE.parent.mkdir(parents=True, exist_ok=True)
+    STATE.touch(mode=0o600)
+    STATE.write_text(json.dumps(state))
+
+
+def running_spec(pod: str, container: str) -> str:
+    result = subprocess.run(
+        ["podman", "inspect", f"{pod}-{container}", "--format", f'{{{{index .Config.Annotations "{SPEC}"}}}}'],
+        capture_output=True, text=True,
+    )
+    return result.stdout.strip() if result.returncode == 0 else ""
+
+
+def digest(pod: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(pod, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def pods_of(workload: Workload) -> list[str]:
+    return podman("pod", "ps", "--format", "{{.Name}}", "--filter", f"label={WORKLOAD}={workload.name}").split()
+
+
+def remove_pods(pods: list[str]) -> None:
+    """Remove pods and their memory volumes (emptyDir medium Memory lives and dies with its pod)."""
+    if not pods:
+        return
+    podman("pod", "rm", "-f", "-t", "10", *pods)
+    volumes = podman("volume", "ls", "-q", "--filter", f"label={LABEL}={RELEASE}").split()
+    remove_volumes = [v for v in volumes if any(v.startswith(f"{RELEASE}-mem-{pod}-") for pod in pods)]
+    if remove_volumes:
+        podman("volume", "rm", "-f", *remove_volumes)
+
+
+def roll_out(workload: Workload, objects: Objects, scratch: Path, publish: dict[str, int], upgrade: bool,
+             timeout: float) -> list[str]:
+    """Start a workload's pods, or on an upgrade replace those whose manifest changed, as its controller would:
+    a StatefulSet's in place, one ordinal at a time; a Deployment's under a new revision, each new pod ready before
+    an old one goes (maxSurge 1, maxUnavailable 0), or all old ones first with `Recreate` (also for the published
+    gateway: one host port cannot be held twice). Returns the pods started."""
+    current = pods_of(workload)
+    started = []
+    if workload.kind == "StatefulSet":
+        workload.pods = workload.pod_names()
+        for name in workload.pods:
+            pod = pod_manifest(workload, name, objects, publish)
+            spec = digest(pod)
+            if name in current and running_spec(name, pod["spec"]["containers"][0]["name"]) == spec:
+                continue
+            pod["metadata"].setdefault("annotations", {})[SPEC] = spec
+            play(workload, pod, objects, scratch)
+            started.append(name)
+            if upgrade:
+                wait_ready([workload], timeout, only=name)
+        return started
+    revision = digest(pod_manifest(workload, workload.name, objects, publish))
+    workload.pods = workload.pod_names(revision)
+    if set(workload.pods) == set(current):
+        return started
+    old = sorted(set(current) - set(workload.pods))
+    if workload.recreate or publish:
+        remove_pods(old)
+        old = []
+    for name in workload.pods:
+        if name in current:
+            continue
+        play(workload, pod_manifest(workload, name, objects, publish), objects, scratch)
+        started.append(name)
+        if upgrade:
+            wait_ready([workload], timeout, only=name)
+            if old:
+                remove_pods([old.pop(0)])
+    remove_pods(old)
+    return started
 
 
 def up(values_files: list[Path], port: int = 0, overrides: dict[str, Any] | None = None,
        ready_timeout: float = 900) -> Platform:
+    """Install the release, or upgrade it when it is up (`helm upgrade --install`): the hooks of the phase first, then
+    each tier's pods whose manifest changed, one replica at a time, each ready before the next."""
     if subprocess.run(["podman", "info"], capture_output=True).returncode != 0:
         raise UpError("podman does not work here: run ../shared/tools/podman-setup.sh as root first")
-    if podman("pod", "ps", "-q", "--filter", f"label={LABEL}={RELEASE}").strip():
-        raise UpError("the platform is already up: `make podman-down` first")
-    objects = Objects.of(render(values_files, overrides or {}))
+    upgrade = bool(podman("pod", "ps", "-q", "--filter", f"label={LABEL}={RELEASE}").strip())
+    state = load_state() if upgrade else {}
+    if upgrade and "secrets" not in state:
+        raise UpError(f"pods of {RELEASE} run but {STATE} is gone: `make podman-down` first")
+    objects = Objects.of(render(values_files, overrides or {}, upgrade))
+    # What the chart's `lookup` does in a cluster: a generated Secret keeps its first value.
+    objects.secrets.update(state.get("secrets", {}))
     workloads = workloads_of(objects)
     skipped: dict[str, int] = {}
     for obj in objects.all:
         if obj["kind"] not in RUNS | DATA:
             skipped[obj["kind"]] = skipped.get(obj["kind"], 0) + 1
     ensure_images(workloads)
-    port = port or free_port()
+    port = state.get("port") or port or free_port()
+    save_state({**state, "secrets": objects.secrets, "port": port})
     gateway = next((w for w in workloads if w.template["metadata"]["labels"].get(
         "app.kubernetes.io/component") == "gateway"), None)
     if gateway is None:
@@ -595,23 +711,29 @@ def up(values_files: list[Path], port: int = 0, overrides: dict[str, Any] | None
     if subprocess.run(["podman", "network", "exists", NETWORK], capture_output=True).returncode != 0:
         podman("network", "create", "--label", f"{LABEL}={RELEASE}", NETWORK)
     started = time.monotonic()
+    platform = Platform(f"http://127.0.0.1:{port}", {}, skipped)
+    phase = "pre-upgrade" if upgrade else "pre-install"
     with tempfile.TemporaryDirectory(prefix="podman-up-") as tmp:
         scratch = Path(tmp)
-        hooks = sorted((w for w in workloads if w.hook and "pre-install" in w.hook[0]), key=lambda w: w.hook[1])
+        hooks = sorted((w for w in workloads if w.hook and phase in w.hook[0]), key=lambda w: w.hook[1])
         for job in hooks:
             if job.kind == "Job":
                 run_job(job, objects, scratch, timeout=600)
+                platform.hooks.append(job.name)
         running = [w for w in workloads if not w.hook and w.kind != "Job"]
         for number, tier in enumerate(tiers(running), 1):
             log(f"tier {number}: " + ", ".join(f"{w.name} x{w.replicas}" for w in tier))
             for workload in tier:
                 publish = {"http": port} if workload is gateway else {}
-                for pod_name in workload.pod_names():
-                    play(workload, pod_manifest(workload, pod_name, objects, publish), objects, scratch)
+                platform.replaced += roll_out(workload, objects, scratch, publish, upgrade, ready_timeout)
             wait_ready(tier, ready_timeout)
             log(f"tier {number} ready after {time.monotonic() - started:.0f} s")
-    url = f"http://127.0.0.1:{port}"
-    return Platform(url, {w.name: w.pod_names() for w in running}, skipped)
+    platform.pods = {w.name: w.pods for w in running}
+    wanted = {p for pods in platform.pods.values() for p in pods}
+    remove_pods([pod for pod in podman("pod", "ps", "--format", "{{.Name}}", "--filter", f"label={LABEL}={RELEASE}")
+                 .split() if pod not in wanted])
+    platform.seconds = time.monotonic() - started
+    return platform
 
 
 def down() -> list[str]:
@@ -639,7 +761,7 @@ def down() -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    start = commands.add_parser("up", help="run the chart's workloads from our images")
+    start = commands.add_parser("up", help="run the chart's workloads from our images (an upgrade when they run)")
     start.add_argument("--port", type=int, default=0, help="the gateway's port on 127.0.0.1 (default: a free one)")
     start.add_argument("--values", type=Path, action="append", default=[], help="more values files")
     start.add_argument("--set-image-tag", default="", help="global.imageTag (make passes IMAGE_TAG)")
@@ -659,6 +781,9 @@ def main(argv: list[str] | None = None) -> int:
             down()
         return 1
     log("not executed here (rendered only): " + ", ".join(f"{k} x{n}" for k, n in sorted(platform.skipped.items())))
+    if platform.hooks:
+        log("hook Jobs run: " + ", ".join(platform.hooks))
+    log(f"{len(platform.replaced)} pods started in {platform.seconds:.0f} s")
     print(f"chatplane is up from its images: {platform.url}  (make podman-down stops it)", flush=True)
     return 0
 

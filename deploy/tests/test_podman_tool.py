@@ -52,7 +52,8 @@ def test_a_cycle_is_refused(workloads):
 
 def test_pods_get_resolved_secrets_and_no_cluster_only_fields(objects, workloads):
     auth = workloads["chatplane-auth"]
-    assert auth.pod_names() == ["chatplane-auth-0", "chatplane-auth-1"]
+    assert auth.pod_names("1a2b3c4d") == ["chatplane-auth-1a2b3c4d-0", "chatplane-auth-1a2b3c4d-1"]
+    assert workloads["chatplane-postgresql"].pod_names("x") == ["chatplane-postgresql-0"], "by ordinal"
     pod = podman_up.pod_manifest(auth, "chatplane-auth-0", objects, {})
     (container,) = pod["spec"]["containers"]
     env = {e["name"]: e["value"] for e in container["env"]}
@@ -100,7 +101,7 @@ def test_only_the_gateway_port_reaches_the_host(objects, workloads):
     with the host's): pods list only what is published."""
     for workload in workloads.values():
         publish = {"http": 18080} if workload.name == "chatplane-gateway" else {}
-        pod = podman_up.pod_manifest(workload, workload.pod_names()[0], objects, publish)
+        pod = podman_up.pod_manifest(workload, workload.pod_names("0")[0], objects, publish)
         ports = [p for c in pod["spec"]["containers"] for p in c.get("ports", [])]
         if workload.name == "chatplane-gateway":
             assert [(p["hostPort"], p["hostIP"]) for p in ports] == [(18080, "127.0.0.1")]

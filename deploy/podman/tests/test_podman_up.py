@@ -10,6 +10,7 @@ test-artifacts/podman/inference-restart.json.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -30,20 +31,26 @@ ARTIFACTS = REPO / "test-artifacts" / "podman"
 MODEL = "SmolLM2-135M-Instruct"
 PARIS = [{"role": "user", "content": "What is the capital of France?"}]
 
+# The platform starts once for the module (a few minutes: the engine loads) and the restart waits for it again.
+pytestmark = pytest.mark.timeout(1800)
+
 if subprocess.run(["podman", "info"], capture_output=True).returncode != 0:  # pragma: no cover - machine check
     pytest.skip("podman does not work here (run ../shared/tools/podman-setup.sh as root)", allow_module_level=True)
+
+
+# More values files over deploy/podman/values.yaml, e.g. PODMAN_UP_VALUES="my-values.yaml".
+VALUES = [podman_up.LOCAL_VALUES, *(Path(p) for p in os.environ.get("PODMAN_UP_VALUES", "").split())]
 
 
 @pytest.fixture(scope="module")
 def platform():
     podman_up.down()  # what an interrupted run may have left
-    started = time.monotonic()
     try:
-        up = podman_up.up([podman_up.LOCAL_VALUES])
+        up = podman_up.up(VALUES)
     except podman_up.UpError as exc:
         podman_up.down()
         pytest.fail(f"podman-up failed: {exc}")
-    up.seconds = time.monotonic() - started
+    print(f"\nplatform up in {up.seconds:.0f} s: {up.url}")
     try:
         yield up
     finally:
@@ -69,10 +76,11 @@ def sse(lines) -> list:
 def test_every_workload_runs_from_our_images_with_the_chart_settings(platform):
     pods = json.loads(podman_up.podman("pod", "ps", "--format", "json", "--filter",
                                       f"label={podman_up.LABEL}={podman_up.RELEASE}"))
-    names = {p["Name"] for p in pods}
-    assert {"chatplane-auth-0", "chatplane-auth-1", "chatplane-gateway-0", "chatplane-inference-smollm2-0",
-            "chatplane-postgresql-0", "chatplane-conversation-worker-0"} <= names
-    gateway = json.loads(podman_up.podman("inspect", "chatplane-gateway-0-gateway"))[0]
+    assert {p["Name"] for p in pods} == {pod for names in platform.pods.values() for pod in names}
+    assert len(platform.pods["chatplane-auth"]) == 2 and platform.pods["chatplane-postgresql"] == ["chatplane-postgresql-0"]
+    assert {"chatplane-gateway", "chatplane-inference-smollm2", "chatplane-conversation-worker", "chatplane-redis",
+            "chatplane-kafka", "chatplane-auth-usage-consumer", "chatplane-conversation"} <= set(platform.pods)
+    gateway = json.loads(podman_up.podman("inspect", f"{platform.pods['chatplane-gateway'][0]}-gateway"))[0]
     assert gateway["Config"]["User"] == "10001:10001" or gateway["Config"]["User"].startswith("10001")
     assert gateway["HostConfig"]["ReadonlyRootfs"] is True
     assert gateway["ImageName"].endswith("chatplane/gateway:0.1.0")
@@ -129,15 +137,15 @@ def test_a_streamed_conversation_message_usage_and_an_export(platform, user):
 
 def test_what_a_user_sees_when_inference_restarts_under_a_stream(platform, user):
     """A long chat completion streams; after its first tokens the inference container is restarted (SIGTERM, then
-    SIGKILL after 5 s, as `podman restart -t 5` does). The stream must end visibly: completed, or an error event in
+    SIGKILL after 5 s, then started again). The stream must end visibly: completed, or an error event in
     OpenAI's shape; never cut off silently. Then the platform answers again."""
-    container = "chatplane-inference-smollm2-0-inference"
+    container = f"{platform.pods['chatplane-inference-smollm2'][0]}-inference"
     seen: dict = {"events": 0, "text": "", "ended_with": None, "error": None, "finish_reason": None}
     restart: dict = {}
 
     def restart_inference() -> None:
         restart["at"] = time.monotonic()
-        podman_up.podman("restart", "-t", "5", container)
+        podman_up.restart_container(container, grace=5)
         restart["done"] = time.monotonic()
 
     request = {"model": MODEL, "stream": True, "temperature": 0, "max_tokens": 400,
@@ -179,7 +187,7 @@ def test_what_a_user_sees_when_inference_restarts_under_a_stream(platform, user)
 
     client = openai.OpenAI(base_url=f"{platform.url}/v1", api_key=user["Authorization"][7:], max_retries=0)
     answer, attempts = None, 0
-    while time.monotonic() - back < 300:
+    while time.monotonic() - back < 420:
         attempts += 1
         try:
             answer = client.chat.completions.create(model=MODEL, messages=PARIS, temperature=0, max_tokens=20)
@@ -198,3 +206,28 @@ def test_what_a_user_sees_when_inference_restarts_under_a_stream(platform, user)
     if seen["ended_with"] == "error event":
         assert seen["error"].get("message") and seen["error"].get("type"), seen
     assert answer is not None and "Paris" in answer.choices[0].message.content, seen
+
+
+def test_an_upgrade_runs_the_migration_jobs_and_keeps_the_secrets(platform, user):
+    """`make podman-up` on a running release upgrades it, as `helm upgrade --install` would: the pre-upgrade hooks
+    (the migrations Jobs, from the auth and conversation images, against the running database) run first, then the
+    pods whose manifest changed are replaced one at a time. The generated secrets are kept (what `lookup` does in a
+    cluster), so a token signed before the upgrade still works after it."""
+    with httpx.Client(base_url=platform.url, timeout=60) as http:
+        email, password = f"upgrade-{uuid.uuid4().hex[:8]}@example.com", "a long password for the upgrade"
+        assert http.post("/v1/auth/signup", json={"email": email, "password": password}).status_code == 201
+        token = http.post("/v1/auth/login", json={"email": email, "password": password}).json()["access_token"]
+        upgraded = podman_up.up(VALUES)
+        assert upgraded.url == platform.url
+        assert upgraded.hooks == ["chatplane-auth-migrate", "chatplane-conversation-migrate"]
+        # AUTO_MIGRATE turns off after the install (the Job migrates from now on): those Deployments roll out a new
+        # revision; the rest, inference included, keep their pods
+        rolled = {w for w, pods in upgraded.pods.items() if pods != platform.pods[w]}
+        assert rolled == {"chatplane-auth", "chatplane-conversation"}, upgraded.pods
+        assert set(upgraded.replaced) == set(upgraded.pods["chatplane-auth"] + upgraded.pods["chatplane-conversation"])
+        # the gateway reaches the new pods (its channels re-resolve the Services' names) with the old token
+        deadline = time.monotonic() + 60
+        while (r := http.get("/v1/conversations", headers={"Authorization": f"Bearer {token}"})).status_code != 200:
+            assert time.monotonic() < deadline, r.text
+            time.sleep(1)
+        assert http.get("/v1/models", headers=user).status_code == 200
