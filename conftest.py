@@ -161,10 +161,6 @@ def inference_server(model_dir, tmp_path_factory, inference_metrics_port):
             "CHATPLANE_INFERENCE_METRICS_PORT": str(inference_metrics_port),
             "CHATPLANE_INFERENCE_MODEL_PATH": model_dir,
             "CHATPLANE_INFERENCE_MAX_MODEL_LEN": "2048",
-            # float32, not the model's bfloat16: on some CPUs bfloat16's rounding flips SmolLM2's greedy first token
-            # for "What is the capital of France?" ("L'Étoile, la Marseillaise, ..." instead of "The capital of
-            # France is Paris."), which the tests at temperature 0 rely on.
-            "CHATPLANE_INFERENCE_DTYPE": "float32",
         },
         lambda: grpc_serving(f"127.0.0.1:{port}"),
         data / "inference.log",

@@ -42,6 +42,11 @@ def stack(inference_server, kafka_broker, tmp_path_factory, pg_database_factory)
                 "CHATPLANE_AUTH_DATABASE_URL": auth_db,
                 "CHATPLANE_CONVERSATION_DATABASE_URL": conv_db,
                 "CHATPLANE_AUTH_CONSUMER_SESSION_TIMEOUT_MS": "6000",
+                # An operator's system prompt, as a deployment would set one. Without it SmolLM2 (bfloat16 on this
+                # machine's CPU) answers "What is the capital of France?" at temperature 0 with "L'Étoile, la
+                # Marseillaise, ..."; with it, "The capital of France is Paris." (float32 gives Paris too, but
+                # generates 4x slower here).
+                "CHATPLANE_CONVERSATION_SYSTEM_PROMPT": "You are a helpful assistant.",
             },
             inference_target=inference_server,
             kafka_bootstrap_servers=kafka_broker.bootstrap_servers,

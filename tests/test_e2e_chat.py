@@ -16,7 +16,10 @@ from chatplane.protos.inference.v1 import inference_pb2_grpc
 pytestmark = pytest.mark.engine
 
 MODEL = "SmolLM2-135M-Instruct"
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+# With a system prompt: without one SmolLM2 (bfloat16, this machine's CPU) answers it at temperature 0 with "L'Étoile,
+# la Marseillaise, ..."; with this one, "The capital of France is Paris." (see the stack fixture in conftest.py).
+QUESTION = [{"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture

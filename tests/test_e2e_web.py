@@ -295,7 +295,9 @@ async def test_an_api_key_made_in_the_app_works_with_the_openai_sdk(new_page, st
         client = OpenAI(base_url=f"{stack.base_url}/v1", api_key=key, max_retries=0)
         reply = client.chat.completions.create(
             model=client.models.list().data[0].id, temperature=0,
-            messages=[{"role": "user", "content": QUESTION}],
+            # The system prompt the test platform's conversations have (tests/conftest.py): Paris at temperature 0.
+            messages=[{"role": "system", "content": "You are a helpful assistant."},
+                      {"role": "user", "content": QUESTION}],
         )
         return reply.choices[0].message.content
 
