@@ -139,11 +139,38 @@ def inference_metrics_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def inference_server(model_dir, tmp_path_factory, inference_metrics_port):
-    """A real inference service (vLLM AsyncLLM) on a free port, shared by the whole run. Yields its address.
+def dev_certs(tmp_path_factory):
+    """The run's development CA and a certificate per identity (mutual TLS on every gRPC hop of the real stack)."""
+    from chatplane.common import devcerts
+    from chatplane.common.stack import IDENTITIES
+
+    return devcerts.ensure(tmp_path_factory.mktemp("tls"), IDENTITIES)
+
+
+@pytest.fixture(scope="session")
+def tls_channel(dev_certs):
+    """``tls_channel(target, identity="gateway")``: a grpc.aio channel with that identity's certificate."""
+    import grpc
+
+    def open_channel(target: str, identity: str = "gateway"):
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=(dev_certs / "ca.pem").read_bytes(),
+            private_key=(dev_certs / f"{identity}-key.pem").read_bytes(),
+            certificate_chain=(dev_certs / f"{identity}.pem").read_bytes(),
+        )
+        return grpc.aio.secure_channel(target, creds)
+
+    return open_channel
+
+
+@pytest.fixture(scope="session")
+def inference_server(model_dir, tmp_path_factory, inference_metrics_port, dev_certs):
+    """A real inference service (vLLM AsyncLLM) on a free port, shared by the whole run, with mutual TLS (the run's
+    development CA). Yields its address.
 
     ``CHATPLANE_TEST_INFERENCE_TARGET=host:port`` uses an inference service that is already running instead (quick
     development loops; its metrics are then not the ones ``inference_metrics_port`` names)."""
+    from chatplane.common import devcerts
     from chatplane.common.procs import Service, free_port, grpc_serving
 
     if os.environ.get("CHATPLANE_TEST_INFERENCE_TARGET"):
@@ -156,13 +183,14 @@ def inference_server(model_dir, tmp_path_factory, inference_metrics_port):
         "inference",
         "chatplane.inference",
         {
+            **devcerts.env(dev_certs, "inference"),
             "CHATPLANE_DATA_DIR": str(data),
             "CHATPLANE_INFERENCE_PORT": str(port),
             "CHATPLANE_INFERENCE_METRICS_PORT": str(inference_metrics_port),
             "CHATPLANE_INFERENCE_MODEL_PATH": model_dir,
             "CHATPLANE_INFERENCE_MAX_MODEL_LEN": "2048",
         },
-        lambda: grpc_serving(f"127.0.0.1:{port}"),
+        lambda: grpc_serving(f"127.0.0.1:{port}", tls=devcerts.env(dev_certs, "probe")),
         data / "inference.log",
     )
     svc.start()

@@ -130,8 +130,8 @@ async def test_unknown_and_revoked_keys_are_401(stack, account):
     assert created["key"] not in str(err.value.body)
 
 
-async def test_client_disconnect_aborts_the_engine_request(stack, account):
-    async with grpc.aio.insecure_channel(stack.inference) as chan:
+async def test_client_disconnect_aborts_the_engine_request(stack, account, tls_channel):
+    async with tls_channel(stack.inference) as chan:
         engine = inference_pb2_grpc.InferenceServiceStub(chan)
         before = await engine.GetEngineStats(ipb.GetEngineStatsRequest())
         async with httpx.AsyncClient(base_url=stack.base_url, timeout=60) as http:

@@ -148,9 +148,8 @@ async def test_sql_and_control_characters_are_stored_verbatim(http, account):
     assert got.json()["messages"][0]["content"] == content
 
 
-async def test_disconnect_mid_stream_stores_partial_reply_and_aborts(stack, account):
-    async with httpx.AsyncClient(base_url=stack.base_url, timeout=60) as http, \
-            grpc.aio.insecure_channel(stack.inference) as chan:
+async def test_disconnect_mid_stream_stores_partial_reply_and_aborts(stack, account, tls_channel):
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=60) as http, tls_channel(stack.inference) as chan:
         engine = inference_pb2_grpc.InferenceServiceStub(chan)
         conv = await new_conversation(http, account)
         before = await engine.GetEngineStats(ipb.GetEngineStatsRequest())

@@ -214,13 +214,11 @@ async def test_new_routes_are_metered_and_quotas_refuse_them(stack):
             assert err.value.code == "insufficient_quota"
 
 
-async def test_client_gone_aborts_the_engine_and_keeps_the_partial_reply(stack, account):
-    import grpc
-
+async def test_client_gone_aborts_the_engine_and_keeps_the_partial_reply(stack, account, tls_channel):
     from chatplane.protos.inference.v1 import inference_pb2 as ipb
     from chatplane.protos.inference.v1 import inference_pb2_grpc
 
-    async with grpc.aio.insecure_channel(stack.inference) as chan:
+    async with tls_channel(stack.inference) as chan:  # the engine speaks mutual TLS only
         engine = inference_pb2_grpc.InferenceServiceStub(chan)
         before = await engine.GetEngineStats(ipb.GetEngineStatsRequest())
         reply_id = None

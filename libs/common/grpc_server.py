@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from chatplane.common import tracing
 from chatplane.common.metrics import ActiveCalls, ServerMetricsInterceptor
 from chatplane.common.settings import GrpcServiceSettings
+from chatplane.common.tls import AccessPolicy, TlsSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,27 +58,51 @@ class GrpcService:
 
     ``service_names`` are the fully qualified gRPC service names reported through ``grpc.health.v1``; the overall
     status ("") follows them. Start NOT_SERVING until :meth:`set_serving` says the service is ready.
+
+    ``access`` lists the identities allowed per method (:class:`chatplane.common.tls.AccessPolicy`). With the
+    CHATPLANE_TLS_* files the server listens with mutual TLS only and enforces it; the settings' ``health_port`` then adds a
+    plaintext listener that serves the health service alone (Kubernetes' gRPC probes cannot speak TLS).
     """
 
     def __init__(
-        self, service_names: list[str], *, settings: GrpcServiceSettings | None = None, interceptors=()
+        self,
+        service_names: list[str],
+        *,
+        settings: GrpcServiceSettings | None = None,
+        access: dict[str, set[str]] | None = None,
+        interceptors=(),
     ) -> None:
         self.active = ActiveCalls()  # calls doing work (not health or stats watches): what a drain waits for
-        # Tracing (when on) outermost, so that the metrics interceptor and the servicer run inside the call's span.
-        chain = [*tracing.server_interceptors(), ServerMetricsInterceptor(self.active), *interceptors]
+        self.tls = TlsSettings().files()
+        self.policy = AccessPolicy(access or {}, enforce=self.tls is not None)
+        self._health_address = settings.health_address() if settings is not None else None
+        # Tracing (when on) outermost, so that the metrics interceptor and the servicer run inside the call's span;
+        # the access check inside the metrics, so that refusals are counted.
+        chain = [*tracing.server_interceptors(), ServerMetricsInterceptor(self.active), self.policy, *interceptors]
         self.server = grpc.aio.server(options=server_options(settings), interceptors=chain)
         self.health = health.aio.HealthServicer()
         self.service_names = ["", *service_names]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port: int | None = None
+        self._health_server: grpc.aio.Server | None = None
 
     async def start(self, address: str) -> int:
+        health_address = self._health_address
         for name in self.service_names:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = self.server.add_insecure_port(address)
+        if self.tls is not None:
+            self.port = self.server.add_secure_port(address, self.tls.server_credentials())
+        else:
+            self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {address}")
         await self.server.start()
+        if health_address and self.tls is not None:
+            self._health_server = grpc.aio.server(options=SERVER_OPTIONS)
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+            if self._health_server.add_insecure_port(health_address) == 0:
+                raise RuntimeError(f"cannot listen on {health_address}")
+            await self._health_server.start()
         return self.port
 
     async def set_serving(self, serving: bool = True) -> None:
@@ -93,6 +118,8 @@ class GrpcService:
         if not await self.active.wait_idle(grace):
             log.warning("drain grace over with calls still running", extra={"calls": self.active.count})
         await self.server.stop(WATCHES_CLOSE_SECONDS)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
 
 
 async def run_until_signal(

@@ -21,3 +21,5 @@ MAX_LOGIT_BIAS = 300  # tokens in one logit_bias
 MAX_TOP_LOGPROBS = 20
 MAX_N = 16  # choices of one request (the gateway's configured maximum is at most this)
 MAX_PROMPTS = 32  # prompts of one legacy completions request
+DEFAULT_MESSAGE_PAGE = 100  # messages of a conversation in one answer
+MAX_MESSAGE_PAGE = 500

@@ -34,10 +34,10 @@ JOB_PREFIX = "chatplane-"  # job names like the Kubernetes Services' (<release>-
 def scrape_targets(
     ports: Ports, *, inference_metrics: int | None = None, inference_replicas: int = 1, host: str = "127.0.0.1"
 ) -> dict[str, str]:
-    """Component -> host:port of its metrics endpoint (the gateway: its HTTP port, path /metrics). Inference replicas
+    """Component -> host:port of its metrics endpoint (path /metrics; each on a port of its own). Inference replicas
     after the first are components of their own (``inference-1``, ...)."""
     targets = {
-        "gateway": f"{host}:{ports.gateway}",
+        "gateway": f"{host}:{ports.gateway_metrics}",
         "auth": f"{host}:{ports.auth_metrics}",
         "usage": f"{host}:{ports.usage_metrics}",
         "conversation": f"{host}:{ports.conversation_metrics}",

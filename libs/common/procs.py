@@ -96,11 +96,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def grpc_serving(address: str, timeout: float = 2.0) -> bool:
+def grpc_serving(address: str, timeout: float = 2.0, tls: dict[str, str] | None = None) -> bool:
+    """The standard health service at ``address`` answers SERVING (over mutual TLS with the CHATPLANE_TLS_* files
+    in ``tls``, e.g. the development CA's ``probe`` certificate)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(address) as chan:
+    if tls:
+        from pathlib import Path
+
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=Path(tls["CHATPLANE_TLS_CA_FILE"]).read_bytes(),
+            private_key=Path(tls["CHATPLANE_TLS_KEY_FILE"]).read_bytes(),
+            certificate_chain=Path(tls["CHATPLANE_TLS_CERT_FILE"]).read_bytes(),
+        )
+        chan_cm = grpc.secure_channel(address, creds)
+    else:
+        chan_cm = grpc.insecure_channel(address)
+    with chan_cm as chan:
         try:
             reply = health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
         except grpc.RpcError:

@@ -92,6 +92,14 @@ class GrpcServiceSettings(ServiceSettings):
     max_connection_age_grace_seconds: float = Field(
         30.0, ge=0, description="Calls under way on a connection closed for its age get this long to finish."
     )
+    health_port: int = Field(
+        0, ge=0, le=65535, description="With mutual TLS on: a plaintext port serving only grpc.health.v1, for "
+        "Kubernetes' gRPC probes (which cannot speak TLS). 0: none."
+    )
+
+    def health_address(self) -> str | None:
+        """The plaintext health-only listener (``health_port``), if any."""
+        return f"{self.host}:{self.health_port}" if self.health_port else None
 
 
 class DatabaseServiceSettings(GrpcServiceSettings):

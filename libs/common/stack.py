@@ -23,9 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from chatplane.common import devcerts
 from chatplane.common.procs import Service, check_ports_free, grpc_serving, http_ok
 
 DEV_EMAIL = "dev@example.com"  # a reserved example domain that email validation accepts
+# Every process's identity on the gRPC hops (mutual TLS; ``probe`` is the launcher's own, for health checks only).
+IDENTITIES = ("gateway", "auth", "usage", "conversation", "worker", "inference", "probe")
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,8 @@ class Ports:
     conversation: int = 50052
     inference: int = 50053  # replica i of N listens on inference + i
     kafka: int = 9092  # the embedded broker, when the stack starts one
-    # Prometheus metrics endpoints (the gateway serves /metrics on its own port); see chatplane.common.observe.
+    # Prometheus metrics endpoints (each on a port of its own, never a public one); see chatplane.common.observe.
+    gateway_metrics: int = 9100
     auth_metrics: int = 9101
     conversation_metrics: int = 9102
     inference_metrics: int = 9103  # the first inference replica's; replica i > 0: more_inference_metrics + i - 1
@@ -65,12 +69,14 @@ def services(
     inference_target: str | None = None,
     kafka_bootstrap_servers: str | None = None,
     inference_replicas: int = 1,
+    tls_dir: Path | None = None,
 ) -> list[Service]:
     """The platform's services wired to each other. ``inference_target`` reuses inference servers started elsewhere
     (the tests share one engine; any ``CHATPLANE_INFERENCE_POOLS`` value) instead of starting
     ``inference_replicas`` of them, each its own process, port and metrics port, restarted when it dies.
     ``kafka_bootstrap_servers`` uses brokers running elsewhere ("" disables events); None starts the embedded broker
-    (Tansu) on ``ports.kafka``."""
+    (Tansu) on ``ports.kafka``. Every gRPC hop is mutual TLS with certificates of a development CA under ``tls_dir``
+    (default ``data_dir/tls``), made on first use."""
     from chatplane.common.broker import BrokerProcess
 
     def log(name: str) -> Path | None:
@@ -88,6 +94,13 @@ def services(
     replicas = [] if inference_target is not None else [ports.inference_replica(i) for i in range(inference_replicas)]
     inference = inference_target or ",".join(f"127.0.0.1:{port}" for port, _ in replicas)
     common["CHATPLANE_INFERENCE_POOLS"] = inference  # every caller of inference: gateway, conversation, worker
+    certs = devcerts.ensure(tls_dir or data_dir / "tls", IDENTITIES)
+
+    def tls(identity: str) -> dict[str, str]:
+        return devcerts.env(certs, identity)
+
+    def serving(port: int) -> Callable[[], bool]:
+        return functools.partial(grpc_serving, f"127.0.0.1:{port}", tls=tls("probe"))
 
     out: list[Service] = [broker] if broker is not None else []
     for i, (port, metrics_port) in enumerate(replicas):
@@ -98,10 +111,11 @@ def services(
                 "chatplane.inference",
                 {
                     **common,
+                    **tls("inference"),
                     "CHATPLANE_INFERENCE_PORT": str(port),
                     "CHATPLANE_INFERENCE_METRICS_PORT": str(metrics_port),
                 },
-                functools.partial(grpc_serving, f"127.0.0.1:{port}"),
+                serving(port),
                 log(name),
                 restart=True,  # a replica that dies comes back; the others carry the load meanwhile
                 ports={"gRPC": port, "metrics": metrics_port},
@@ -111,8 +125,9 @@ def services(
         Service(
             "auth",
             "chatplane.auth",
-            {**common, "CHATPLANE_AUTH_PORT": str(ports.auth), "CHATPLANE_AUTH_METRICS_PORT": str(ports.auth_metrics)},
-            lambda: grpc_serving(f"127.0.0.1:{ports.auth}"),
+            {**common, **tls("auth"), "CHATPLANE_AUTH_PORT": str(ports.auth),
+             "CHATPLANE_AUTH_METRICS_PORT": str(ports.auth_metrics)},
+            serving(ports.auth),
             log("auth"),
             ports={"gRPC": ports.auth, "metrics": ports.auth_metrics},
         ),
@@ -123,7 +138,7 @@ def services(
             Service(
                 "usage",
                 "chatplane.auth",
-                {**common, "CHATPLANE_AUTH_CONSUMER_METRICS_PORT": str(ports.usage_metrics)},
+                {**common, **tls("usage"), "CHATPLANE_AUTH_CONSUMER_METRICS_PORT": str(ports.usage_metrics)},
                 lambda: True,
                 log("usage"),
                 args=("consume-usage",),
@@ -132,35 +147,15 @@ def services(
         )
     out += [
         Service(
-            "auth",
-            "chatplane.auth",
-            {**common, "CHATPLANE_AUTH_PORT": str(ports.auth), "CHATPLANE_AUTH_METRICS_PORT": str(ports.auth_metrics)},
-            lambda: grpc_serving(f"127.0.0.1:{ports.auth}"),
-            log("auth"),
-        ),
-    ]
-    if kafka_bootstrap_servers:
-        # Builds the per-user, per-key daily usage from the completion events (into auth's database).
-        out.append(
-            Service(
-                "usage",
-                "chatplane.auth",
-                {**common, "CHATPLANE_AUTH_CONSUMER_METRICS_PORT": str(ports.usage_metrics)},
-                lambda: True,
-                log("usage"),
-                args=("consume-usage",),
-            )
-        )
-    out += [
-        Service(
             "conversation",
             "chatplane.conversation",
             {
                 **common,
+                **tls("conversation"),
                 "CHATPLANE_CONVERSATION_PORT": str(ports.conversation),
                 "CHATPLANE_CONVERSATION_METRICS_PORT": str(ports.conversation_metrics),
             },
-            lambda: grpc_serving(f"127.0.0.1:{ports.conversation}"),
+            serving(ports.conversation),
             log("conversation"),
             ports={"gRPC": ports.conversation, "metrics": ports.conversation_metrics},
         ),
@@ -168,7 +163,7 @@ def services(
         Service(
             "worker",
             "chatplane.conversation",
-            {**common, "CHATPLANE_CONVERSATION_WORKER_METRICS_PORT": str(ports.worker_metrics)},
+            {**common, **tls("worker"), "CHATPLANE_CONVERSATION_WORKER_METRICS_PORT": str(ports.worker_metrics)},
             lambda: True,  # no port; it appears in the logs and its exit stops `make run`
             log("worker"),
             args=("worker",),
@@ -179,13 +174,15 @@ def services(
             "chatplane.gateway",
             {
                 **common,
+                **tls("gateway"),
                 "CHATPLANE_GATEWAY_PORT": str(ports.gateway),
+                "CHATPLANE_GATEWAY_METRICS_PORT": str(ports.gateway_metrics),
                 "CHATPLANE_GATEWAY_AUTH_TARGET": f"127.0.0.1:{ports.auth}",
                 "CHATPLANE_GATEWAY_CONVERSATION_TARGET": f"127.0.0.1:{ports.conversation}",
             },
             lambda: http_ok(f"http://127.0.0.1:{ports.gateway}/readyz"),
             log("gateway"),
-            ports={"HTTP": ports.gateway},
+            ports={"HTTP": ports.gateway, "metrics": ports.gateway_metrics},
         ),
     ]
     return out

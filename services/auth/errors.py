@@ -29,3 +29,11 @@ class AlreadyExists(AuthError):
 
 class Unauthenticated(AuthError):
     status = grpc.StatusCode.UNAUTHENTICATED
+
+
+class FailedPrecondition(AuthError):
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(AuthError):
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -26,6 +26,16 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
+# Who may call what (mutual TLS identities): only the gateway, which takes users' credentials, speaks to auth; the
+# conversation service, the jobs worker and the usage consumer never do. RecordCompletions is no one's any more
+# (finished completions go through the gateway's spool to Kafka).
+ACCESS = {
+    f"/{SERVICE_NAME}/{method}": {"gateway"}
+    for method in (
+        "SignUp", "Login", "Authenticate", "GetJwks", "CreateApiKey", "ListApiKeys", "RevokeApiKey", "GetLimits",
+        "GetUsage", "SetQuota", "DeleteQuota", "ListQuotas", "SetRateLimits",
+    )
+}
 
 
 async def migrate(settings: AuthSettings) -> None:
@@ -57,7 +67,7 @@ class AuthServer:
             if settings.kafka_bootstrap_servers
             else None
         )
-        self.grpc = GrpcService([SERVICE_NAME], settings=settings)
+        self.grpc = GrpcService([SERVICE_NAME], settings=settings, access=ACCESS)
         auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(self.core), self.grpc.server)
 
     async def wait_ready(self, max_delay: float = 10.0) -> None:
@@ -78,6 +88,7 @@ class AuthServer:
                 delay = min(delay * 2, max_delay)
 
     async def close(self) -> None:
+        self.core.passwords.close()
         if self.relay is not None:
             await self.relay.stop()
         await self.engine.dispose()

@@ -16,12 +16,12 @@ from datetime import date, datetime, timedelta
 from enum import Enum
 
 import jwt
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chatplane.auth import apikeys, metering, validation
-from chatplane.auth.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
+from chatplane.auth.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from chatplane.auth.metering import QuotaState
 from chatplane.auth.models import ApiKey, Quota, UsageDaily, User, outbox
 from chatplane.auth.passwords import Passwords
@@ -112,7 +112,9 @@ class AuthCore:
         self.settings = settings
         self.sessions = sessions
         self.tokens = tokens
-        self.passwords = passwords or Passwords()
+        self.passwords = passwords or Passwords(
+            concurrency=settings.password_hash_concurrency, queue=settings.password_hash_queue
+        )
         self.clock = clock
 
     @asynccontextmanager
@@ -244,6 +246,16 @@ class AuthCore:
         )
         try:
             async with self._state_change() as session:
+                # The user's row locked (PostgreSQL; SQLite writes one at a time): concurrent creations count in turn.
+                await session.execute(select(User.id).where(User.id == user_id).with_for_update())
+                active = await session.scalar(
+                    select(func.count()).select_from(ApiKey).where(ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None))
+                )
+                if active >= self.settings.max_api_keys_per_user:
+                    raise FailedPrecondition(
+                        f"you have {active} active API keys, the most allowed: revoke one first",
+                        code="api_key_limit_reached", param="name",
+                    )
                 session.add(row)
                 await session.flush()
                 await add_event(

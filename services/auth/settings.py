@@ -45,6 +45,17 @@ class AuthSettings(DatabaseServiceSettings):
     last_used_update_interval_seconds: int = Field(
         60, ge=0, description="An API key's last_used_at is written at most this often (not on every request)."
     )
+    password_hash_concurrency: int = Field(
+        1, ge=1, le=64, description="Argon2 hashes and verifies (sign-up, login) run at once; each takes 64 MiB and "
+        "up to 4 threads (argon2's parallelism) for tens to hundreds of ms. The rest wait."
+    )
+    password_hash_queue: int = Field(
+        4, ge=0, description="Sign-ups and logins that may wait for an argon2 slot; beyond, refused at once "
+        "(RESOURCE_EXHAUSTED: 429 with Retry-After at the gateway), so that a wait stays short."
+    )
+    max_api_keys_per_user: int = Field(
+        50, ge=1, description="Active (not revoked) API keys one user may hold; creating more is refused."
+    )
     consumer_session_timeout_ms: int = Field(
         10000,
         ge=1000,

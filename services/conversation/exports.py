@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chatplane.common.db import new_id, sessionmaker, utcnow, writer
@@ -32,7 +32,8 @@ FORMATS = (EXPORT_MARKDOWN, EXPORT_JSON)
 class ExportStore:
     """Export rows. Reads by a user are scoped by owner and conversation; the worker reads by id."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, ttl_seconds: float = 0) -> None:
+        self.ttl = timedelta(seconds=ttl_seconds) if ttl_seconds > 0 else None  # None: exports never expire
         self._engine = engine
         self._sessions = sessionmaker(engine)
 
@@ -59,11 +60,25 @@ class ExportStore:
         return row
 
     async def get(self, user_id: str, conversation_id: str, export_id: str) -> ExportJob | None:
+        """The user's export, None when there is none or it has expired (it is then deleted by :meth:`expire`)."""
         query = select(ExportJob).where(
             ExportJob.id == export_id, ExportJob.conversation_id == conversation_id, ExportJob.user_id == user_id
         )
+        if self.ttl is not None:
+            query = query.where(ExportJob.created_at >= utcnow() - self.ttl)
         async with self._sessions() as session:
             return await session.scalar(query)
+
+    async def expire(self) -> int:
+        """Delete the exports older than the time to live; the number deleted."""
+        if self.ttl is None:
+            return 0
+        async with writer(self._engine), self._sessions() as session, session.begin():
+            result = await session.execute(
+                delete(ExportJob).where(ExportJob.created_at < utcnow() - self.ttl)
+                .execution_options(synchronize_session=False)
+            )
+        return result.rowcount
 
     async def by_id(self, export_id: str) -> ExportJob | None:
         async with self._sessions() as session:

@@ -14,13 +14,15 @@ from chatplane.conversation.settings import ConversationSettings
 from chatplane.protos.conversation.v1 import conversation_pb2, conversation_pb2_grpc
 
 SERVICE_NAME = conversation_pb2.DESCRIPTOR.services_by_name["ConversationService"].full_name
+# Who may call what (mutual TLS identities): the gateway alone; the jobs worker works on the database directly.
+ACCESS = {f"/{SERVICE_NAME}/*": {"gateway"}}
 
 
 async def create_server(settings: ConversationSettings) -> tuple[GrpcService, ConversationCore]:
     """The server (not started, NOT_SERVING) and its core. Call ``core.prepare()`` (migrations) before SERVING and
     ``core.close()`` after stopping; :func:`running` does all of that."""
     core = ConversationCore.from_settings(settings)
-    service = GrpcService([SERVICE_NAME], settings=settings)
+    service = GrpcService([SERVICE_NAME], settings=settings, access=ACCESS)
     conversation_pb2_grpc.add_ConversationServiceServicer_to_server(ConversationServicer(core), service.server)
     return service, core
 
@@ -61,5 +63,5 @@ async def serve(settings: ConversationSettings) -> None:
         await core.close()
 
     await run_until_signal(
-        service, settings.listen_address(), grace=settings.shutdown_grace_seconds, on_ready=ready, on_stop=stop
+        service, settings.listen_address(), grace=settings.shutdown_grace_seconds, on_ready=ready, on_stop=stop,
     )

@@ -211,7 +211,7 @@ class ConversationCore:
         self.store = store
         self.inference = inference
         self.jobs = jobs  # None: no background jobs (titles are not made, exports refused)
-        self.exports = ExportStore(store.engine)
+        self.exports = ExportStore(store.engine, settings.export_ttl_seconds)
         self._on_close = list(on_close)
         self._pending: set[asyncio.Task] = set()
         # Publishes the outbox to Kafka; None when events are disabled (they then wait in the outbox).
@@ -280,13 +280,22 @@ class ConversationCore:
         last = rows[-1]
         return rows, validation.encode_cursor(PageKey(last.updated_at, last.id))
 
-    async def get_conversation(self, user_id: str, conversation_id: str) -> tuple[Conversation, list[Message]]:
+    async def get_conversation(
+        self, user_id: str, conversation_id: str, *, message_limit: int = 0, messages_cursor: str = ""
+    ) -> tuple[Conversation, list[Message], str]:
+        """The conversation, one page of its messages (oldest first) and the cursor of the next page ("": none)."""
         user_id = validation.user_id(user_id)
         conversation_id = validation.conversation_id(conversation_id)
+        limit = validation.message_page_size(message_limit)
+        after = validation.decode_message_cursor(messages_cursor)
         row = await self.store.get_conversation(user_id, conversation_id)
         if row is None:
             raise not_found()
-        return row, await self.store.messages(conversation_id)
+        messages = await self.store.messages(conversation_id, after_seq=after, limit=limit + 1)
+        if len(messages) <= limit:
+            return row, messages, ""
+        page = messages[:limit]
+        return row, page, validation.encode_message_cursor(page[-1].seq)
 
     async def update_conversation(
         self, user_id: str, conversation_id: str, *, title: str | None = None, archived: bool | None = None

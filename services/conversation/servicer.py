@@ -142,11 +142,14 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         self, request: pb.GetConversationRequest, context
     ) -> pb.ConversationWithMessages:
         try:
-            row, messages = await self.core.get_conversation(request.user_id, request.conversation_id)
+            row, messages, cursor = await self.core.get_conversation(
+                request.user_id, request.conversation_id, message_limit=request.message_limit,
+                messages_cursor=request.messages_cursor,
+            )
         except ServiceError as err:
             await _fail(context, err)
         return pb.ConversationWithMessages(
-            conversation=conversation_pb(row), messages=[message_pb(m) for m in messages]
+            conversation=conversation_pb(row), messages=[message_pb(m) for m in messages], next_messages_cursor=cursor
         )
 
     async def UpdateConversation(self, request: pb.UpdateConversationRequest, context) -> pb.Conversation:  # noqa: N802

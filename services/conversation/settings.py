@@ -50,6 +50,10 @@ class ConversationSettings(DatabaseServiceSettings, InferenceClientSettings):
         True, description="After a conversation's first exchange, queue a job that asks the model for its title."
     )
     title_max_tokens: int = Field(24, ge=1, le=256, description="Reply budget of the model when it writes a title.")
+    export_ttl_seconds: float = Field(
+        86400.0, ge=0, description="An export (its stored copy of the conversation) is gone this long after it was "
+        "asked for: 404 from then on, and deleted by a scheduled job of the worker. 0: kept forever."
+    )
     retention_days: int = Field(
         0,
         ge=0,

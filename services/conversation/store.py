@@ -163,9 +163,13 @@ class ConversationStore:
 
     # -- messages --------------------------------------------------------------------------------------------------
 
-    async def messages(self, conversation_id: str) -> list[Message]:
-        """All messages of a conversation, oldest first. Callers check ownership first."""
-        query = select(Message).where(Message.conversation_id == conversation_id).order_by(Message.seq)
+    async def messages(self, conversation_id: str, *, after_seq: int = 0, limit: int | None = None) -> list[Message]:
+        """Messages of a conversation after position ``after_seq``, oldest first, at most ``limit``. Callers check
+        ownership first."""
+        query = select(Message).where(Message.conversation_id == conversation_id, Message.seq > after_seq)
+        query = query.order_by(Message.seq)
+        if limit is not None:
+            query = query.limit(limit)
         async with self._read() as session:
             return list((await session.scalars(query)).all())
 

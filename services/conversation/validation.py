@@ -9,7 +9,14 @@ import math
 import re
 from datetime import UTC, datetime, timedelta
 
-from chatplane.common.limits import DEFAULT_PAGE_SIZE, MAX_MESSAGE_CHARS, MAX_PAGE_SIZE, MAX_TITLE_CHARS
+from chatplane.common.limits import (
+    DEFAULT_MESSAGE_PAGE,
+    DEFAULT_PAGE_SIZE,
+    MAX_MESSAGE_CHARS,
+    MAX_MESSAGE_PAGE,
+    MAX_PAGE_SIZE,
+    MAX_TITLE_CHARS,
+)
 from chatplane.conversation.errors import invalid, not_found
 from chatplane.conversation.models import MODEL_CHARS, USER_ID_CHARS
 from chatplane.conversation.store import PageKey
@@ -123,3 +130,34 @@ def decode_cursor(value: str) -> PageKey | None:
     except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise invalid("cursor is not valid", "cursor") from None
     return PageKey(updated_at=updated_at, id=ident)
+
+
+MAX_SEQ = 2**31 - 1
+
+
+def message_page_size(value: int) -> int:
+    if value == 0:
+        return DEFAULT_MESSAGE_PAGE
+    if not 1 <= value <= MAX_MESSAGE_PAGE:
+        raise invalid(f"message_limit must be between 1 and {MAX_MESSAGE_PAGE}", "message_limit")
+    return value
+
+
+def encode_message_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"m:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_message_cursor(value: str) -> int:
+    """The position (message seq) a messages cursor names; 0 for none. Range-checked: anything else is a 400."""
+    if not value:
+        return 0
+    try:
+        if len(value) > 32:
+            raise ValueError("too long")
+        kind, _, number = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode("ascii").partition(":")
+        seq = int(number)
+        if kind != "m" or not number.isdigit() or not 1 <= seq <= MAX_SEQ:
+            raise ValueError("bad cursor")
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise invalid("messages cursor is not valid", "messages_cursor") from None
+    return seq

@@ -13,7 +13,7 @@ from chatplane.gateway.settings import GatewaySettings
 def main() -> None:
     settings = GatewaySettings()
     setup_logging("gateway", settings.log_level)
-    setup_telemetry("gateway", 0, settings.host)  # metrics: on the gateway's own port, GET /metrics
+    setup_telemetry("gateway", settings.metrics_port, settings.host)  # /metrics on a port of its own
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -21,7 +21,9 @@ def main() -> None:
         log_config=None,  # keep our JSON logging
         access_log=False,  # the gateway writes its own access line (JSON, with route, key and request id)
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
-        proxy_headers=False,
+        # The client address (login and sign-up limits) comes from X-Forwarded-For only behind these proxies.
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or None,
     )
 
 

@@ -17,8 +17,9 @@ from chatplane.gateway import convert, generation
 from chatplane.gateway.api_models import check_max_tokens, model_not_found
 from chatplane.gateway.deps import BackendsDep, CurrentPrincipal
 from chatplane.gateway.backends import Backends
+from chatplane.gateway.admission import Ticket
 from chatplane.gateway.errors import APIError, invalid, upstream
-from chatplane.gateway.metering import Admission, MeteredGeneration, rough_tokens
+from chatplane.gateway.metering import MeteredGeneration, rough_tokens
 from chatplane.gateway.observability import observe
 from chatplane.gateway.schemas import ChatCompletionRequest, ChatMessageIn, NamedToolChoice
 from chatplane.gateway.sse import DONE, SLOT, ClientWatch, EventStream, TextEvent, event
@@ -250,7 +251,7 @@ def _rough_prompt_tokens(generate: inference_pb2.GenerateRequest) -> int:
 
 async def _admit(
     backends: Backends, principal: Any, request: Request, generate: inference_pb2.GenerateRequest
-) -> tuple[Admission, int]:
+) -> tuple[Ticket, int]:
     """Rate limits and quotas for this request (429 when over); returns the admission and the prompt estimate."""
     counted = 0
 
@@ -267,8 +268,8 @@ async def _admit(
     sampling = generate.sampling
     reserve = sampling.max_tokens if sampling.HasField("max_tokens") else backends.settings.estimated_completion_tokens
     reserve *= max(sampling.n, 1)  # every choice may use all of it
-    admission = await backends.metering.admit(principal, request.state, prompt_tokens=prompt_tokens, reserve=reserve)
-    return admission, counted
+    ticket = await backends.admission.admit(principal, request.state, prompt_tokens=prompt_tokens, reserve=reserve)
+    return ticket, counted
 
 
 @router.post(
@@ -293,10 +294,10 @@ async def create_chat_completion(
     observation = observe()
     observation.model = body.model  # a served model: a bounded metrics label
     observation.request_id = completion_id  # the access log line names the call
-    admission, prompt_estimate = await _admit(backends, principal, request, generate)
+    ticket, prompt_estimate = await _admit(backends, principal, request, generate)
     call = MeteredGeneration(
         backends.inference.generate(generate, key=affinity_key(request, body.user, chat_lead(body))),
-        backends.metering, admission, principal, completion_id, body.model, prompt_estimate,
+        backends.admission, ticket, backends.recorder, principal, completion_id, body.model, prompt_estimate,
     )
     watch = ClientWatch(request.receive)
     try:

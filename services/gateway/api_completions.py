@@ -29,8 +29,9 @@ from chatplane.gateway.api_chat import (
 from chatplane.gateway.api_models import check_max_tokens, model_not_found
 from chatplane.gateway.backends import Backends
 from chatplane.gateway.deps import BackendsDep, CurrentPrincipal
+from chatplane.gateway.admission import Ticket
 from chatplane.gateway.errors import APIError, invalid, upstream
-from chatplane.gateway.metering import Admission, MeteredGeneration
+from chatplane.gateway.metering import MeteredGeneration
 from chatplane.gateway.observability import observe
 from chatplane.gateway.schemas import CompletionRequest
 from chatplane.gateway.sse import DONE, ClientWatch, EventStream, event
@@ -95,7 +96,7 @@ def build_requests(
 
 async def _admit(
     backends: Backends, principal: Any, request: Request, generates: list[inference_pb2.GenerateRequest]
-) -> tuple[Admission, int]:
+) -> tuple[Ticket, int]:
     """As chat completions' admission, for every prompt of the request together."""
     counted = 0
 
@@ -114,8 +115,8 @@ async def _admit(
     sampling = generates[0].sampling
     reserve = sampling.max_tokens if sampling.HasField("max_tokens") else backends.settings.estimated_completion_tokens
     reserve *= max(sampling.n, 1) * len(generates)
-    admission = await backends.metering.admit(principal, request.state, prompt_tokens=prompt_tokens, reserve=reserve)
-    return admission, counted
+    ticket = await backends.admission.admit(principal, request.state, prompt_tokens=prompt_tokens, reserve=reserve)
+    return ticket, counted
 
 
 @router.post(
@@ -137,13 +138,14 @@ async def create_completion(
     observation = observe()
     observation.model = body.model
     observation.request_id = completion_id
-    admission, prompt_estimate = await _admit(backends, principal, request, generates)
+    ticket, prompt_estimate = await _admit(backends, principal, request, generates)
     n = generates[0].sampling.n or 1
     calls = [backends.inference.generate(g, key=affinity_key(request, body.user, g.prompt[:LEAD_CHARS]))
              for g in generates]
     call = MeteredGeneration(
         calls[0] if len(calls) == 1 else generation.MergedCalls(calls, n),
-        backends.metering, admission, principal, completion_id, body.model, prompt_estimate, path="completions",
+        backends.admission, ticket, backends.recorder, principal, completion_id, body.model, prompt_estimate,
+        path="completions",
     )
     watch = ClientWatch(request.receive)
     try:

@@ -37,6 +37,14 @@ router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
 ConversationId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
+def _as_after(err: APIError, service_param: str) -> APIError:
+    """The conversation service names a bad cursor by its own field; the query parameter is ``after``."""
+    if err.param == service_param:
+        err.param = "after"
+        err.message = "The 'after' cursor is not valid: use a next_cursor from a previous page."
+    return err
+
+
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ConversationOut, summary="Create a conversation")
 async def create_conversation(
     principal: CurrentPrincipal, stub: ConversationStub, settings: SettingsDep, body: ConversationCreate | None = None
@@ -68,10 +76,7 @@ async def list_conversations(
                 timeout=settings.upstream_timeout_seconds,
             )
     except APIError as err:
-        if err.param == "cursor":  # the service's name for it; the query parameter is `after`
-            err.param = "after"
-            err.message = "The 'after' cursor is not valid: use a next_cursor from a previous page."
-        raise
+        raise _as_after(err, "cursor") from None
     return {
         "object": "list",
         "data": [convert.conversation(c) for c in reply.conversations],
@@ -80,16 +85,36 @@ async def list_conversations(
     }
 
 
-@router.get("/{conversation_id}", response_model=ConversationWithMessagesOut, summary="A conversation and its messages")
+@router.get(
+    "/{conversation_id}",
+    response_model=ConversationWithMessagesOut,
+    summary="A conversation and one page of its messages, oldest first (next pages: after=next_cursor)",
+)
 async def get_conversation(
-    conversation_id: ConversationId, principal: CurrentPrincipal, stub: ConversationStub, settings: SettingsDep
+    conversation_id: ConversationId,
+    principal: CurrentPrincipal,
+    stub: ConversationStub,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=limits.MAX_MESSAGE_PAGE)] = limits.DEFAULT_MESSAGE_PAGE,
+    after: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_-]*$")] = None,
 ) -> dict:
-    with upstream("conversation"):
-        reply = await stub.GetConversation(
-            conversation_pb2.GetConversationRequest(user_id=principal.user_id, conversation_id=conversation_id),
-            timeout=settings.upstream_timeout_seconds,
-        )
-    return {**convert.conversation(reply.conversation), "messages": [convert.message(m) for m in reply.messages]}
+    try:
+        with upstream("conversation"):
+            reply = await stub.GetConversation(
+                conversation_pb2.GetConversationRequest(
+                    user_id=principal.user_id, conversation_id=conversation_id, message_limit=limit,
+                    messages_cursor=after or "",
+                ),
+                timeout=settings.upstream_timeout_seconds,
+            )
+    except APIError as err:
+        raise _as_after(err, "messages_cursor") from None
+    return {
+        **convert.conversation(reply.conversation),
+        "messages": [convert.message(m) for m in reply.messages],
+        "has_more": bool(reply.next_messages_cursor),
+        "next_cursor": reply.next_messages_cursor or None,
+    }
 
 
 @router.patch("/{conversation_id}", response_model=ConversationOut, summary="Rename or (un)archive a conversation")
@@ -173,11 +198,11 @@ async def send_message(
         return rough_tokens(len(body.content)) + 4
 
     reserve = body.max_tokens if body.max_tokens is not None else backends.settings.estimated_completion_tokens
-    admission = await backends.metering.admit(principal, request.state, prompt_tokens=prompt_tokens, reserve=reserve)
+    ticket = await backends.admission.admit(principal, request.state, prompt_tokens=prompt_tokens, reserve=reserve)
     call = MeteredConversationReply(
         backends.conversation.SendMessage(send, timeout=backends.settings.stream_timeout_seconds),
-        backends.metering,
-        admission,
+        backends.admission,
+        ticket,
     )
     watch = ClientWatch(request.receive)
     try:

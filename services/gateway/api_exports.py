@@ -9,8 +9,9 @@ from pydantic import BaseModel, ConfigDict
 
 from chatplane.gateway import convert
 from chatplane.gateway.api_conversations import ConversationId
-from chatplane.gateway.deps import ConversationStub, CurrentPrincipal, SettingsDep
+from chatplane.gateway.deps import BackendsDep, ConversationStub, CurrentPrincipal, SettingsDep
 from chatplane.gateway.errors import upstream
+from chatplane.gateway.ratelimit import Bucket
 from chatplane.protos.conversation.v1 import conversation_pb2 as pb
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
@@ -70,10 +71,14 @@ async def create_export(
     conversation_id: ConversationId,
     principal: CurrentPrincipal,
     stub: ConversationStub,
+    backends: BackendsDep,
     settings: SettingsDep,
     body: ExportCreate | None = None,
 ) -> dict:
     fmt = body.format if body is not None else "markdown"
+    if settings.exports_per_hour_per_user:  # each export is a job and a stored copy of the conversation
+        bucket = Bucket(f"export:user:{principal.user_id}", settings.exports_per_hour_per_user, 3600)
+        await backends.admission.attempt([bucket], "Too many exports requested.")
     with upstream("conversation"):
         created = await stub.CreateExport(
             pb.CreateExportRequest(user_id=principal.user_id, conversation_id=conversation_id, format=_FORMAT[fmt]),

@@ -45,5 +45,5 @@ async def revoke_api_key(api_key_id: ApiKeyId, principal: CurrentPrincipal, back
             auth_pb2.RevokeApiKeyRequest(user_id=principal.user_id, api_key_id=api_key_id),
             timeout=backends.settings.upstream_timeout_seconds,
         )
-    backends.authenticator.forget_api_key(revoked.id or api_key_id)
+    await backends.invalidations.api_key_changed(revoked.id or api_key_id)  # every replica stops accepting it
     return convert.api_key(revoked)

@@ -307,10 +307,10 @@ async def create_response(
         return _estimate(respond)
 
     reserve = body.max_output_tokens or backends.settings.estimated_completion_tokens
-    admission = await backends.metering.admit(principal, request.state, prompt_tokens=prompt_tokens, reserve=reserve)
+    ticket = await backends.admission.admit(principal, request.state, prompt_tokens=prompt_tokens, reserve=reserve)
     call = MeteredConversationReply(
         backends.conversation.Respond(respond, timeout=backends.settings.stream_timeout_seconds),
-        backends.metering, admission,
+        backends.admission, ticket,
     )
     watch = ClientWatch(request.receive)
     try:

@@ -43,7 +43,7 @@ def _range(start_date: date | None, end_date: date | None) -> tuple[str, str]:
 
 
 async def _require_admin(principal: Principal, backends: Backends) -> None:
-    limits = await backends.metering.limits(principal)
+    limits = await backends.limits.get(principal)
     if not limits.is_admin:
         raise APIError(403, "This route is for administrators.", code="permission_denied")
 
@@ -126,8 +126,7 @@ async def _set_quota(backends: Backends, user_id: str, api_key_id: str, body: Qu
             ),
             timeout=backends.settings.upstream_timeout_seconds,
         )
-    backends.authenticator.forget_user(user_id)
-    backends.metering.forget_user(user_id)
+    await backends.invalidations.user_changed(user_id)
     return _quota(quota)
 
 
@@ -137,8 +136,7 @@ async def _delete_quota(backends: Backends, user_id: str, api_key_id: str, perio
             auth_pb2.DeleteQuotaRequest(user_id=user_id, api_key_id=api_key_id, period=_PERIODS[period]),
             timeout=backends.settings.upstream_timeout_seconds,
         )
-    backends.authenticator.forget_user(user_id)
-    backends.metering.forget_user(user_id)
+    await backends.invalidations.user_changed(user_id)
     return {"object": "quota.deleted", "deleted": True}
 
 
@@ -183,7 +181,7 @@ async def set_rate_limits(
             ),
             timeout=backends.settings.upstream_timeout_seconds,
         )
-    backends.authenticator.forget_api_key(api_key_id)
+    await backends.invalidations.api_key_changed(api_key_id)
     return {
         "object": "rate_limits",
         "api_key_id": api_key_id,

@@ -24,7 +24,7 @@ from chatplane.gateway import (
 from chatplane.gateway.backends import Backends
 from chatplane.gateway.errors import ERROR_RESPONSES, install_handlers
 from chatplane.gateway.middleware import BodyLimitMiddleware, RateLimitHeadersMiddleware
-from chatplane.gateway.observability import MetricsMiddleware, instrument_tracing, metrics_endpoint
+from chatplane.gateway.observability import MetricsMiddleware, instrument_tracing
 from chatplane.gateway.settings import GatewaySettings
 
 DESCRIPTION = """\
@@ -38,15 +38,15 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         backends = Backends(settings)
         app.state.backends = backends
-        backends.metering.start()  # the completion records' sender; Backends.close() flushes and stops it
-        backends.inference.start()  # discovery and the replicas' health and load watches, before the first request
+        await backends.start()  # the spool and its relay, the invalidations; Backends.close() flushes and stops them
         try:
             yield
         finally:
             await backends.close()
 
     app = FastAPI(
-        title="chatplane", version="0.1.0", description=DESCRIPTION, lifespan=lifespan, responses=ERROR_RESPONSES
+        title="chatplane", version="0.1.0", description=DESCRIPTION, lifespan=lifespan, responses=ERROR_RESPONSES,
+        **({} if settings.docs_enabled else {"docs_url": None, "redoc_url": None, "openapi_url": None}),
     )
     install_handlers(app)
     for module in (api_health, api_auth, api_keys, api_models, api_chat, api_completions, api_responses,
@@ -62,8 +62,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    # Prometheus' scrape target, and the metrics of every request (outermost: it sees what the client sees).
-    app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
+    # The metrics of every request (outermost: it sees what the client sees); Prometheus scrapes them on the
+    # metrics port (CHATPLANE_GATEWAY_METRICS_PORT), never on this public one.
     web.install(app, settings.web_dir)  # last: its catch-all route answers what no API route matched
     app.add_middleware(MetricsMiddleware, access_log=settings.access_log)
     instrument_tracing(app)

@@ -8,7 +8,8 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
 import jwt
@@ -37,8 +38,6 @@ class Principal:
     email: str
     credential_type: str  # "api_key" | "jwt"
     api_key_id: str = ""
-    # Quotas, rate limits, admin flag as auth answered with the principal (API keys); None: ask (JWTs).
-    limits: auth_pb2.Limits | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +62,12 @@ class Authenticator:
         jwks_refresh: float,
         jwks_max_age: float,
         timeout: float,
+        issuer: str,
+        audience: str,
+        on_limits: Callable[[str, str, auth_pb2.Limits], None] | None = None,
     ) -> None:
         self._stub = stub
+        self._on_limits = on_limits  # an API key's limits come with its Authenticate answer: handed to the provider
         self._cache_ttl = cache_ttl
         self._negative_ttl = negative_ttl
         self._timeout = timeout
@@ -74,8 +77,9 @@ class Authenticator:
         self._jwks_refresh = jwks_refresh
         self._jwks_max_age = jwks_max_age
         self._jwks: jwt.PyJWKSet | None = None
-        self._issuer = ""
-        self._audience = ""
+        # Fixed by the gateway's settings, never learned from auth: a token must name exactly these.
+        self._issuer = issuer
+        self._audience = audience
         self._jwks_fetched_at = float("-inf")
         self._jwks_lock = asyncio.Lock()
 
@@ -110,18 +114,13 @@ class Authenticator:
                 return _Entry(None, self._negative_ttl)
             raise from_grpc(err, "auth") from None
         kind = "jwt" if reply.credential_type == auth_pb2.CREDENTIAL_TYPE_JWT else "api_key"
-        limits = reply.limits if reply.HasField("limits") else None
-        principal = Principal(reply.user_id, reply.email, kind, reply.api_key_id, limits)
+        if reply.HasField("limits") and self._on_limits is not None:
+            self._on_limits(reply.user_id, reply.api_key_id, reply.limits)
+        principal = Principal(reply.user_id, reply.email, kind, reply.api_key_id)
         return _Entry(principal, min(self._cache_ttl, float(reply.cache_ttl_seconds)))
 
-    def forget_user(self, user_id: str) -> None:
-        """Drop every cached answer for this user's credentials (their quotas or limits changed here)."""
-        for key, entry in list(self._cache.items()):
-            if entry.principal is not None and entry.principal.user_id == user_id:
-                self._cache.pop(key, None)
-
     def forget_api_key(self, api_key_id: str) -> None:
-        """Drop every cached answer for this key (called when this gateway revokes it)."""
+        """Drop every cached answer for this key (it was revoked: on any replica, see ``broadcast.py``)."""
         for key, entry in list(self._cache.items()):
             if entry.principal is not None and entry.principal.api_key_id == api_key_id:
                 self._cache.pop(key, None)
@@ -138,15 +137,15 @@ class Authenticator:
         keys = [k for k in jwks.keys if kid is None or k.key_id == kid]
         if not keys:
             raise unauthenticated(INVALID_TOKEN_MESSAGE)
-        options = {"require": ["exp", "sub"], "verify_aud": bool(self._audience), "verify_iss": bool(self._issuer)}
+        options = {"require": ["exp", "sub", "iss", "aud"], "verify_aud": True, "verify_iss": True}
         for key in keys:
             try:
                 claims = jwt.decode(
                     token,
                     key=key,
                     algorithms=JWT_ALGORITHMS,
-                    audience=self._audience or None,
-                    issuer=self._issuer or None,
+                    audience=self._audience,
+                    issuer=self._issuer,
                     options=options,
                     leeway=5,
                 )
@@ -198,6 +197,7 @@ class Authenticator:
             self._jwks_fetched_at = time.monotonic()
             return
         self._jwks = jwks
-        self._issuer = reply.issuer
-        self._audience = reply.audience
+        if (reply.issuer, reply.audience) != (self._issuer, self._audience):
+            log.error("auth signs for another issuer or audience than the gateway accepts: check "
+                      "CHATPLANE_GATEWAY_JWT_ISSUER/_AUDIENCE against CHATPLANE_AUTH_JWT_ISSUER/_AUDIENCE")
         self._jwks_fetched_at = time.monotonic()

@@ -1,10 +1,10 @@
-"""Batched delivery of the stateless path's completion records to auth (``RecordCompletions``).
+"""Batched writing of the stateless path's completion records into the gateway's durable spool (``spool.py``).
 
-One unary call per finished completion cost more CPU (gateway and auth) than the rest of the request's bookkeeping,
-so finished completions are queued here and one background task sends them in batches: as soon as ``batch_size``
-are queued, or ``max_delay`` seconds after the first of a batch was queued. A batch that meets an unavailable auth
-goes back to the front of the queue and is retried with backoff (same event ids: auth writes each event once). The
-queue is bounded: while auth stays down, the oldest records are dropped with a warning and a metric.
+One write per finished completion would cost more CPU than the rest of the request's bookkeeping, so finished
+completions are queued here and one background task writes them in batches (one transaction each): as soon as
+``batch_size`` are queued, or ``max_delay`` seconds after the first of a batch was queued. A batch that fails to be
+written (a full disk) goes back to the front of the queue and is retried with backoff, with the same event ids. The
+queue is bounded: while writing keeps failing, the oldest records are dropped with an error and a metric.
 """
 
 from __future__ import annotations
@@ -15,40 +15,37 @@ import contextlib
 import logging
 import time
 import uuid
-
-import grpc
+from collections.abc import Awaitable, Callable
 
 from chatplane.gateway.observability import COMPLETION_RECORDS_DROPPED
-from chatplane.protos.auth.v1 import auth_pb2, auth_pb2_grpc
 from chatplane.protos.events.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 
-_RETRIABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+Record = tuple[str, events_pb2.CompletionFinished]  # (event id, completion)
+Sink = Callable[[list[Record]], Awaitable[None]]
 
 
 class CompletionBatcher:
-    """Queues completion records and sends them to auth in batches from one task (:meth:`start` / :meth:`close`)."""
+    """Queues completion records and writes them to ``sink`` in batches from one task (:meth:`start` / :meth:`close`)."""
 
     def __init__(
         self,
-        auth: auth_pb2_grpc.AuthServiceStub,
+        sink: Sink,
         *,
-        timeout: float,
         batch_size: int = 100,
         max_delay: float = 0.05,
         max_buffer: int = 10_000,
         backoff: float = 0.2,
         max_backoff: float = 5.0,
     ) -> None:
-        self.auth = auth
-        self.timeout = timeout
+        self.sink = sink
         self.batch_size = batch_size
         self.max_delay = max_delay
         self.max_buffer = max_buffer
         self.backoff = backoff
         self.max_backoff = max_backoff
-        self._queue: collections.deque[auth_pb2.CompletionRecord] = collections.deque()
+        self._queue: collections.deque[Record] = collections.deque()
         self._queued = asyncio.Event()  # the queue is not empty
         self._full = asyncio.Event()  # a whole batch is queued (or closing): send without waiting
         self._closing = False
@@ -61,13 +58,13 @@ class CompletionBatcher:
 
     def add(self, completion: events_pb2.CompletionFinished) -> None:
         """Queue one record (never blocks; drops the oldest queued record when the buffer is full)."""
-        self._queue.append(auth_pb2.CompletionRecord(event_id=uuid.uuid4().hex, completion=completion))
+        self._queue.append((uuid.uuid4().hex, completion))
         if len(self._queue) > self.max_buffer:
-            lost = self._queue.popleft()
+            _, lost = self._queue.popleft()
             self._drop("buffer_full", 1)
             if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.warning("completion buffer full, dropping the oldest records (auth unavailable?)",
-                            extra={"request_id": lost.completion.request_id, "dropped_total": self.dropped})
+                log.error("completion buffer full, dropping the oldest records (the spool cannot be written?)",
+                          extra={"request_id": lost.request_id, "dropped_total": self.dropped})
         self._queued.set()
         if len(self._queue) >= self.batch_size:
             self._full.set()
@@ -114,35 +111,26 @@ class CompletionBatcher:
             if await self._send(batch):
                 delay = self.backoff
                 continue
-            # Auth unavailable: back to the front of the queue (oldest first), and wait before retrying.
+            # Not written: back to the front of the queue (oldest first), and wait before retrying.
             room = self.max_buffer - len(self._queue)
             if room < len(batch):
                 self._drop("buffer_full", len(batch) - max(room, 0))
-                log.warning("completion buffer full, dropping the oldest records (auth unavailable?)",
-                            extra={"dropped_total": self.dropped})
+                log.error("completion buffer full, dropping the oldest records (the spool cannot be written?)",
+                          extra={"dropped_total": self.dropped})
                 batch = batch[len(batch) - max(room, 0):]
             self._queue.extendleft(reversed(batch))
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.max_backoff)
 
-    async def _send(self, batch: list[auth_pb2.CompletionRecord]) -> bool:
-        """True when auth has the batch (or refused it for good), False when it should be retried."""
+    async def _send(self, batch: list[Record]) -> bool:
+        """True when the batch is written, False when it should be retried."""
         started = time.monotonic()
         try:
-            answer = await self.auth.RecordCompletions(
-                auth_pb2.RecordCompletionsRequest(records=batch), timeout=self.timeout
-            )
-        except grpc.aio.AioRpcError as err:
-            if err.code() in _RETRIABLE:
-                log.warning("auth unavailable for completion records, will retry",
-                            extra={"count": len(batch), "grpc_status": err.code().name})
-                return False
-            log.error("completion records not recorded", extra={"count": len(batch), "grpc_status": err.code().name})
-            self._drop("rejected", len(batch))
-            return True
-        if answer.rejected_event_ids:
-            log.error("auth rejected completion records", extra={"count": len(answer.rejected_event_ids)})
-            self._drop("rejected", len(answer.rejected_event_ids))
-        log.debug("completion records sent", extra={"count": len(batch),
-                                                    "ms": round((time.monotonic() - started) * 1000, 2)})
+            await self.sink(batch)
+        except Exception as exc:  # noqa: BLE001 - kept and retried: a completion's usage is never given up lightly
+            log.error("completion records not written, will retry", extra={"count": len(batch),
+                                                                           "error": repr(exc)[:300]})
+            return False
+        log.debug("completion records written", extra={"count": len(batch),
+                                                      "ms": round((time.monotonic() - started) * 1000, 2)})
         return True

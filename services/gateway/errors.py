@@ -142,6 +142,8 @@ def from_grpc(err: grpc.aio.AioRpcError | ServiceError, service: str) -> APIErro
         if code == "model_not_found":
             http_status = 404
         headers = {"WWW-Authenticate": "Bearer"} if http_status == 401 else None
+        if http_status == 429:  # a service refused for load (e.g. auth's password checks): retry shortly
+            headers = {"retry-after": "1"}
         return APIError(
             http_status, details or status.name.lower(), type=err_type, param=param, code=code or default_code,
             headers=headers,

@@ -18,7 +18,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatplane.gateway.errors import APIError
-from chatplane.gateway.metering import HEADERS_STATE
+from chatplane.gateway.admission import HEADERS_STATE
 
 
 def _too_large(limit: int) -> APIError:

@@ -1,4 +1,4 @@
-"""The gateway's metrics: an ASGI middleware that sees every request as the client does, and ``GET /metrics``.
+"""The gateway's metrics: an ASGI middleware that sees every request as the client does (served on the metrics port).
 
 What the client sees is measured on the bytes leaving the app: a request's status and duration (a stream: until its
 last byte), the time to the first token and between tokens of server-sent event streams (a token event is a
@@ -19,9 +19,7 @@ import time
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
-from starlette.requests import Request
-from starlette.responses import Response
+from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatplane.common import tracing
@@ -78,8 +76,8 @@ DISCONNECTS = Counter(
 )
 COMPLETION_RECORDS_DROPPED = Counter(
     "chatplane_gateway_completion_records_dropped_total",
-    "Completion records never delivered to auth (their usage is lost): reason buffer_full (auth stayed down and the "
-    "oldest were dropped), rejected (auth refused them) or shutdown (still queued when the gateway stopped).",
+    "Completion records never written to the gateway's spool (their usage is lost): reason buffer_full (writing kept "
+    "failing and the oldest were dropped) or shutdown (still queued when the gateway stopped).",
     ["reason"],
 )
 
@@ -240,8 +238,3 @@ def instrument_tracing(app: ASGIApp) -> None:
         excluded_urls="healthz,readyz,metrics",
         exclude_spans=["receive", "send"],  # not one span per streamed chunk
     )
-
-
-async def metrics_endpoint(_: Request) -> Response:
-    """Prometheus' scrape target (the gateway has no separate metrics port: its HTTP port serves it)."""
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -1,14 +1,17 @@
-"""Rate limits (requests and tokens per minute, per API key) and quota counters, shared by every gateway replica.
+"""Token buckets and quota counters, shared by every gateway replica (Redis) or in this process.
 
-Rate limits are token buckets, one for requests and one for tokens, refilled continuously at ``limit / 60`` per
-second up to ``limit`` (so the reset headers mean what OpenAI's mean: the time until the bucket is full again). A
-request takes one request and its estimated tokens; when the completion ends the estimate is corrected to the exact
-figure. Quota counters hold the tokens charged in the current day or month: admission reserves the estimate,
-settlement replaces it by the exact figure.
+Every limit the gateway enforces is a token bucket: a :class:`Bucket` holds up to ``capacity`` units and is refilled
+continuously at ``capacity`` per ``period`` seconds (so a reset header means what OpenAI's means: the time until the
+bucket is full again). The rate limits are a request bucket and a token bucket per API key and per user (the user's
+shared by all of that user's keys and access tokens); login and sign-up attempts, and exports, are buckets too.
+:meth:`Limiter.take` takes a cost from several buckets at once, all or none; :meth:`Limiter.give` corrects a take
+afterwards (an estimate replaced by the exact usage, a refund). Quota counters hold the tokens charged in the current
+day or month: :meth:`Limiter.reserve` adds the estimate if every counter stays within its limit, :meth:`Limiter.settle`
+replaces it by the exact figure.
 
-With a Redis URL both live in Redis and are changed by Lua scripts (atomic, one round trip each, Redis' clock), so
-all replicas enforce the same limit. Without one (the embedded default) an in-process implementation with the same
-semantics is used.
+With a Redis URL all of it lives in Redis and is changed by Lua scripts (atomic, one round trip each, Redis' clock),
+so all replicas enforce the same limits. Without one (the embedded default) an in-process implementation with the
+same semantics is used.
 """
 
 from __future__ import annotations
@@ -16,62 +19,34 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Protocol
-
-# --- decisions ----------------------------------------------------------------------------------------------------
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
-class RateDecision:
+class Bucket:
+    """A token bucket: ``key`` names it, ``capacity`` units, refilled at ``capacity`` per ``period`` seconds."""
+
+    key: str
+    capacity: int
+    period: float = 60.0
+
+    def retry_after(self, level: float, cost: int) -> float:
+        """Seconds until ``cost`` units are there (a cost above the capacity waits for a full bucket)."""
+        missing = min(cost, self.capacity) - level
+        return max(0.0, missing * self.period / self.capacity)
+
+    def reset_after(self, level: float) -> float:
+        """Seconds until the bucket is full again."""
+        return max(0.0, (self.capacity - max(level, 0.0)) * self.period / self.capacity)
+
+
+@dataclass(frozen=True)
+class Taken:
+    """The outcome of one :meth:`Limiter.take`: allowed (every bucket had its cost, and paid it) or not (none paid);
+    each bucket's level afterwards, in the order asked."""
+
     allowed: bool
-    rpm: int
-    tpm: int
-    remaining_requests: float
-    remaining_tokens: float
-    retry_after: float  # seconds until the request could pass (0 when allowed)
-
-    def headers(self) -> dict[str, str]:
-        """OpenAI's ``x-ratelimit-*`` headers (and ``retry-after`` when refused)."""
-        req_reset = (self.rpm - max(self.remaining_requests, 0)) * 60 / self.rpm if self.rpm else 0
-        tok_reset = (self.tpm - max(self.remaining_tokens, 0)) * 60 / self.tpm if self.tpm else 0
-        out = {
-            "x-ratelimit-limit-requests": str(self.rpm),
-            "x-ratelimit-remaining-requests": str(max(0, math.floor(self.remaining_requests))),
-            "x-ratelimit-reset-requests": duration(req_reset),
-            "x-ratelimit-limit-tokens": str(self.tpm),
-            "x-ratelimit-remaining-tokens": str(max(0, math.floor(self.remaining_tokens))),
-            "x-ratelimit-reset-tokens": duration(tok_reset),
-        }
-        if not self.rpm:
-            for name in ("limit", "remaining", "reset"):
-                out.pop(f"x-ratelimit-{name}-requests")
-        if not self.tpm:
-            for name in ("limit", "remaining", "reset"):
-                out.pop(f"x-ratelimit-{name}-tokens")
-        if not self.allowed:
-            out["retry-after"] = str(max(1, math.ceil(self.retry_after)))
-            out["retry-after-ms"] = str(max(1, math.ceil(self.retry_after * 1000)))
-        return out
-
-
-def duration(seconds: float) -> str:
-    """OpenAI's reset format: ``20ms``, ``1.5s``, ``6m0s``."""
-    if seconds < 1:
-        return f"{max(0, math.ceil(seconds * 1000))}ms"
-    if seconds < 60:
-        return f"{round(seconds, 3):g}s"
-    minutes, rest = divmod(seconds, 60)
-    return f"{int(minutes)}m{round(rest, 3):g}s"
-
-
-def decide(rpm: int, tpm: int, requests: float, tokens: float, cost: int, allowed: bool) -> RateDecision:
-    retry = 0.0
-    if not allowed:
-        if rpm and requests < 1:
-            retry = max(retry, (1 - requests) * 60 / rpm)
-        if tpm and tokens < cost:  # a request larger than the whole budget is told to wait a full minute
-            retry = max(retry, (min(cost, tpm) - tokens) * 60 / tpm)
-    return RateDecision(allowed, rpm, tpm, requests, tokens, retry)
+    levels: list[float]
 
 
 @dataclass(frozen=True)
@@ -85,15 +60,29 @@ class QuotaCounter:
 
 
 class Limiter(Protocol):
-    async def acquire(self, key: str, rpm: int, tpm: int, cost: int) -> RateDecision: ...
+    async def take(self, takes: list[tuple[Bucket, int]]) -> Taken: ...
 
-    async def adjust_tokens(self, key: str, delta: int) -> None: ...
+    async def give(self, gives: list[tuple[Bucket, int]]) -> None: ...
 
     async def reserve(self, counters: list[QuotaCounter], tokens: int) -> int: ...
 
     async def settle(self, counters: list[QuotaCounter], delta: int) -> None: ...
 
     async def close(self) -> None: ...
+
+
+def duration(seconds: float) -> str:
+    """OpenAI's reset format: ``20ms``, ``1.5s``, ``6m0s``."""
+    if seconds < 1:
+        return f"{max(0, math.ceil(seconds * 1000))}ms"
+    if seconds < 60:
+        return f"{round(seconds, 3):g}s"
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}m{round(rest, 3):g}s"
+
+
+def retry_headers(seconds: float) -> dict[str, str]:
+    return {"retry-after": str(max(1, math.ceil(seconds))), "retry-after-ms": str(max(1, math.ceil(seconds * 1000)))}
 
 
 # --- in-process ---------------------------------------------------------------------------------------------------
@@ -104,34 +93,30 @@ class LocalLimiter:
 
     def __init__(self, clock=time.monotonic) -> None:
         self._clock = clock
-        self._buckets: dict[str, list[float]] = {}  # key -> [requests, tokens, updated_at, rpm, tpm]
+        self._levels: dict[str, tuple[float, float]] = {}  # bucket key -> (level, updated_at)
         self._counters: dict[str, tuple[int, float]] = {}  # key -> (tokens, expires_at)
 
-    def _refill(self, key: str, rpm: int, tpm: int) -> list[float]:
+    def _level(self, bucket: Bucket, now: float) -> float:
+        level, at = self._levels.get(bucket.key, (float(bucket.capacity), now))
+        return min(bucket.capacity, level + max(0.0, now - at) * bucket.capacity / bucket.period)
+
+    async def take(self, takes: list[tuple[Bucket, int]]) -> Taken:
         now = self._clock()
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            if len(self._buckets) > 100_000:  # drop full, idle buckets
-                self._buckets = {k: b for k, b in self._buckets.items() if now - b[2] < 60}
-            bucket = self._buckets[key] = [float(rpm), float(tpm), now, rpm, tpm]
-        elapsed = max(0.0, now - bucket[2])
-        bucket[0] = min(rpm, bucket[0] + elapsed * rpm / 60)
-        bucket[1] = min(tpm, bucket[1] + elapsed * tpm / 60)
-        bucket[2], bucket[3], bucket[4] = now, rpm, tpm
-        return bucket
-
-    async def acquire(self, key: str, rpm: int, tpm: int, cost: int) -> RateDecision:
-        bucket = self._refill(key, rpm, tpm)
-        allowed = (rpm == 0 or bucket[0] >= 1) and (tpm == 0 or bucket[1] >= cost)
+        if len(self._levels) > 100_000:  # drop idle buckets (they are full again after a period anyway)
+            self._levels = {k: v for k, v in self._levels.items() if now - v[1] < 3600}
+        levels = [self._level(b, now) for b, _ in takes]
+        allowed = all(level >= cost for level, (_, cost) in zip(levels, takes, strict=True))
         if allowed:
-            bucket[0] -= 1 if rpm else 0
-            bucket[1] -= cost if tpm else 0
-        return decide(rpm, tpm, bucket[0], bucket[1], cost, allowed)
+            levels = [level - cost for level, (_, cost) in zip(levels, takes, strict=True)]
+        for level, (bucket, _) in zip(levels, takes, strict=True):
+            self._levels[bucket.key] = (level, now)
+        return Taken(allowed, levels)
 
-    async def adjust_tokens(self, key: str, delta: int) -> None:
-        bucket = self._buckets.get(key)
-        if bucket is not None:
-            bucket[1] = min(bucket[4], bucket[1] - delta)
+    async def give(self, gives: list[tuple[Bucket, int]]) -> None:
+        now = self._clock()
+        for bucket, amount in gives:
+            if bucket.key in self._levels:
+                self._levels[bucket.key] = (min(bucket.capacity, self._level(bucket, now) + amount), now)
 
     def _counter(self, c: QuotaCounter) -> int:
         now = self._clock()
@@ -164,35 +149,45 @@ class LocalLimiter:
 
 # --- Redis --------------------------------------------------------------------------------------------------------
 
-_ACQUIRE = """
+# KEYS: buckets; ARGV: (capacity, period in ms, cost) per bucket. Returns {allowed, level...}.
+_TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local rpm = tonumber(ARGV[1])
-local tpm = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
-local h = redis.call('HMGET', KEYS[1], 'r', 't', 'ts')
-local r = tonumber(h[1]) or rpm
-local tk = tonumber(h[2]) or tpm
-local ts = tonumber(h[3]) or now
-local elapsed = math.max(0, now - ts)
-r = math.min(rpm, r + elapsed * rpm / 60000)
-tk = math.min(tpm, tk + elapsed * tpm / 60000)
-local ok = 0
-if (rpm == 0 or r >= 1) and (tpm == 0 or tk >= cost) then
-  if rpm > 0 then r = r - 1 end
-  if tpm > 0 then tk = tk - cost end
-  ok = 1
+local levels = {}
+local ok = 1
+for i, key in ipairs(KEYS) do
+  local cap = tonumber(ARGV[i * 3 - 2])
+  local period = tonumber(ARGV[i * 3 - 1])
+  local h = redis.call('HMGET', key, 'v', 'ts')
+  local v = tonumber(h[1]) or cap
+  local ts = tonumber(h[2]) or now
+  v = math.min(cap, v + math.max(0, now - ts) * cap / period)
+  levels[i] = v
+  if v < tonumber(ARGV[i * 3]) then ok = 0 end
 end
-redis.call('HSET', KEYS[1], 'r', tostring(r), 't', tostring(tk), 'ts', now, 'tpm', tpm)
-redis.call('PEXPIRE', KEYS[1], 120000)
-return {ok, tostring(r), tostring(tk)}
+local out = {ok}
+for i, key in ipairs(KEYS) do
+  local v = levels[i]
+  if ok == 1 then v = v - tonumber(ARGV[i * 3]) end
+  redis.call('HSET', key, 'v', tostring(v), 'ts', now)
+  redis.call('PEXPIRE', key, math.ceil(tonumber(ARGV[i * 3 - 1])) + 60000)
+  out[i + 1] = tostring(v)
+end
+return out
 """
 
-_ADJUST = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  local tpm = tonumber(redis.call('HGET', KEYS[1], 'tpm')) or 0
-  local tk = tonumber(redis.call('HGET', KEYS[1], 't')) or 0
-  redis.call('HSET', KEYS[1], 't', tostring(math.min(tpm, tk - tonumber(ARGV[1]))))
+# KEYS: buckets; ARGV: (capacity, period in ms, amount) per bucket. Adds ``amount`` (may be negative) to existing buckets.
+_GIVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i, key in ipairs(KEYS) do
+  local h = redis.call('HMGET', key, 'v', 'ts')
+  if h[1] then
+    local cap = tonumber(ARGV[i * 3 - 2])
+    local period = tonumber(ARGV[i * 3 - 1])
+    local v = math.min(cap, tonumber(h[1]) + math.max(0, now - tonumber(h[2])) * cap / period)
+    redis.call('HSET', key, 'v', tostring(math.min(cap, v + tonumber(ARGV[i * 3]))), 'ts', now)
+  end
 end
 return 0
 """
@@ -225,36 +220,40 @@ return 0
 
 
 class RedisLimiter:
-    """The limiter in Redis, shared by every replica that uses the same URL and prefix."""
+    """The limiter in Redis, shared by every replica that uses the same Redis and prefix."""
 
-    def __init__(self, url: str, prefix: str) -> None:
-        import redis.asyncio as redis
-
-        self._redis = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    def __init__(self, redis: Any, prefix: str) -> None:
+        self._redis = redis
         self._prefix = prefix
-        self._acquire = self._redis.register_script(_ACQUIRE)
-        self._adjust = self._redis.register_script(_ADJUST)
-        self._reserve = self._redis.register_script(_RESERVE)
-        self._settle = self._redis.register_script(_SETTLE)
+        self._take = redis.register_script(_TAKE)
+        self._give = redis.register_script(_GIVE)
+        self._reserve = redis.register_script(_RESERVE)
+        self._settle = redis.register_script(_SETTLE)
 
-    def _key(self, kind: str, key: str) -> str:
-        return f"{self._prefix}{kind}:{key}"
+    def _args(self, pairs: list[tuple[Bucket, int]]) -> tuple[list[str], list[float]]:
+        keys = [f"{self._prefix}bucket:{b.key}" for b, _ in pairs]
+        args: list[float] = []
+        for bucket, amount in pairs:
+            args += [bucket.capacity, bucket.period * 1000, amount]
+        return keys, args
 
-    async def acquire(self, key: str, rpm: int, tpm: int, cost: int) -> RateDecision:
-        ok, requests, tokens = await self._acquire(keys=[self._key("rl", key)], args=[rpm, tpm, cost])
-        return decide(rpm, tpm, float(requests), float(tokens), cost, bool(int(ok)))
+    async def take(self, takes: list[tuple[Bucket, int]]) -> Taken:
+        keys, args = self._args(takes)
+        ok, *levels = await self._take(keys=keys, args=args)
+        return Taken(bool(int(ok)), [float(v) for v in levels])
 
-    async def adjust_tokens(self, key: str, delta: int) -> None:
-        await self._adjust(keys=[self._key("rl", key)], args=[delta])
+    async def give(self, gives: list[tuple[Bucket, int]]) -> None:
+        keys, args = self._args(gives)
+        await self._give(keys=keys, args=args)
 
     async def reserve(self, counters: list[QuotaCounter], tokens: int) -> int:
         args: list[int] = [tokens]
         for c in counters:
             args += [c.limit, c.seed, c.ttl_seconds]
-        return int(await self._reserve(keys=[self._key("quota", c.key) for c in counters], args=args))
+        return int(await self._reserve(keys=[f"{self._prefix}quota:{c.key}" for c in counters], args=args))
 
     async def settle(self, counters: list[QuotaCounter], delta: int) -> None:
-        await self._settle(keys=[self._key("quota", c.key) for c in counters], args=[delta])
+        await self._settle(keys=[f"{self._prefix}quota:{c.key}" for c in counters], args=[delta])
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        return None  # the Redis client belongs to the backends

@@ -345,7 +345,9 @@ class MessageOut(BaseModel):
 
 
 class ConversationWithMessagesOut(ConversationOut):
-    messages: list[MessageOut]
+    messages: list[MessageOut]  # one page, oldest first
+    has_more: bool = False
+    next_cursor: str | None = None  # the `after` of the next page
 
 
 class ConversationList(BaseModel):

@@ -12,10 +12,12 @@ from chatplane.inference.settings import InferenceSettings
 from chatplane.protos.inference.v1 import inference_pb2, inference_pb2_grpc
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+# Who may call what (mutual TLS identities): the three callers of the model, nothing else.
+ACCESS = {f"/{SERVICE_NAME}/*": {"gateway", "conversation", "worker"}}
 
 
 def build(engine: Engine, settings: InferenceSettings | None = None) -> tuple[GrpcService, InferenceServicer]:
-    service = GrpcService([SERVICE_NAME], settings=settings)
+    service = GrpcService([SERVICE_NAME], settings=settings, access=ACCESS)
     interval_ms = settings.stream_interval_ms if settings is not None else 0.0
     servicer = InferenceServicer(engine, stream_interval=interval_ms / 1000)
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, service.server)

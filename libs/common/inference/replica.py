@@ -34,7 +34,8 @@ class Replica:
     ) -> None:
         self.pool = pool
         self.address = address
-        self.channel = channel(address)
+        # Replicas are reached by address (discovered pod IPs): their certificates name the service, "inference".
+        self.channel = channel(address, server_name="inference")
         self.stub = inference_pb2_grpc.InferenceServiceStub(self.channel)
         self.serving = False
         self.in_flight = 0

@@ -11,3 +11,4 @@ so the queue may deliver at least once (late acknowledgement).
 TITLE_TASK = "chatplane.conversation.title"
 EXPORT_TASK = "chatplane.conversation.export"
 RETENTION_TASK = "chatplane.conversation.retention"
+EXPORT_EXPIRY_TASK = "chatplane.conversation.export_expiry"

@@ -14,7 +14,7 @@ from typing import Any
 from celery import Celery, Task
 from celery.signals import worker_process_shutdown
 
-from chatplane.conversation.jobs import EXPORT_TASK, RETENTION_TASK, TITLE_TASK
+from chatplane.conversation.jobs import EXPORT_EXPIRY_TASK, EXPORT_TASK, RETENTION_TASK, TITLE_TASK
 from chatplane.conversation.jobs.context import Runtime
 from chatplane.conversation.jobs.errors import PermanentJobError
 from chatplane.conversation.jobs.exporting import give_up, run_export
@@ -80,16 +80,22 @@ def make_celery(settings: ConversationSettings) -> Celery:
     def retention(self: Task) -> None:
         runtime.run(apply_retention)
 
+    @app.task(name=EXPORT_EXPIRY_TASK, bind=True, **{**RETRY, "max_retries": 3})
+    def export_expiry(self: Task) -> None:
+        runtime.run(lambda ctx: ctx.exports.expire())
+
     return app
 
 
 def _schedule(settings: ConversationSettings) -> dict[str, dict[str, Any]]:
-    if settings.retention_days <= 0:
-        return {}
-    return {
-        "retention": {
+    schedule: dict[str, dict[str, Any]] = {}
+    if settings.retention_days > 0:
+        schedule["retention"] = {
             "task": RETENTION_TASK,
             "schedule": settings.retention_interval_seconds,
             "options": {"expires": settings.retention_interval_seconds},  # a backlog of runs is pointless
         }
-    }
+    if settings.export_ttl_seconds > 0:
+        every = min(settings.retention_interval_seconds, settings.export_ttl_seconds)
+        schedule["export-expiry"] = {"task": EXPORT_EXPIRY_TASK, "schedule": every, "options": {"expires": every}}
+    return schedule

@@ -34,7 +34,7 @@ class JobContext:
             settings=settings,
             engine=engine,
             sessions=sessionmaker(engine),
-            exports=ExportStore(engine),
+            exports=ExportStore(engine, settings.export_ttl_seconds),
             inference=InferenceClient.from_settings(
                 settings, timeout=settings.inference_timeout_seconds, stream_timeout=settings.inference_timeout_seconds
             ),

@@ -21,7 +21,9 @@ from conv_harness import status_of
 from tests_support import eventually
 from sqlalchemy import select, text, update
 
+from chatplane.common import devcerts
 from chatplane.common.db import migrate, utcnow
+from chatplane.common.grpc_client import channel
 from chatplane.common.procs import Service, free_port
 from chatplane.conversation.jobs.app import make_celery
 from chatplane.conversation.jobs.context import JobContext
@@ -127,7 +129,8 @@ async def fake_inference_on(port: int, servicer: FakeInferenceServicer) -> Async
 async def conversation_service(
     settings: ConversationSettings,
 ) -> AsyncIterator[conversation_pb2_grpc.ConversationServiceStub]:
-    async with running(settings) as server, grpc.aio.insecure_channel(server.address) as chan:
+    # Mutual TLS when the test set the CHATPLANE_TLS_* variables (the real engine's test), plaintext otherwise.
+    async with running(settings) as server, channel(server.address) as chan:
         yield conversation_pb2_grpc.ConversationServiceStub(chan)
 
 
@@ -160,7 +163,12 @@ def test_clean_title():
 
 
 @pytest.mark.engine
-async def test_title_from_the_real_model_after_the_first_exchange(jobs: Jobs, inference_server, tmp_path):
+async def test_title_from_the_real_model_after_the_first_exchange(jobs: Jobs, inference_server, tmp_path,
+                                                                  dev_certs, monkeypatch):
+    # The real engine speaks mutual TLS only: this process (the service and its caller) and the worker it starts
+    # present the gateway's certificate, an identity the conversation service and inference both accept.
+    for name, value in devcerts.env(dev_certs, "gateway").items():
+        monkeypatch.setenv(name, value)
     settings = jobs.settings(jobs.new_queue(), inference_pools=inference_server)
     worker = start_worker(settings, tmp_path / "worker.log")
     try:

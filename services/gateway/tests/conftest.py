@@ -32,6 +32,7 @@ from chatplane.gateway.app import create_app
 from chatplane.gateway.settings import GatewaySettings
 from chatplane.protos.auth.v1 import auth_pb2, auth_pb2_grpc
 from chatplane.protos.conversation.v1 import conversation_pb2, conversation_pb2_grpc
+from chatplane.protos.events.v1 import events_pb2
 from chatplane.protos.inference.v1 import inference_pb2, inference_pb2_grpc
 
 ISSUER = "chatplane-auth-test"
@@ -485,13 +486,33 @@ async def _reset(fakes: Backends) -> None:
         await service.set_serving(True)
 
 
+def read_spool(path) -> list[events_pb2.EventEnvelope]:
+    """The events in a gateway spool file (its local outbox), oldest first."""
+    import sqlite3
+
+    if not path.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        rows = conn.execute("SELECT payload FROM outbox ORDER BY id").fetchall()
+    return [events_pb2.EventEnvelope.FromString(payload) for (payload,) in rows]
+
+
 @pytest.fixture
-def settings(fakes: Backends) -> GatewaySettings:
+def spooled(settings):
+    """``spooled()``: the completions in the test gateway's spool, oldest first."""
+    return lambda: [env.completion_finished for env in read_spool(settings.spool_path)]
+
+
+@pytest.fixture
+def settings(fakes: Backends, tmp_path) -> GatewaySettings:
     return GatewaySettings(
+        data_dir=tmp_path,  # the completion spool
         auth_target=fakes.targets["auth"],
         conversation_target=fakes.targets["conversation"],
         inference_pools=fakes.targets["inference"],
         jwks_refresh_seconds=0.5,
+        jwt_issuer=ISSUER,
+        jwt_audience=AUDIENCE,
         readiness_timeout_seconds=0.5,
         upstream_timeout_seconds=5,
     )

@@ -24,7 +24,7 @@ async def test_create_get_update_delete(client, auth_headers, fakes):
     assert conv["archived"] is False and isinstance(conv["created_at"], int)
 
     got = (await client.get(f"/v1/conversations/{conv['id']}", headers=auth_headers)).json()
-    assert got == {**conv, "messages": []}
+    assert got == {**conv, "messages": [], "has_more": False, "next_cursor": None}
 
     resp = await client.patch(f"/v1/conversations/{conv['id']}", json={"archived": True}, headers=auth_headers)
     assert resp.status_code == 200

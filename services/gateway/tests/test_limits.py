@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 
@@ -73,9 +74,13 @@ async def test_the_window_refills_after_retry_after(make_client, limiter_setting
                                                    "rate_limit_tokens_per_minute": 0})
     _, headers = new_key(fakes)
     async with make_client(settings) as client:
+        started = time.monotonic()
         statuses = [(await client.post("/v1/chat/completions", json=chat(), headers=headers)).status_code
                     for _ in range(125)]
-        assert statuses[:120] == [200] * 120 and 429 in statuses[120:]
+        assert statuses[:120] == [200] * 120
+        # Two requests a second come back: the five over the limit meet a 429 unless the burst took 2.5 s (a busy
+        # machine), which the drain below covers.
+        assert 429 in statuses[120:] or time.monotonic() - started > 2.4
         r = await client.post("/v1/chat/completions", json=chat(), headers=headers)
         while r.status_code == 200:  # drain what refilled meanwhile
             r = await client.post("/v1/chat/completions", json=chat(), headers=headers)
@@ -117,7 +122,8 @@ async def wait_for(predicate, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_quota_admits_exactly_the_budget_and_settles_with_the_exact_usage(make_client, limiter_settings, fakes):
+async def test_quota_admits_exactly_the_budget_and_settles_with_the_exact_usage(make_client, limiter_settings, fakes,
+                                                                                 spooled):
     user_id, headers = new_key(fakes)
     fakes.auth.limits[user_id] = auth_pb2.Limits(quotas=[day_quota(user_id, limit=100, used=50)])
     prompt = fakes.prompt_tokens  # counted by inference's CountTokens when a quota applies
@@ -127,7 +133,7 @@ async def test_quota_admits_exactly_the_budget_and_settles_with_the_exact_usage(
         assert r.status_code == 200, r.text
         actual = r.json()["usage"]["total_tokens"]
         assert actual < 50  # the reply was shorter than reserved: settlement gives the rest back
-        await wait_for(lambda: len(fakes.auth.completions) == 1)
+        await wait_for(lambda: len(spooled()) == 1)
         await asyncio.sleep(0.1)
         left = 100 - 50 - actual
         # One token more than what is left: 429 insufficient_quota.
@@ -153,11 +159,11 @@ async def test_key_quota_applies_to_its_key_only(make_client, settings, fakes):
         assert r.status_code == 200
 
 
-async def test_finished_completions_are_recorded_with_their_usage(client, fakes, user_key, auth_headers):
+async def test_finished_completions_are_recorded_with_their_usage(client, spooled, user_key, auth_headers):
     r = await client.post("/v1/chat/completions", json=chat(), headers=auth_headers)
     assert r.status_code == 200
-    await wait_for(lambda: len(fakes.auth.completions) == 1)
-    done = fakes.auth.completions[0].completion
+    await wait_for(lambda: len(spooled()) == 1)
+    done = spooled()[0]
     usage = r.json()["usage"]
     assert (done.prompt_tokens, done.completion_tokens) == (usage["prompt_tokens"], usage["completion_tokens"])
     assert (done.user_id, done.api_key_id, done.path, done.finish_reason) == (
@@ -172,7 +178,8 @@ async def _start_gateway(fakes, env: dict[str, str]) -> tuple[subprocess.Popen, 
     port = free_port()
     proc = subprocess.Popen(  # noqa: S603
         [sys.executable, "-m", "chatplane.gateway"],
-        env={**os.environ, **env, "CHATPLANE_GATEWAY_PORT": str(port),
+        env={**os.environ, **env, "CHATPLANE_GATEWAY_PORT": str(port), "CHATPLANE_GATEWAY_METRICS_PORT": "0",
+             "CHATPLANE_DATA_DIR": tempfile.mkdtemp(prefix="gateway-"),
              "CHATPLANE_GATEWAY_AUTH_TARGET": fakes.targets["auth"],
              "CHATPLANE_GATEWAY_CONVERSATION_TARGET": fakes.targets["conversation"],
              "CHATPLANE_INFERENCE_POOLS": fakes.targets["inference"]},

@@ -16,8 +16,8 @@ pytestmark = pytest.mark.engine
 
 
 @pytest.fixture
-async def stub(inference_server):
-    async with grpc.aio.insecure_channel(inference_server) as chan:
+async def stub(inference_server, tls_channel):
+    async with tls_channel(inference_server) as chan:
         yield inference_pb2_grpc.InferenceServiceStub(chan)
 
 
@@ -39,8 +39,8 @@ async def collect(stub, request) -> tuple[str, pb.GenerateResponse]:
     return text, last
 
 
-async def test_health_is_serving(inference_server):
-    async with grpc.aio.insecure_channel(inference_server) as chan:
+async def test_health_is_serving(inference_server, tls_channel):
+    async with tls_channel(inference_server, "probe") as chan:
         reply = await health_pb2_grpc.HealthStub(chan).Check(
             health_pb2.HealthCheckRequest(service="chatplane.inference.v1.InferenceService")
         )

@@ -26,63 +26,63 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from chatplane.protos.inference.v1 import inference_pb2 as chatplane_dot_inference_dot_v1_dot_inference__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,chatplane/conversation/v1/conversation.proto\x12\x19\x63hatplane.conversation.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a&chatplane/inference/v1/inference.proto\"\x9b\x01\n\x0c\x43onversation\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x10\n\x08\x61rchived\x18\x03 \x01(\x08\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc2\x02\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\x12\x38\n\x06status\x18\x04 \x01(\x0e\x32(.chatplane.conversation.v1.MessageStatus\x12\r\n\x05model\x18\x05 \x01(\t\x12\x15\n\rprompt_tokens\x18\x06 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\r\x12\x15\n\rfinish_reason\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\ntool_calls\x18\n \x03(\x0b\x32 .chatplane.inference.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x0b \x01(\t\"\x8f\x01\n\x18\x43onversationWithMessages\x12=\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\'.chatplane.conversation.v1.Conversation\x12\x34\n\x08messages\x18\x02 \x03(\x0b\x32\".chatplane.conversation.v1.Message\";\n\x19\x43reateConversationRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\"d\n\x18ListConversationsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\t\x12\x18\n\x10include_archived\x18\x04 \x01(\x08\"p\n\x19ListConversationsResponse\x12>\n\rconversations\x18\x01 \x03(\x0b\x32\'.chatplane.conversation.v1.Conversation\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"B\n\x16GetConversationRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\"\x87\x01\n\x19UpdateConversationRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x12\n\x05title\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x15\n\x08\x61rchived\x18\x04 \x01(\x08H\x01\x88\x01\x01\x42\x08\n\x06_titleB\x0b\n\t_archived\"E\n\x19\x44\x65leteConversationRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\"\x1c\n\x1a\x44\x65leteConversationResponse\"\xd8\x01\n\x12SendMessageRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\x12\x17\n\nmax_tokens\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\r\n\x05model\x18\x06 \x01(\t\x12\x12\n\napi_key_id\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\tB\r\n\x0b_max_tokensB\x0e\n\x0c_temperature\"g\n\x12SendMessageStarted\x12\x17\n\x0fuser_message_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12\x10\n\x08reply_id\x18\x04 \x01(\t\"[\n\x10SendMessageDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x39\n\ntool_calls\x18\x02 \x03(\x0b\x32%.chatplane.inference.v1.ToolCallDelta\"\xd0\x01\n\x0fSendMessageDone\x12\x17\n\x0fuser_message_id\x18\x01 \x01(\t\x12\x1c\n\x14\x61ssistant_message_id\x18\x02 \x01(\t\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\r\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12=\n\x11\x61ssistant_message\x18\x06 \x01(\x0b\x32\".chatplane.conversation.v1.Message\"\xd7\x01\n\x10SendMessageEvent\x12@\n\x07started\x18\x01 \x01(\x0b\x32-.chatplane.conversation.v1.SendMessageStartedH\x00\x12<\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32+.chatplane.conversation.v1.SendMessageDeltaH\x00\x12:\n\x04\x64one\x18\x03 \x01(\x0b\x32*.chatplane.conversation.v1.SendMessageDoneH\x00\x42\x07\n\x05\x65vent\"v\n\tInputItem\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x34\n\ntool_calls\x18\x03 \x03(\x0b\x32 .chatplane.inference.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\"\xa5\x04\n\x0eRespondRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1c\n\x14previous_response_id\x18\x02 \x01(\t\x12\x33\n\x05input\x18\x03 \x03(\x0b\x32$.chatplane.conversation.v1.InputItem\x12\x14\n\x0cinstructions\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x17\n\nmax_tokens\x18\x06 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x07 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x08 \x01(\x02H\x02\x88\x01\x01\x12+\n\x05tools\x18\t \x03(\x0b\x32\x1c.chatplane.inference.v1.Tool\x12\x37\n\x0btool_choice\x18\n \x01(\x0b\x32\".chatplane.inference.v1.ToolChoice\x12 \n\x13parallel_tool_calls\x18\x0b \x01(\x08H\x03\x88\x01\x01\x12\x43\n\x11structured_output\x18\x0c \x01(\x0b\x32(.chatplane.inference.v1.StructuredOutput\x12\r\n\x05store\x18\r \x01(\x08\x12\x12\n\napi_key_id\x18\x0e \x01(\t\x12\x12\n\nrequest_id\x18\x0f \x01(\tB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x16\n\x14_parallel_tool_calls\":\n\x12GetResponseRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0bresponse_id\x18\x02 \x01(\t\"|\n\x0eStoredResponse\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x33\n\x07message\x18\x02 \x01(\x0b\x32\".chatplane.conversation.v1.Message\x12\x1c\n\x14previous_response_id\x18\x03 \x01(\t\"\xa1\x02\n\x06\x45xport\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x37\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\'.chatplane.conversation.v1.ExportFormat\x12\x37\n\x06status\x18\x04 \x01(\x0e\x32\'.chatplane.conversation.v1.ExportStatus\x12\x0f\n\x07\x63ontent\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"x\n\x13\x43reateExportRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x37\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\'.chatplane.conversation.v1.ExportFormat\"O\n\x10GetExportRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x11\n\texport_id\x18\x03 \x01(\t*k\n\rMessageStatus\x12\x1e\n\x1aMESSAGE_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17MESSAGE_STATUS_COMPLETE\x10\x01\x12\x1d\n\x19MESSAGE_STATUS_INCOMPLETE\x10\x02*a\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45XPORT_FORMAT_MARKDOWN\x10\x01\x12\x16\n\x12\x45XPORT_FORMAT_JSON\x10\x02*\x7f\n\x0c\x45xportStatus\x12\x1d\n\x19\x45XPORT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45XPORT_STATUS_PENDING\x10\x01\x12\x1b\n\x17\x45XPORT_STATUS_COMPLETED\x10\x02\x12\x18\n\x14\x45XPORT_STATUS_FAILED\x10\x03\x32\xf9\x08\n\x13\x43onversationService\x12s\n\x12\x43reateConversation\x12\x34.chatplane.conversation.v1.CreateConversationRequest\x1a\'.chatplane.conversation.v1.Conversation\x12~\n\x11ListConversations\x12\x33.chatplane.conversation.v1.ListConversationsRequest\x1a\x34.chatplane.conversation.v1.ListConversationsResponse\x12y\n\x0fGetConversation\x12\x31.chatplane.conversation.v1.GetConversationRequest\x1a\x33.chatplane.conversation.v1.ConversationWithMessages\x12s\n\x12UpdateConversation\x12\x34.chatplane.conversation.v1.UpdateConversationRequest\x1a\'.chatplane.conversation.v1.Conversation\x12\x81\x01\n\x12\x44\x65leteConversation\x12\x34.chatplane.conversation.v1.DeleteConversationRequest\x1a\x35.chatplane.conversation.v1.DeleteConversationResponse\x12k\n\x0bSendMessage\x12-.chatplane.conversation.v1.SendMessageRequest\x1a+.chatplane.conversation.v1.SendMessageEvent0\x01\x12\x63\n\x07Respond\x12).chatplane.conversation.v1.RespondRequest\x1a+.chatplane.conversation.v1.SendMessageEvent0\x01\x12g\n\x0bGetResponse\x12-.chatplane.conversation.v1.GetResponseRequest\x1a).chatplane.conversation.v1.StoredResponse\x12\x61\n\x0c\x43reateExport\x12..chatplane.conversation.v1.CreateExportRequest\x1a!.chatplane.conversation.v1.Export\x12[\n\tGetExport\x12+.chatplane.conversation.v1.GetExportRequest\x1a!.chatplane.conversation.v1.Exportb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,chatplane/conversation/v1/conversation.proto\x12\x19\x63hatplane.conversation.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a&chatplane/inference/v1/inference.proto\"\x9b\x01\n\x0c\x43onversation\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x10\n\x08\x61rchived\x18\x03 \x01(\x08\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc2\x02\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\x12\x38\n\x06status\x18\x04 \x01(\x0e\x32(.chatplane.conversation.v1.MessageStatus\x12\r\n\x05model\x18\x05 \x01(\t\x12\x15\n\rprompt_tokens\x18\x06 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\r\x12\x15\n\rfinish_reason\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\ntool_calls\x18\n \x03(\x0b\x32 .chatplane.inference.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x0b \x01(\t\"\xad\x01\n\x18\x43onversationWithMessages\x12=\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\'.chatplane.conversation.v1.Conversation\x12\x34\n\x08messages\x18\x02 \x03(\x0b\x32\".chatplane.conversation.v1.Message\x12\x1c\n\x14next_messages_cursor\x18\x03 \x01(\t\";\n\x19\x43reateConversationRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\"d\n\x18ListConversationsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\t\x12\x18\n\x10include_archived\x18\x04 \x01(\x08\"p\n\x19ListConversationsResponse\x12>\n\rconversations\x18\x01 \x03(\x0b\x32\'.chatplane.conversation.v1.Conversation\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"r\n\x16GetConversationRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x15\n\rmessage_limit\x18\x03 \x01(\r\x12\x17\n\x0fmessages_cursor\x18\x04 \x01(\t\"\x87\x01\n\x19UpdateConversationRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x12\n\x05title\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x15\n\x08\x61rchived\x18\x04 \x01(\x08H\x01\x88\x01\x01\x42\x08\n\x06_titleB\x0b\n\t_archived\"E\n\x19\x44\x65leteConversationRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\"\x1c\n\x1a\x44\x65leteConversationResponse\"\xd8\x01\n\x12SendMessageRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\x12\x17\n\nmax_tokens\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\r\n\x05model\x18\x06 \x01(\t\x12\x12\n\napi_key_id\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\tB\r\n\x0b_max_tokensB\x0e\n\x0c_temperature\"g\n\x12SendMessageStarted\x12\x17\n\x0fuser_message_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12\x10\n\x08reply_id\x18\x04 \x01(\t\"[\n\x10SendMessageDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x39\n\ntool_calls\x18\x02 \x03(\x0b\x32%.chatplane.inference.v1.ToolCallDelta\"\xd0\x01\n\x0fSendMessageDone\x12\x17\n\x0fuser_message_id\x18\x01 \x01(\t\x12\x1c\n\x14\x61ssistant_message_id\x18\x02 \x01(\t\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\r\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12=\n\x11\x61ssistant_message\x18\x06 \x01(\x0b\x32\".chatplane.conversation.v1.Message\"\xd7\x01\n\x10SendMessageEvent\x12@\n\x07started\x18\x01 \x01(\x0b\x32-.chatplane.conversation.v1.SendMessageStartedH\x00\x12<\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32+.chatplane.conversation.v1.SendMessageDeltaH\x00\x12:\n\x04\x64one\x18\x03 \x01(\x0b\x32*.chatplane.conversation.v1.SendMessageDoneH\x00\x42\x07\n\x05\x65vent\"v\n\tInputItem\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x34\n\ntool_calls\x18\x03 \x03(\x0b\x32 .chatplane.inference.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\"\xa5\x04\n\x0eRespondRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1c\n\x14previous_response_id\x18\x02 \x01(\t\x12\x33\n\x05input\x18\x03 \x03(\x0b\x32$.chatplane.conversation.v1.InputItem\x12\x14\n\x0cinstructions\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x17\n\nmax_tokens\x18\x06 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x07 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x08 \x01(\x02H\x02\x88\x01\x01\x12+\n\x05tools\x18\t \x03(\x0b\x32\x1c.chatplane.inference.v1.Tool\x12\x37\n\x0btool_choice\x18\n \x01(\x0b\x32\".chatplane.inference.v1.ToolChoice\x12 \n\x13parallel_tool_calls\x18\x0b \x01(\x08H\x03\x88\x01\x01\x12\x43\n\x11structured_output\x18\x0c \x01(\x0b\x32(.chatplane.inference.v1.StructuredOutput\x12\r\n\x05store\x18\r \x01(\x08\x12\x12\n\napi_key_id\x18\x0e \x01(\t\x12\x12\n\nrequest_id\x18\x0f \x01(\tB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x16\n\x14_parallel_tool_calls\":\n\x12GetResponseRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0bresponse_id\x18\x02 \x01(\t\"|\n\x0eStoredResponse\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x33\n\x07message\x18\x02 \x01(\x0b\x32\".chatplane.conversation.v1.Message\x12\x1c\n\x14previous_response_id\x18\x03 \x01(\t\"\xa1\x02\n\x06\x45xport\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x37\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\'.chatplane.conversation.v1.ExportFormat\x12\x37\n\x06status\x18\x04 \x01(\x0e\x32\'.chatplane.conversation.v1.ExportStatus\x12\x0f\n\x07\x63ontent\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"x\n\x13\x43reateExportRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x37\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\'.chatplane.conversation.v1.ExportFormat\"O\n\x10GetExportRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x11\n\texport_id\x18\x03 \x01(\t*k\n\rMessageStatus\x12\x1e\n\x1aMESSAGE_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17MESSAGE_STATUS_COMPLETE\x10\x01\x12\x1d\n\x19MESSAGE_STATUS_INCOMPLETE\x10\x02*a\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45XPORT_FORMAT_MARKDOWN\x10\x01\x12\x16\n\x12\x45XPORT_FORMAT_JSON\x10\x02*\x7f\n\x0c\x45xportStatus\x12\x1d\n\x19\x45XPORT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45XPORT_STATUS_PENDING\x10\x01\x12\x1b\n\x17\x45XPORT_STATUS_COMPLETED\x10\x02\x12\x18\n\x14\x45XPORT_STATUS_FAILED\x10\x03\x32\xf9\x08\n\x13\x43onversationService\x12s\n\x12\x43reateConversation\x12\x34.chatplane.conversation.v1.CreateConversationRequest\x1a\'.chatplane.conversation.v1.Conversation\x12~\n\x11ListConversations\x12\x33.chatplane.conversation.v1.ListConversationsRequest\x1a\x34.chatplane.conversation.v1.ListConversationsResponse\x12y\n\x0fGetConversation\x12\x31.chatplane.conversation.v1.GetConversationRequest\x1a\x33.chatplane.conversation.v1.ConversationWithMessages\x12s\n\x12UpdateConversation\x12\x34.chatplane.conversation.v1.UpdateConversationRequest\x1a\'.chatplane.conversation.v1.Conversation\x12\x81\x01\n\x12\x44\x65leteConversation\x12\x34.chatplane.conversation.v1.DeleteConversationRequest\x1a\x35.chatplane.conversation.v1.DeleteConversationResponse\x12k\n\x0bSendMessage\x12-.chatplane.conversation.v1.SendMessageRequest\x1a+.chatplane.conversation.v1.SendMessageEvent0\x01\x12\x63\n\x07Respond\x12).chatplane.conversation.v1.RespondRequest\x1a+.chatplane.conversation.v1.SendMessageEvent0\x01\x12g\n\x0bGetResponse\x12-.chatplane.conversation.v1.GetResponseRequest\x1a).chatplane.conversation.v1.StoredResponse\x12\x61\n\x0c\x43reateExport\x12..chatplane.conversation.v1.CreateExportRequest\x1a!.chatplane.conversation.v1.Export\x12[\n\tGetExport\x12+.chatplane.conversation.v1.GetExportRequest\x1a!.chatplane.conversation.v1.Exportb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chatplane.conversation.v1.conversation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MESSAGESTATUS']._serialized_start=3560
-  _globals['_MESSAGESTATUS']._serialized_end=3667
-  _globals['_EXPORTFORMAT']._serialized_start=3669
-  _globals['_EXPORTFORMAT']._serialized_end=3766
-  _globals['_EXPORTSTATUS']._serialized_start=3768
-  _globals['_EXPORTSTATUS']._serialized_end=3895
+  _globals['_MESSAGESTATUS']._serialized_start=3638
+  _globals['_MESSAGESTATUS']._serialized_end=3745
+  _globals['_EXPORTFORMAT']._serialized_start=3747
+  _globals['_EXPORTFORMAT']._serialized_end=3844
+  _globals['_EXPORTSTATUS']._serialized_start=3846
+  _globals['_EXPORTSTATUS']._serialized_end=3973
   _globals['_CONVERSATION']._serialized_start=149
   _globals['_CONVERSATION']._serialized_end=304
   _globals['_MESSAGE']._serialized_start=307
   _globals['_MESSAGE']._serialized_end=629
   _globals['_CONVERSATIONWITHMESSAGES']._serialized_start=632
-  _globals['_CONVERSATIONWITHMESSAGES']._serialized_end=775
-  _globals['_CREATECONVERSATIONREQUEST']._serialized_start=777
-  _globals['_CREATECONVERSATIONREQUEST']._serialized_end=836
-  _globals['_LISTCONVERSATIONSREQUEST']._serialized_start=838
-  _globals['_LISTCONVERSATIONSREQUEST']._serialized_end=938
-  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_start=940
-  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_end=1052
-  _globals['_GETCONVERSATIONREQUEST']._serialized_start=1054
-  _globals['_GETCONVERSATIONREQUEST']._serialized_end=1120
-  _globals['_UPDATECONVERSATIONREQUEST']._serialized_start=1123
-  _globals['_UPDATECONVERSATIONREQUEST']._serialized_end=1258
-  _globals['_DELETECONVERSATIONREQUEST']._serialized_start=1260
-  _globals['_DELETECONVERSATIONREQUEST']._serialized_end=1329
-  _globals['_DELETECONVERSATIONRESPONSE']._serialized_start=1331
-  _globals['_DELETECONVERSATIONRESPONSE']._serialized_end=1359
-  _globals['_SENDMESSAGEREQUEST']._serialized_start=1362
-  _globals['_SENDMESSAGEREQUEST']._serialized_end=1578
-  _globals['_SENDMESSAGESTARTED']._serialized_start=1580
-  _globals['_SENDMESSAGESTARTED']._serialized_end=1683
-  _globals['_SENDMESSAGEDELTA']._serialized_start=1685
-  _globals['_SENDMESSAGEDELTA']._serialized_end=1776
-  _globals['_SENDMESSAGEDONE']._serialized_start=1779
-  _globals['_SENDMESSAGEDONE']._serialized_end=1987
-  _globals['_SENDMESSAGEEVENT']._serialized_start=1990
-  _globals['_SENDMESSAGEEVENT']._serialized_end=2205
-  _globals['_INPUTITEM']._serialized_start=2207
-  _globals['_INPUTITEM']._serialized_end=2325
-  _globals['_RESPONDREQUEST']._serialized_start=2328
-  _globals['_RESPONDREQUEST']._serialized_end=2877
-  _globals['_GETRESPONSEREQUEST']._serialized_start=2879
-  _globals['_GETRESPONSEREQUEST']._serialized_end=2937
-  _globals['_STOREDRESPONSE']._serialized_start=2939
-  _globals['_STOREDRESPONSE']._serialized_end=3063
-  _globals['_EXPORT']._serialized_start=3066
-  _globals['_EXPORT']._serialized_end=3355
-  _globals['_CREATEEXPORTREQUEST']._serialized_start=3357
-  _globals['_CREATEEXPORTREQUEST']._serialized_end=3477
-  _globals['_GETEXPORTREQUEST']._serialized_start=3479
-  _globals['_GETEXPORTREQUEST']._serialized_end=3558
-  _globals['_CONVERSATIONSERVICE']._serialized_start=3898
-  _globals['_CONVERSATIONSERVICE']._serialized_end=5043
+  _globals['_CONVERSATIONWITHMESSAGES']._serialized_end=805
+  _globals['_CREATECONVERSATIONREQUEST']._serialized_start=807
+  _globals['_CREATECONVERSATIONREQUEST']._serialized_end=866
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_start=868
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_end=968
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_start=970
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_end=1082
+  _globals['_GETCONVERSATIONREQUEST']._serialized_start=1084
+  _globals['_GETCONVERSATIONREQUEST']._serialized_end=1198
+  _globals['_UPDATECONVERSATIONREQUEST']._serialized_start=1201
+  _globals['_UPDATECONVERSATIONREQUEST']._serialized_end=1336
+  _globals['_DELETECONVERSATIONREQUEST']._serialized_start=1338
+  _globals['_DELETECONVERSATIONREQUEST']._serialized_end=1407
+  _globals['_DELETECONVERSATIONRESPONSE']._serialized_start=1409
+  _globals['_DELETECONVERSATIONRESPONSE']._serialized_end=1437
+  _globals['_SENDMESSAGEREQUEST']._serialized_start=1440
+  _globals['_SENDMESSAGEREQUEST']._serialized_end=1656
+  _globals['_SENDMESSAGESTARTED']._serialized_start=1658
+  _globals['_SENDMESSAGESTARTED']._serialized_end=1761
+  _globals['_SENDMESSAGEDELTA']._serialized_start=1763
+  _globals['_SENDMESSAGEDELTA']._serialized_end=1854
+  _globals['_SENDMESSAGEDONE']._serialized_start=1857
+  _globals['_SENDMESSAGEDONE']._serialized_end=2065
+  _globals['_SENDMESSAGEEVENT']._serialized_start=2068
+  _globals['_SENDMESSAGEEVENT']._serialized_end=2283
+  _globals['_INPUTITEM']._serialized_start=2285
+  _globals['_INPUTITEM']._serialized_end=2403
+  _globals['_RESPONDREQUEST']._serialized_start=2406
+  _globals['_RESPONDREQUEST']._serialized_end=2955
+  _globals['_GETRESPONSEREQUEST']._serialized_start=2957
+  _globals['_GETRESPONSEREQUEST']._serialized_end=3015
+  _globals['_STOREDRESPONSE']._serialized_start=3017
+  _globals['_STOREDRESPONSE']._serialized_end=3141
+  _globals['_EXPORT']._serialized_start=3144
+  _globals['_EXPORT']._serialized_end=3433
+  _globals['_CREATEEXPORTREQUEST']._serialized_start=3435
+  _globals['_CREATEEXPORTREQUEST']._serialized_end=3555
+  _globals['_GETEXPORTREQUEST']._serialized_start=3557
+  _globals['_GETEXPORTREQUEST']._serialized_end=3636
+  _globals['_CONVERSATIONSERVICE']._serialized_start=3976
+  _globals['_CONVERSATIONSERVICE']._serialized_end=5121
 # @@protoc_insertion_point(module_scope)

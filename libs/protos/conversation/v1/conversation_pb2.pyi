@@ -81,12 +81,14 @@ class Message(_message.Message):
     def __init__(self, id: _Optional[str] = ..., role: _Optional[str] = ..., content: _Optional[str] = ..., status: _Optional[_Union[MessageStatus, str]] = ..., model: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., finish_reason: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tool_calls: _Optional[_Iterable[_Union[_inference_pb2.ToolCall, _Mapping]]] = ..., tool_call_id: _Optional[str] = ...) -> None: ...
 
 class ConversationWithMessages(_message.Message):
-    __slots__ = ("conversation", "messages")
+    __slots__ = ("conversation", "messages", "next_messages_cursor")
     CONVERSATION_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_MESSAGES_CURSOR_FIELD_NUMBER: _ClassVar[int]
     conversation: Conversation
     messages: _containers.RepeatedCompositeFieldContainer[Message]
-    def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ...) -> None: ...
+    next_messages_cursor: str
+    def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., next_messages_cursor: _Optional[str] = ...) -> None: ...
 
 class CreateConversationRequest(_message.Message):
     __slots__ = ("user_id", "title")
@@ -117,12 +119,16 @@ class ListConversationsResponse(_message.Message):
     def __init__(self, conversations: _Optional[_Iterable[_Union[Conversation, _Mapping]]] = ..., next_cursor: _Optional[str] = ...) -> None: ...
 
 class GetConversationRequest(_message.Message):
-    __slots__ = ("user_id", "conversation_id")
+    __slots__ = ("user_id", "conversation_id", "message_limit", "messages_cursor")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_CURSOR_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     conversation_id: str
-    def __init__(self, user_id: _Optional[str] = ..., conversation_id: _Optional[str] = ...) -> None: ...
+    message_limit: int
+    messages_cursor: str
+    def __init__(self, user_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., message_limit: _Optional[int] = ..., messages_cursor: _Optional[str] = ...) -> None: ...
 
 class UpdateConversationRequest(_message.Message):
     __slots__ = ("user_id", "conversation_id", "title", "archived")
