@@ -141,7 +141,8 @@ def test_auth_gets_its_key_and_database_from_secrets(default_render):
 def test_only_event_producers_get_kafka(default_render):
     bootstrap = f"{fullname('kafka')}.chat.svc.cluster.local:9092"
     for name, expected in (
-        ("auth", bootstrap), ("conversation", bootstrap), ("gateway", ""), ("inference-smollm2", ""),
+        # the gateway publishes its spool of finished completions
+        ("auth", bootstrap), ("conversation", bootstrap), ("gateway", bootstrap), ("inference-smollm2", ""),
         ("auth-usage-consumer", bootstrap), ("conversation-worker", ""),  # the worker only fills the outbox
     ):
         c = default_render.get("Deployment", fullname(name))["spec"]["template"]["spec"]["containers"][0]
@@ -291,7 +292,9 @@ def test_network_policies_let_each_service_hear_only_its_callers(default_render)
         "auth", "auth-migrate", "auth-usage-consumer", "conversation", "conversation-migrate", "conversation-worker"
     ]
     assert sorted(ingress_sources(policies[fullname("redis")])) == ["conversation", "conversation-worker", "gateway"]
-    assert sorted(ingress_sources(policies[fullname("kafka")])) == ["auth", "auth-usage-consumer", "conversation"]
+    assert sorted(ingress_sources(policies[fullname("kafka")])) == [
+        "auth", "auth-usage-consumer", "conversation", "gateway"
+    ]
     for name in ("auth", "conversation", "inference-smollm2", "postgresql", "redis", "kafka"):
         assert "*" not in ingress_sources(policies[fullname(name)]), name
     # the side processes are called by nobody: only Prometheus' namespace reaches their metrics port
@@ -402,7 +405,7 @@ def test_service_monitors_scrape_every_service(renders):
         for n in ("auth", "conversation", "gateway", "inference-smollm2", "conversation-worker", "auth-usage-consumer")
     }
     assert monitors[fullname("conversation-worker")]["spec"]["endpoints"][0]["port"] == "metrics"
-    assert monitors[fullname("gateway")]["spec"]["endpoints"][0]["port"] == "http"
+    assert monitors[fullname("gateway")]["spec"]["endpoints"][0]["port"] == "metrics"  # never the public port
     assert monitors[fullname("inference-smollm2")]["spec"]["endpoints"][0]["port"] == "metrics"
     for monitor in monitors.values():
         service = rendered.get("Service", monitor["metadata"]["name"])
