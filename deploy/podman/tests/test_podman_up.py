@@ -135,23 +135,24 @@ def test_a_streamed_conversation_message_usage_and_an_export(platform, user):
         assert export["status"] == "completed" and "Paris" in export["content"], export
 
 
-def test_what_a_user_sees_when_inference_restarts_under_a_stream(platform, user):
-    """A long chat completion streams; after its first tokens the inference container is restarted (SIGTERM, then
-    SIGKILL after 5 s, then started again). The stream must end visibly: completed, or an error event in
-    OpenAI's shape; never cut off silently. Then the platform answers again."""
-    container = f"{platform.pods['chatplane-inference-smollm2'][0]}-inference"
-    seen: dict = {"events": 0, "text": "", "ended_with": None, "error": None, "finish_reason": None}
+STORY = {"model": MODEL, "stream": True, "temperature": 0, "max_tokens": 400,
+         "messages": [{"role": "user", "content": "Tell a long story about a lighthouse keeper and the sea."}]}
+
+
+def stream_through_a_restart(platform, user, pick_container) -> dict:
+    """Stream STORY; after its 10th event restart the inference container `pick_container()` names (SIGTERM, 5 s,
+    SIGKILL, started again, as the kubelet after a failed liveness probe) and record what the client saw."""
+    seen: dict = {"events": 0, "text": "", "ended_with": None, "error": None, "finish_reason": None, "usage": None}
     restart: dict = {}
 
     def restart_inference() -> None:
+        restart["container"] = pick_container()
         restart["at"] = time.monotonic()
-        podman_up.restart_container(container, grace=5)
-        restart["done"] = time.monotonic()
+        podman_up.restart_container(restart["container"], grace=5)
 
-    request = {"model": MODEL, "stream": True, "temperature": 0, "max_tokens": 400,
-               "messages": [{"role": "user", "content": "Tell a long story about a lighthouse keeper and the sea."}]}
     started = time.monotonic()
     thread = None
+    request = {**STORY, "stream_options": {"include_usage": True}}
     with httpx.Client(base_url=platform.url, timeout=httpx.Timeout(300, connect=10)) as http:
         try:
             with http.stream("POST", "/v1/chat/completions", json=request, headers=user) as r:
@@ -159,53 +160,71 @@ def test_what_a_user_sees_when_inference_restarts_under_a_stream(platform, user)
                 for line in r.iter_lines():
                     if not line.startswith("data: "):
                         continue
-                    data = line[6:]
-                    if data == "[DONE]":
+                    if line[6:] == "[DONE]":
                         seen["ended_with"] = "[DONE]"
                         break
-                    event = json.loads(data)
+                    event = json.loads(line[6:])
                     if "error" in event:
                         seen["ended_with"], seen["error"] = "error event", event["error"]
                         continue
+                    seen["usage"] = event.get("usage") or seen["usage"]
+                    if not event.get("choices"):
+                        continue
                     seen["events"] += 1
-                    choice = event["choices"][0] if event.get("choices") else {}
+                    choice = event["choices"][0]
                     seen["text"] += (choice.get("delta") or {}).get("content") or ""
                     seen["finish_reason"] = choice.get("finish_reason") or seen["finish_reason"]
                     if seen["events"] == 10 and thread is None:
-                        seen["tokens_before_restart"] = len(seen["text"])
+                        seen["characters_before_restart"] = len(seen["text"])
                         thread = threading.Thread(target=restart_inference)
                         thread.start()
         except httpx.HTTPError as exc:
             seen["ended_with"] = f"transport error: {type(exc).__name__}: {exc}"
         seen["stream_seconds"] = round(time.monotonic() - started, 1)
-    thread.join(60)
+    thread.join(120)
+    seen["restarted"] = restart["container"]
     seen["restart_seconds_after_start"] = round(restart["at"] - started, 1)
+    return seen
 
-    # the platform comes back: inference restarts, reports SERVING, and the gateway reaches it again
-    back = time.monotonic()
+
+def answers_again(platform, user, seen: dict) -> str | None:
+    """The Paris answer once inference serves again (the restarted replica reloads its engine), waiting for it."""
     import openai
 
+    back = time.monotonic()
     client = openai.OpenAI(base_url=f"{platform.url}/v1", api_key=user["Authorization"][7:], max_retries=0)
-    answer, attempts = None, 0
+    answer = None
+    errors = []
     while time.monotonic() - back < 420:
-        attempts += 1
         try:
             answer = client.chat.completions.create(model=MODEL, messages=PARIS, temperature=0, max_tokens=20)
             break
         except openai.APIError as exc:
-            seen.setdefault("errors_while_restarting", []).append(f"{type(exc).__name__}: {str(exc)[:200]}")
+            errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
             time.sleep(2)
     seen["answers_again_after_seconds"] = round(time.monotonic() - back, 1)
-    seen["text"] = seen["text"][:400]
-    seen["errors_while_restarting"] = sorted(set(seen.get("errors_while_restarting", [])))[:5]
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    (ARTIFACTS / "inference-restart.json").write_text(json.dumps(seen, indent=2))
-    print("\nwhat the user saw:", json.dumps(seen, indent=2))
+    seen["errors_until_it_answers"] = sorted(set(errors))[:5]
+    return answer.choices[0].message.content if answer else None
 
+
+def record(name: str, seen: dict) -> None:
+    seen["text"] = seen["text"][:300] + ("..." if len(seen["text"]) > 300 else "")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / f"{name}.json").write_text(json.dumps(seen, indent=2))
+    print(f"\nwhat the user saw ({name}):", json.dumps(seen, indent=2))
+
+
+def test_what_a_user_sees_when_the_only_inference_replica_restarts_under_a_stream(platform, user):
+    """One replica: nothing can take the stream over. It must end visibly (an error event in OpenAI's shape, or
+    completed), never cut off silently; then the platform answers again."""
+    seen = stream_through_a_restart(
+        platform, user, lambda: f"{platform.pods['chatplane-inference-smollm2'][0]}-inference")
+    answer = answers_again(platform, user, seen)
+    record("inference-restart-one-replica", seen)
     assert seen["ended_with"] in ("[DONE]", "error event"), f"the stream was cut off silently: {seen}"
     if seen["ended_with"] == "error event":
         assert seen["error"].get("message") and seen["error"].get("type"), seen
-    assert answer is not None and "Paris" in answer.choices[0].message.content, seen
+    assert answer is not None and "Paris" in answer, seen
 
 
 def test_an_upgrade_runs_the_migration_jobs_and_keeps_the_secrets(platform, user):
@@ -231,3 +250,34 @@ def test_an_upgrade_runs_the_migration_jobs_and_keeps_the_secrets(platform, user
             assert time.monotonic() < deadline, r.text
             time.sleep(1)
         assert http.get("/v1/models", headers=user).status_code == 200
+
+
+def serving_replica(pods: list[str]) -> str:
+    """The inference pod running a generation now (its engine's running-requests gauge, read from its metrics port
+    at the pod's address, as Prometheus would)."""
+    for _ in range(40):
+        for pod in pods:
+            text = httpx.get(f"http://{podman_up.pod_ip(pod)}:9090/metrics", timeout=5).text
+            running = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                       if line.startswith("chatplane_inference_requests_running")]
+            if running and max(running) > 0:
+                return pod
+        time.sleep(0.25)
+    raise AssertionError(f"no inference replica of {pods} runs the stream")
+
+
+def test_with_two_replicas_a_stream_survives_the_restart_of_its_replica(platform, user):
+    """The pool scaled to two replicas (an upgrade with `inference.replicas: 2`: one pod added, the rest kept); the
+    replica serving the stream is restarted under it and the callers' inference client continues the reply on the
+    other one: the user sees one uninterrupted stream, to its length, with [DONE]."""
+    scaled = podman_up.up(VALUES, overrides={"inference": {"replicas": 2}})
+    pods = scaled.pods["chatplane-inference-smollm2"]
+    assert len(pods) == 2 and pods[0] == platform.pods["chatplane-inference-smollm2"][0]
+    assert scaled.replaced == [pods[1]], "only the new replica starts"
+    seen = stream_through_a_restart(platform, user, lambda: f"{serving_replica(pods)}-inference")
+    answer = answers_again(platform, user, seen)
+    record("inference-restart-two-replicas", seen)
+    assert seen["ended_with"] == "[DONE]" and seen["error"] is None, seen
+    assert seen["finish_reason"] in ("length", "stop"), seen
+    assert seen["usage"] and seen["usage"]["completion_tokens"] > 10, seen
+    assert answer is not None and "Paris" in answer, seen
