@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
 from chatplane.common import limits
 from chatplane.gateway import convert, generation
@@ -22,7 +21,7 @@ from chatplane.gateway.errors import APIError, invalid, upstream
 from chatplane.gateway.metering import MeteredGeneration, rough_tokens
 from chatplane.gateway.observability import observe
 from chatplane.gateway.schemas import ChatCompletionRequest, ChatMessageIn, NamedToolChoice
-from chatplane.gateway.sse import DONE, SLOT, ClientWatch, EventStream, TextEvent, event
+from chatplane.gateway.sse import DONE, SLOT, TextEvent, answer, event, first_reply
 from chatplane.protos.inference.v1 import inference_pb2
 
 log = logging.getLogger(__name__)
@@ -299,27 +298,15 @@ async def create_chat_completion(
         backends.inference.generate(generate, key=affinity_key(request, body.user, chat_lead(body))),
         backends.admission, ticket, backends.recorder, principal, completion_id, body.model, prompt_estimate,
     )
-    watch = ClientWatch(request.receive)
-    try:
-        # Wait for the first reply before answering, so that an early error is an ordinary HTTP error.
-        first = await watch.guard(_read(call))
-    except BaseException:
-        watch.stop()
-        call.cancel()
-        raise
+    watch, first = await first_reply(request.receive, call, _read)
     created = int(time.time())
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = _stream(call, first, completion_id, created, body.model, include_usage, bool(body.logprobs),
-                         generate.sampling.n or 1)
-        return EventStream(chunks, watch)
-    try:
-        answer = _complete(call, first, completion_id, created, body.model, generate.sampling.n or 1,
-                           bool(body.logprobs))
-        return JSONResponse(await watch.guard(answer))
-    finally:
-        watch.stop()
-        call.cancel()
+    n = generate.sampling.n or 1
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return await answer(
+        call, watch, stream=bool(body.stream),
+        events=lambda: _stream(call, first, completion_id, created, body.model, include_usage, bool(body.logprobs), n),
+        whole=lambda: _complete(call, first, completion_id, created, body.model, n, bool(body.logprobs)),
+    )
 
 
 async def _complete(

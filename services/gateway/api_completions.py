@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
 from chatplane.common import limits
 from chatplane.gateway import convert, generation
@@ -34,7 +33,7 @@ from chatplane.gateway.errors import APIError, invalid, upstream
 from chatplane.gateway.metering import MeteredGeneration
 from chatplane.gateway.observability import observe
 from chatplane.gateway.schemas import CompletionRequest
-from chatplane.gateway.sse import DONE, ClientWatch, EventStream, event
+from chatplane.gateway.sse import DONE, answer, event, first_reply
 from chatplane.protos.inference.v1 import inference_pb2
 
 log = logging.getLogger(__name__)
@@ -147,23 +146,12 @@ async def create_completion(
         backends.admission, ticket, backends.recorder, principal, completion_id, body.model, prompt_estimate,
         path="completions",
     )
-    watch = ClientWatch(request.receive)
-    try:
-        first = await watch.guard(_read(call))  # an early error is an ordinary HTTP error
-    except BaseException:
-        watch.stop()
-        call.cancel()
-        raise
-    answer = _Answer(completion_id, int(time.time()), body.model, [g.prompt for g in generates], n,
-                     body.logprobs is not None, bool(body.echo))
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return EventStream(answer.stream(call, first, include_usage), watch)
-    try:
-        return JSONResponse(await watch.guard(answer.complete(call, first)))
-    finally:
-        watch.stop()
-        call.cancel()
+    watch, first = await first_reply(request.receive, call, _read)
+    out = _Answer(completion_id, int(time.time()), body.model, [g.prompt for g in generates], n,
+                  body.logprobs is not None, bool(body.echo))
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return await answer(call, watch, stream=bool(body.stream), events=lambda: out.stream(call, first, include_usage),
+                        whole=lambda: out.complete(call, first))
 
 
 class _Answer:

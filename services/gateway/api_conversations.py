@@ -9,7 +9,6 @@ from typing import Annotated, Any
 
 import grpc
 from fastapi import APIRouter, Path, Query, Request, status
-from fastapi.responses import JSONResponse
 
 from chatplane.common import limits
 from chatplane.gateway import convert
@@ -28,7 +27,7 @@ from chatplane.gateway.schemas import (
     MessageCreate,
     SentMessageOut,
 )
-from chatplane.gateway.sse import DONE, SLOT, ClientWatch, EventStream, TextEvent, event
+from chatplane.gateway.sse import DONE, SLOT, TextEvent, answer, event, first_reply
 from chatplane.protos.conversation.v1 import conversation_pb2
 
 log = logging.getLogger(__name__)
@@ -204,26 +203,17 @@ async def send_message(
         backends.admission,
         ticket,
     )
-    watch = ClientWatch(request.receive)
-    try:
-        # `started`, or an ordinary HTTP error (404 conversation, 400 too long, ...).
-        first = await watch.guard(_read(call))
-        if first is None:
-            raise _broken()
-        if first.WhichOneof("event") == "started":
-            observe().model = first.started.model  # the served model: a bounded metrics label
-    except BaseException:
-        watch.stop()
-        call.cancel()
-        raise
-    if body.stream:
-        return EventStream(_stream(call, first, request_id), watch)
-    try:
-        reply = await watch.guard(_complete(call, first))
-        return JSONResponse(reply, status_code=status.HTTP_201_CREATED)
-    finally:
-        watch.stop()
-        call.cancel()
+    # `started`, or an ordinary HTTP error (404 conversation, 400 too long, ...).
+    watch, first = await first_reply(request.receive, call, _read, _started)
+    return await answer(call, watch, stream=body.stream, events=lambda: _stream(call, first, request_id),
+                        whole=lambda: _complete(call, first), status_code=status.HTTP_201_CREATED)
+
+
+def _started(first: conversation_pb2.SendMessageEvent | None) -> None:
+    if first is None:
+        raise _broken()
+    if first.WhichOneof("event") == "started":
+        observe().model = first.started.model  # the served model: a bounded metrics label
 
 
 async def _complete(call: Any, reply: conversation_pb2.SendMessageEvent | None) -> dict[str, Any]:

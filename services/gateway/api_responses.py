@@ -24,7 +24,6 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
-from fastapi.responses import JSONResponse
 
 from chatplane.common import limits
 from chatplane.gateway import generation
@@ -35,7 +34,7 @@ from chatplane.gateway.errors import APIError, invalid, upstream
 from chatplane.gateway.metering import MeteredConversationReply, rough_tokens
 from chatplane.gateway.observability import observe
 from chatplane.gateway.schemas import ResponsesRequest, ResponseToolChoiceFunction
-from chatplane.gateway.sse import ClientWatch, EventStream
+from chatplane.gateway.sse import answer, first_reply
 from chatplane.protos.conversation.v1 import conversation_pb2
 from chatplane.protos.inference.v1 import inference_pb2
 
@@ -312,24 +311,16 @@ async def create_response(
         backends.conversation.Respond(respond, timeout=backends.settings.stream_timeout_seconds),
         backends.admission, ticket,
     )
-    watch = ClientWatch(request.receive)
-    try:
-        first = await watch.guard(_read(call))  # `started`, or an ordinary HTTP error
-        if first is None or first.WhichOneof("event") != "started":
-            raise APIError(502, "The conversation service ended the response unexpectedly.", type="server_error")
-    except BaseException:
-        watch.stop()
-        call.cancel()
-        raise
+    watch, first = await first_reply(request.receive, call, _read, _started)
     response = _Response(body, int(time.time()), first.started.model or body.model, respond.store)
     response.id = PREFIX + first.started.reply_id
-    if body.stream:
-        return EventStream(_stream(call, response, request_id), watch)
-    try:
-        return JSONResponse(await watch.guard(_complete(call, response)))
-    finally:
-        watch.stop()
-        call.cancel()
+    return await answer(call, watch, stream=bool(body.stream), events=lambda: _stream(call, response, request_id),
+                        whole=lambda: _complete(call, response))
+
+
+def _started(first: conversation_pb2.SendMessageEvent | None) -> None:
+    if first is None or first.WhichOneof("event") != "started":
+        raise APIError(502, "The conversation service ended the response unexpectedly.", type="server_error")
 
 
 async def _complete(call: Any, response: _Response) -> dict[str, Any]:

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-from starlette.responses import StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 T = TypeVar("T")
@@ -125,3 +125,41 @@ class EventStream(StreamingResponse):
         # Complete: the server answers http.disconnect to every receive from now on, which is not the client leaving.
         self.watch.stop()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def first_reply(
+    receive: Receive, call: Any, read: Callable[[Any], Awaitable[Any]], check: Callable[[Any], None] | None = None
+) -> tuple[ClientWatch, Any]:
+    """Start watching the client of a model call and wait for the call's first reply (``read(call)``, then
+    ``check(reply)`` if given), so that a failure before the answer starts is an ordinary HTTP error. On any failure
+    (the client gone included) the watch stops and the call is cancelled."""
+    watch = ClientWatch(receive)
+    try:
+        first = await watch.guard(read(call))
+        if check is not None:
+            check(first)
+    except BaseException:
+        watch.stop()
+        call.cancel()
+        raise
+    return watch, first
+
+
+async def answer(
+    call: Any,
+    watch: ClientWatch,
+    *,
+    stream: bool,
+    events: Callable[[], AsyncIterator[bytes]],
+    whole: Callable[[], Awaitable[Any]],
+    status_code: int = 200,
+) -> Response:
+    """A model call's answer: its events as SSE (the stream's generator cancels the call at its end), or the whole
+    answer as JSON once it is put together (the call cancelled and the watch stopped either way)."""
+    if stream:
+        return EventStream(events(), watch)
+    try:
+        return JSONResponse(await watch.guard(whole()), status_code=status_code)
+    finally:
+        watch.stop()
+        call.cancel()
