@@ -166,16 +166,9 @@ def tls_channel(dev_certs):
 @pytest.fixture(scope="session")
 def inference_server(model_dir, tmp_path_factory, inference_metrics_port, dev_certs):
     """A real inference service (vLLM AsyncLLM) on a free port, shared by the whole run, with mutual TLS (the run's
-    development CA). Yields its address.
-
-    ``CHATPLANE_TEST_INFERENCE_TARGET=host:port`` uses an inference service that is already running instead (quick
-    development loops; its metrics are then not the ones ``inference_metrics_port`` names)."""
+    development CA). Yields its address."""
     from chatplane.common import devcerts
     from chatplane.common.procs import Service, free_port, grpc_serving
-
-    if os.environ.get("CHATPLANE_TEST_INFERENCE_TARGET"):
-        yield os.environ["CHATPLANE_TEST_INFERENCE_TARGET"]
-        return
 
     port = free_port()
     data = tmp_path_factory.mktemp("inference")
