@@ -117,8 +117,12 @@ def main() -> int:
     from chatplane.common.stack import Ports, dev_api_key, services, start_all, stop_all
 
     with tempfile.TemporaryDirectory() as tmp:
-        ports = Ports(gateway=free_port(), auth=free_port(), conversation=free_port(), inference=free_port())
-        svcs = services(ports, Path(tmp), log_dir=Path(tmp), env={"CHATPLANE_INFERENCE_MODEL_PATH": str(MODEL_DIR)})
+        # Free ports only (metrics off, no Kafka: events wait in the outboxes), so that it runs beside `make run`.
+        ports = Ports(gateway=free_port(), auth=free_port(), conversation=free_port(), inference=free_port(),
+                      gateway_metrics=0, auth_metrics=0, conversation_metrics=0, inference_metrics=0,
+                      worker_metrics=0, usage_metrics=0)
+        svcs = services(ports, Path(tmp), log_dir=Path(tmp), env={"CHATPLANE_INFERENCE_MODEL_PATH": str(MODEL_DIR)},
+                        kafka_bootstrap_servers="")
         try:
             start_all(svcs, 600)
             base = f"http://127.0.0.1:{ports.gateway}"
