@@ -350,12 +350,13 @@ def print_fleet(fl: dict) -> None:
     px = fl.get("prefix") or {}
     if "phases" in px:
         print(f"\nfleet: {px['replicas']} real replicas, {px['conversations']} conversations x {px['turns']} turns "
-              f"({px['words_per_turn']} words a turn), KV cache {px['kv_cache_gib_per_replica']} GiB a replica")
-        print(f"{'policy':<12} {'prefix-cache hit ratio':>22} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} "
-              f"{'p50 turns 2+':>13}")
+              f"(a {px['document_words']}-word document, then questions), KV cache {px['kv_cache_gib_per_replica']} GiB "
+              f"a replica, block size {px['block_size']}, {px['rounds']} rounds of each policy")
+        print(f"{'policy':<12} {'prefix-cache hit ratio':>22} {'prefilled tokens/msg':>20} {'TTFT p50 ms':>12} "
+              f"{'TTFT p99 ms':>12} {'p50 turns 2+':>13}")
         for policy, ph in px["phases"].items():
-            print(f"{policy:<12} {ph['prefix_cache_hit_ratio']!s:>22} {ph['ttft_p50_ms']!s:>12} "
-                  f"{ph['ttft_p99_ms']!s:>12} {ph['ttft_p50_ms_turns_2_on']!s:>13}")
+            print(f"{policy:<12} {ph['prefix_cache_hit_ratio']!s:>22} {ph['prompt_tokens_computed_per_message']!s:>20} "
+                  f"{ph['ttft_p50_ms']!s:>12} {ph['ttft_p99_ms']!s:>12} {ph['ttft_p50_ms_turns_2_on']!s:>13}")
         print(f"  TTFT p50 round robin / affinity: {px.get('ttft_p50_speedup')}")
         if "kill_real_engine" in px:
             print(f"  kill -9 of a real replica under 16 streams: {px['kill_real_engine']}")

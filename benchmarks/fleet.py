@@ -159,8 +159,9 @@ async def sse(client: httpx.AsyncClient, path: str, body: dict, key: str, marker
 
 
 async def conversations(base: str, key: str, seed: int, count: int, turns: int, words: int) -> list[tuple[int, float]]:
-    """``count`` conversations of ``turns`` turns each, run side by side; each turn brings a new passage of ``words``
-    words. Returns (turn, TTFT seconds) for every message."""
+    """``count`` conversations of ``turns`` turns each, run side by side, about a document: the first turn brings a
+    document of ``words`` words, the next ones short questions about it (the common shape: a long context, then a
+    dialogue on it). Returns (turn, TTFT seconds) for every message."""
     rng = random.Random(seed)
     timings: list[tuple[int, float]] = []
     async with httpx.AsyncClient(base_url=base, timeout=300) as client:
@@ -169,8 +170,12 @@ async def conversations(base: str, key: str, seed: int, count: int, turns: int, 
             created = await client.post("/v1/conversations", json={"title": f"bench {seed}-{c}"},
                                         headers={"authorization": f"Bearer {key}"})
             conv = created.json()["id"]
+            document = text(rng, words)
             for t in range(turns):
-                content = f"Passage {t + 1}: {text(rng, words)}\nIn one sentence, what is passage {t + 1} about?"
+                if t == 0:
+                    content = f"Here is a document.\n\n{document}\n\nSummarize it in one sentence."
+                else:
+                    content = f"What does the document say about the {rng.choice(WORDS)} and the {rng.choice(WORDS)}?"
                 ttft, events = await sse(client, f"/v1/conversations/{conv}/messages",
                                          {"content": content, "max_tokens": 24, "stream": True, "temperature": 0},
                                          key, "message.delta")
@@ -183,36 +188,52 @@ async def conversations(base: str, key: str, seed: int, count: int, turns: int, 
 
 
 def prefix_section(folder: Path, args: argparse.Namespace) -> dict:
-    env = {"CHATPLANE_INFERENCE_KV_CACHE_GIB": str(args.kv_cache_gib)}
+    env = {"CHATPLANE_INFERENCE_KV_CACHE_GIB": str(args.kv_cache_gib),
+           "CHATPLANE_INFERENCE_EXTRA_ENGINE_ARGS": json.dumps({"block_size": args.block_size})}
     out: dict = {"replicas": 2, "conversations": args.conversations, "turns": args.turns,
-                 "words_per_turn": args.words, "kv_cache_gib_per_replica": args.kv_cache_gib, "phases": {}}
-    system_prompt = "You are a careful assistant. " + text(random.Random(1), 120)
+                 "document_words": args.words, "kv_cache_gib_per_replica": args.kv_cache_gib,
+                 "block_size": args.block_size, "rounds": args.rounds, "phases": {}}
+    system_prompt = "You are a careful assistant who answers from the documents users share. " + text(
+        random.Random(1), 120)
+    runs: dict[str, list[dict]] = {"round_robin": [], "affinity": []}
     with replicas(folder, 2, synthetic=False, env=env) as reps:
         out["dtype"] = os.environ.get("CHATPLANE_INFERENCE_DTYPE", "auto")
-        for i, policy in enumerate(("round_robin", "affinity")):
-            pools = json.dumps([{"name": "bench", "target": ",".join(r.address for r in reps), "policy": policy}])
-            with platform(folder / policy, pools, {"CHATPLANE_CONVERSATION_SYSTEM_PROMPT": system_prompt}) as (
-                    base, key, _):
-                before = [scrape(r.metrics_port) for r in reps]
-                started = time.perf_counter()
-                timings = asyncio.run(conversations(base, key, 100 + i, args.conversations, args.turns, args.words))
-                seconds = time.perf_counter() - started
-                after = [scrape(r.metrics_port) for r in reps]
-            hits = sum(a.get("vllm:prefix_cache_hits_total", 0) - b.get("vllm:prefix_cache_hits_total", 0)
-                       for a, b in zip(after, before, strict=True))
-            queries = sum(a.get("vllm:prefix_cache_queries_total", 0) - b.get("vllm:prefix_cache_queries_total", 0)
-                          for a, b in zip(after, before, strict=True))
+        # The policies in turns (round robin, affinity, round robin, ...), fresh conversations each time, so that a
+        # change of the machine's load over the run weighs on both alike.
+        for r in range(args.rounds):
+            for policy in ("round_robin", "affinity"):
+                pools = json.dumps([{"name": "bench", "target": ",".join(x.address for x in reps), "policy": policy}])
+                with platform(folder / f"{policy}-{r}", pools, {"CHATPLANE_CONVERSATION_SYSTEM_PROMPT": system_prompt}
+                              ) as (base, key, _):
+                    before = [scrape(x.metrics_port) for x in reps]
+                    started = time.perf_counter()
+                    seed = 1000 * r + (500 if policy == "affinity" else 0)
+                    timings = asyncio.run(conversations(base, key, seed, args.conversations, args.turns, args.words))
+                    seconds = time.perf_counter() - started
+                    after = [scrape(x.metrics_port) for x in reps]
+
+                def delta(name: str) -> float:
+                    return sum(a.get(name, 0) - b.get(name, 0) for a, b in zip(after, before, strict=True))
+
+                runs[policy].append({"timings": timings, "seconds": seconds, "loadavg": os.getloadavg()[0],
+                                     "hits": delta("vllm:prefix_cache_hits_total"),
+                                     "queries": delta("vllm:prefix_cache_queries_total")})
+                print(f"  prefix {policy} round {r + 1}: hit ratio {runs[policy][-1]['hits'] / max(1, runs[policy][-1]['queries']):.3f}, "
+                      f"{seconds:.0f} s, load average {os.getloadavg()[0]:.1f}", flush=True)
+        for policy, phases in runs.items():
+            timings = [t for ph in phases for t in ph["timings"]]
+            hits, queries = sum(ph["hits"] for ph in phases), sum(ph["queries"] for ph in phases)
             later = [s for t, s in timings if t > 0]
             out["phases"][policy] = {
                 "messages": len(timings),
-                "seconds": round(seconds, 1),
+                "seconds": round(sum(ph["seconds"] for ph in phases), 1),
                 "prefix_cache_hit_ratio": round(hits / queries, 3) if queries else None,
-                "prefix_cache_queries_tokens": int(queries),
+                "prompt_tokens_computed_per_message": round((queries - hits) / max(1, len(timings)), 1),
                 "ttft_p50_ms": pct([s for _, s in timings], 50),
                 "ttft_p99_ms": pct([s for _, s in timings], 99),
                 "ttft_p50_ms_turns_2_on": pct(later, 50),
+                "loadavg": [round(ph["loadavg"], 1) for ph in phases],
             }
-            print(f"  prefix {policy}: {out['phases'][policy]}", flush=True)
         rr, aff = out["phases"]["round_robin"], out["phases"]["affinity"]
         if rr["ttft_p50_ms"] and aff["ttft_p50_ms"]:
             out["ttft_p50_speedup"] = round(rr["ttft_p50_ms"] / aff["ttft_p50_ms"], 2)
@@ -405,8 +426,12 @@ def main() -> int:
                         choices=["prefix", "kill", "join", "spread"])
     parser.add_argument("--conversations", type=int, default=8)
     parser.add_argument("--turns", type=int, default=6)
-    parser.add_argument("--words", type=int, default=110, help="words of the passage each user turn brings")
-    parser.add_argument("--kv-cache-gib", type=float, default=0.25, help="each real replica's KV cache")
+    parser.add_argument("--words", type=int, default=350, help="words of the document each conversation starts with")
+    parser.add_argument("--kv-cache-gib", type=float, default=0.15,
+                        help="each real replica's KV cache: room for its share of the conversations, not for all")
+    parser.add_argument("--block-size", type=int, default=32,
+                        help="KV-cache block size (vLLM's CPU default is 128; only whole blocks are reused)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of (round robin, affinity)")
     parser.add_argument("--skip-real-kill", action="store_true")
     parser.add_argument("--discovery-interval", type=float, default=5.0)
     parser.add_argument("--json", type=Path)

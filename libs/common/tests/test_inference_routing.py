@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import random
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -259,3 +261,69 @@ def test_endpoint_slices_give_the_ready_endpoints_on_the_grpc_port():
         ),
     ]
     assert ready_addresses(slices, "grpc", 1) == {"10.1.0.4:50053", "[fd00::7]:50053"}
+
+
+def test_endpoint_slices_are_listed_then_watched_through_the_kubernetes_api(tmp_path):
+    """The watch loop against a test double of the API server's two calls (list, then watch as a stream of events)."""
+    import http.server
+    import threading
+
+    from kubernetes import client
+
+    from chatplane.common.inference.discovery import watch_endpoint_slices
+
+    def slice_json(name: str, ips: list[str], ready: bool = True) -> dict:
+        return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+                "metadata": {"name": name, "resourceVersion": "7",
+                             "labels": {"kubernetes.io/service-name": "inference-a"}},
+                "ports": [{"name": "grpc", "port": 50053}],
+                "endpoints": [{"addresses": [ip], "conditions": {"ready": ready}} for ip in ips]}
+
+    seen_paths: list[str] = []
+    watch_go = threading.Event()
+
+    class FakeApiServer(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            seen_paths.append(self.path)
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            if "watch=True" not in self.path and "watch=true" not in self.path:
+                body = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSliceList",
+                        "metadata": {"resourceVersion": "7"}, "items": [slice_json("a-1", ["10.1.0.4"])]}
+                self.wfile.write(json.dumps(body).encode())
+                return
+            watch_go.wait(10)
+            for event in ({"type": "ADDED", "object": slice_json("a-2", ["10.1.0.5", "10.1.0.6"])},
+                          {"type": "MODIFIED", "object": slice_json("a-2", ["10.1.0.5", "10.1.0.6"], ready=False)},
+                          {"type": "DELETED", "object": slice_json("a-1", ["10.1.0.4"])}):
+                self.wfile.write((json.dumps(event) + "\n").encode())
+                self.wfile.flush()
+                time.sleep(0.05)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeApiServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    updates: list[set[str]] = []
+    stop = threading.Event()
+    config = client.Configuration(host=f"http://127.0.0.1:{server.server_address[1]}")
+    api = client.DiscoveryV1Api(client.ApiClient(config))
+    target = parse_target("kubernetes:///inference-a.chat:50053")
+
+    def update(found: set[str]) -> None:
+        updates.append(found)
+        if len(updates) == 1:
+            watch_go.set()
+        if len(updates) == 4:
+            stop.set()
+
+    worker = threading.Thread(target=watch_endpoint_slices, args=(target, update, stop, api), daemon=True)
+    worker.start()
+    worker.join(20)
+    server.shutdown()
+    assert updates == [{"10.1.0.4:50053"}, {"10.1.0.4:50053", "10.1.0.5:50053", "10.1.0.6:50053"},
+                       {"10.1.0.4:50053"}, set()]
+    assert all("/apis/discovery.k8s.io/v1/namespaces/chat/endpointslices" in p for p in seen_paths)
+    assert all("labelSelector=kubernetes.io" in p and "service-name" in p and "inference-a" in p for p in seen_paths)
