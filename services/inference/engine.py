@@ -179,7 +179,9 @@ def prepare_environment(settings: InferenceSettings) -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(settings.kv_cache_gib))))
+    # Not VLLM_CPU_KVCACHE_SPACE: that legacy variable (whole GiB) overrides kv_cache_memory_bytes, which engine_kwargs
+    # sets from kv_cache_gib exactly (a fraction of a GiB included).
+    os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
 
 
 def engine_kwargs(settings: InferenceSettings) -> dict:

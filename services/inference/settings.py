@@ -45,7 +45,7 @@ class InferenceSettings(GrpcServiceSettings):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU only: share of GPU memory vLLM may use.")
     tensor_parallel_size: int = Field(1, ge=1, description="GPU only: GPUs one replica shards the model across.")
     kv_cache_gib: float = Field(
-        1.0, gt=0, description="CPU only: KV-cache size in GiB (sets VLLM_CPU_KVCACHE_SPACE)."
+        1.0, gt=0, description="CPU only: KV-cache size in GiB, fractions included (vLLM's kv_cache_memory_bytes)."
     )
     seed: int = Field(0, description="Engine seed (requests can still set their own).")
     cache_dir: Path | None = Field(
