@@ -195,19 +195,21 @@ def prefix_section(folder: Path, args: argparse.Namespace) -> dict:
                  "block_size": args.block_size, "rounds": args.rounds, "phases": {}}
     system_prompt = "You are a careful assistant who answers from the documents users share. " + text(
         random.Random(1), 120)
-    runs: dict[str, list[dict]] = {"round_robin": [], "affinity": []}
+    variants = {"round_robin": {"policy": "round_robin"}, "affinity": {"policy": "affinity"},
+                "affinity_bound_1": {"policy": "affinity", "bound": 1.0}}
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
     with replicas(folder, 2, synthetic=False, env=env) as reps:
         out["dtype"] = os.environ.get("CHATPLANE_INFERENCE_DTYPE", "auto")
         # The policies in turns (round robin, affinity, round robin, ...), fresh conversations each time, so that a
         # change of the machine's load over the run weighs on both alike.
         for r in range(args.rounds):
-            for policy in ("round_robin", "affinity"):
-                pools = json.dumps([{"name": "bench", "target": ",".join(x.address for x in reps), "policy": policy}])
+            for policy, spec in variants.items():
+                pools = json.dumps([{"name": "bench", "target": ",".join(x.address for x in reps), **spec}])
                 with platform(folder / f"{policy}-{r}", pools, {"CHATPLANE_CONVERSATION_SYSTEM_PROMPT": system_prompt}
                               ) as (base, key, _):
                     before = [scrape(x.metrics_port) for x in reps]
                     started = time.perf_counter()
-                    seed = 1000 * r + (500 if policy == "affinity" else 0)
+                    seed = 1000 * r + 100 * list(variants).index(policy)
                     timings = asyncio.run(conversations(base, key, seed, args.conversations, args.turns, args.words))
                     seconds = time.perf_counter() - started
                     after = [scrape(x.metrics_port) for x in reps]

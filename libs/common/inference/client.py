@@ -49,7 +49,7 @@ class Pool:
     def __init__(self, spec: PoolSpec, discovery_interval: float) -> None:
         self.spec = spec
         self.replicas: dict[str, Replica] = {}
-        self.picker = Picker(spec.policy)
+        self.picker = Picker(spec.policy, spec.bound)
         self._changed = asyncio.Event()
         self._discoverer = Discoverer(spec.target, self._update, discovery_interval)
         metrics.start_pool(spec.name, spec.policy.value)

@@ -4,7 +4,7 @@ A pool is the set of replicas serving one model. The setting is either one targe
 from its replicas) or a JSON list of pools::
 
     [{"name": "smollm2", "model": "SmolLM2-135M-Instruct", "target": "dns:///inference-smollm2:50053",
-      "policy": "affinity"}]
+      "policy": "affinity", "bound": 1.25}]
 
 Targets: ``host:port[,host:port...]`` (a static list), ``dns:///name:port`` (every address the name resolves to,
 re-resolved periodically: a headless Service), ``file:///path`` (``host:port`` lines of a file, read again
@@ -56,6 +56,7 @@ class PoolSpec:
     target: Target
     model: str = ""  # empty: learned from the replicas (ListModels)
     policy: Policy = Policy.affinity
+    bound: float = 1.25  # affinity: a replica at ceil(bound x the mean load) is passed over (1: strictly balanced)
 
 
 def _host_port(text: str, what: str) -> tuple[str, int]:
@@ -109,7 +110,7 @@ def parse_pools(text: str) -> list[PoolSpec]:
     for i, item in enumerate(items):
         if not isinstance(item, dict) or not isinstance(item.get("target"), str):
             raise ValueError(f"CHATPLANE_INFERENCE_POOLS[{i}] needs a target")
-        unknown = set(item) - {"name", "model", "target", "policy"}
+        unknown = set(item) - {"name", "model", "target", "policy", "bound"}
         if unknown:
             raise ValueError(f"CHATPLANE_INFERENCE_POOLS[{i}]: unknown keys {sorted(unknown)}")
         try:
@@ -118,11 +119,15 @@ def parse_pools(text: str) -> list[PoolSpec]:
             raise ValueError(
                 f"CHATPLANE_INFERENCE_POOLS[{i}].policy must be one of {', '.join(p.value for p in Policy)}"
             ) from None
+        bound = item.get("bound", 1.25)
+        if not isinstance(bound, (int, float)) or not 1.0 <= bound <= 10.0:
+            raise ValueError(f"CHATPLANE_INFERENCE_POOLS[{i}].bound must be a number from 1 to 10")
         pools.append(PoolSpec(
             name=str(item.get("name") or f"pool-{i}"),
             target=parse_target(item["target"]),
             model=str(item.get("model") or ""),
             policy=policy,
+            bound=float(bound),
         ))
     names = [p.name for p in pools]
     if len(set(names)) != len(names):

@@ -190,6 +190,7 @@ def test_pool_settings_parse_and_reject_clearly():
         ('[{"name": "a", "target": "a:1"}, {"name": "a", "target": "b:1"}]', "unique"),
         ('[{"model": "m", "target": "a:1"}, {"model": "m", "target": "b:1"}]', "same model"),
         ('[{"target": "a:1", "replicas": 3}]', "unknown keys"),
+        ('[{"target": "a:1", "bound": 0.5}]', "bound"),
         ("[not json", "JSON"),
     ]:
         with pytest.raises(ValueError, match=words):
