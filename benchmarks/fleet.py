@@ -36,8 +36,9 @@ from pathlib import Path
 
 import httpx
 
+from chatplane.common import devcerts
 from chatplane.common.procs import Service, free_port, grpc_serving
-from chatplane.common.stack import Ports, dev_api_key, services, start_all, stop_all
+from chatplane.common.stack import IDENTITIES, Ports, dev_api_key, services, start_all, stop_all
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL_DIR = REPO / "data" / "models" / "SmolLM2-135M-Instruct"
@@ -88,8 +89,17 @@ def scrape(port: int) -> dict[str, float]:
     return totals
 
 
+TLS_DIR: list[Path] = []  # the run's one folder of certificates, set by main()
+
+
+def certificates(folder: Path | None = None) -> Path:
+    """The run's development CA and certificates (every gRPC hop is mutual TLS), shared by replicas and platform."""
+    return devcerts.ensure(TLS_DIR[0], IDENTITIES)
+
+
 class Replica:
     def __init__(self, folder: Path, synthetic: bool, env: dict[str, str]) -> None:
+        certs = certificates(folder)
         self.port, self.metrics_port = free_port(), free_port()
         self.address = f"127.0.0.1:{self.port}"
         engine = {"CHATPLANE_INFERENCE_ENGINE": "synthetic", "CHATPLANE_INFERENCE_SERVED_MODEL_NAME": "synthetic",
@@ -98,8 +108,9 @@ class Replica:
         self.service = Service(
             f"inference-{self.port}", "chatplane.inference",
             {"CHATPLANE_DATA_DIR": str(folder), "CHATPLANE_INFERENCE_PORT": str(self.port),
-             "CHATPLANE_INFERENCE_METRICS_PORT": str(self.metrics_port), **engine, **env},
-            lambda: grpc_serving(self.address), folder / f"inference-{self.port}.log")
+             "CHATPLANE_INFERENCE_METRICS_PORT": str(self.metrics_port), **devcerts.env(certs, "inference"), **engine,
+             **env},
+            lambda: grpc_serving(self.address, tls=devcerts.env(certs, "probe")), folder / f"inference-{self.port}.log")
 
     def kill(self) -> None:
         if self.service.proc is not None and self.service.proc.poll() is None:
@@ -127,7 +138,7 @@ def platform(folder: Path, pools: str, env: dict[str, str] | None = None) -> Ite
     folder.mkdir(parents=True, exist_ok=True)
     ports = Ports(gateway=free_port(), auth=free_port(), conversation=free_port(), inference=0,
                   auth_metrics=0, conversation_metrics=0, worker_metrics=0, usage_metrics=0)
-    svcs = [s for s in services(ports, folder, log_dir=folder, env={**LIMITS, **(env or {})},
+    svcs = [s for s in services(ports, folder, log_dir=folder, env={**LIMITS, **(env or {})}, tls_dir=certificates(folder),
                                 inference_target=pools, kafka_bootstrap_servers="") if s.name != "worker"]
     try:
         start_all(svcs, 180)
@@ -385,7 +396,13 @@ def spread_section(folder: Path, policy: str) -> dict:
                 samples: list[list[int]] = []
 
                 async def sample() -> None:
-                    chans = [grpc.aio.insecure_channel(r.address) for r in reps]
+                    tls = devcerts.env(certificates(folder), "gateway")
+                    creds = grpc.ssl_channel_credentials(
+                        root_certificates=Path(tls["CHATPLANE_TLS_CA_FILE"]).read_bytes(),
+                        private_key=Path(tls["CHATPLANE_TLS_KEY_FILE"]).read_bytes(),
+                        certificate_chain=Path(tls["CHATPLANE_TLS_CERT_FILE"]).read_bytes())
+                    options = [("grpc.ssl_target_name_override", "inference")]
+                    chans = [grpc.aio.secure_channel(r.address, creds, options=options) for r in reps]
                     stubs = [inference_pb2_grpc.InferenceServiceStub(c) for c in chans]
                     try:
                         while not stop.is_set():
@@ -441,6 +458,7 @@ def main() -> int:
     report: dict = {"loadavg_start": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="chatplane-fleet-") as tmp:
         folder = Path(tmp)
+        TLS_DIR.append(folder / "tls")
         for section in args.sections:
             print(f"fleet: {section} ...", flush=True)
             part = folder / section
