@@ -59,11 +59,6 @@ def stack(inference_server, kafka_broker, tmp_path_factory, pg_database_factory,
             "CHATPLANE_AUTH_CONSUMER_SESSION_TIMEOUT_MS": "6000",
             "CHATPLANE_AUTH_MAX_API_KEYS_PER_USER": "10",
             "CHATPLANE_CONVERSATION_EXPORT_TTL_SECONDS": "20",  # long enough to fetch one, short enough to see it go
-            # An operator's system prompt, as a deployment would set one. Without it SmolLM2 (bfloat16 on this
-            # machine's CPU) answers "What is the capital of France?" at temperature 0 with "L'Étoile, la
-            # Marseillaise, ..."; with it, "The capital of France is Paris." (float32 gives Paris too, but
-            # generates 4x slower here).
-            "CHATPLANE_CONVERSATION_SYSTEM_PROMPT": "You are a helpful assistant.",
             "CHATPLANE_GATEWAY_REDIS_URL": REDIS_URL,
             "CHATPLANE_GATEWAY_REDIS_KEY_PREFIX": prefix,
             **GENEROUS_LIMITS,

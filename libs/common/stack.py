@@ -271,13 +271,14 @@ Development API key (also in data/dev-credentials.json): {key}
 
 curl {base_url}/v1/chat/completions \\
   -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
-  -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "What is the capital of France?"}}]}}'
+  -d '{{"model": "{model}", "messages": [{{"role": "system", "content": "You are a helpful assistant."}}, {{"role": "user", "content": "What is the capital of France?"}}]}}'
 
 python - <<'PY'
 from openai import OpenAI
 client = OpenAI(base_url="{base_url}/v1", api_key="{key}")
 reply = client.chat.completions.create(
-    model="{model}", messages=[{{"role": "user", "content": "What is the capital of France?"}}])
+    model="{model}", messages=[{{"role": "system", "content": "You are a helpful assistant."}},
+              {{"role": "user", "content": "What is the capital of France?"}}])
 print(reply.choices[0].message.content)
 PY
 
