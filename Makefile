@@ -21,7 +21,7 @@ test-web: ## The web app's unit tests (Vitest)
 	@cd web && npm test --silent
 
 run: model web ## Start the whole platform on 127.0.0.1 (Ctrl-C stops it)
-	@$(PY) -m chatplane.common.stack
+	@$(PY) -m chatplane.dev.stack
 
 test: model web test-web ## The whole suite: web unit tests, then unit, integration (real vLLM, PostgreSQL), end-to-end and browser tests
 	@$(PY) -m pytest $(PYTEST_ARGS)
@@ -33,7 +33,7 @@ bench: model web ## The platform's own overhead (synthetic engine vs a bare serv
 	@$(PY) benchmarks/bench.py $(BENCH_ARGS)
 
 observe: install ## A real Prometheus (127.0.0.1:9090) scraping `make run` with the chart's alert rules; Ctrl-C stops it
-	@$(PY) -m chatplane.common.observe $(OBSERVE_ARGS)
+	@$(PY) -m chatplane.dev.observe $(OBSERVE_ARGS)
 
 proto: install ## Regenerate the gRPC stubs in libs/protos from proto/
 	@$(PY) scripts/gen_proto.py

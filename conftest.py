@@ -96,11 +96,11 @@ def database_url(request, tmp_path):
 def kafka_broker(tmp_path_factory):
     """A real Kafka-compatible broker on 127.0.0.1 (a free port), memory-only, shared by the run.
 
-    Yields the :class:`chatplane.common.broker.BrokerProcess`: ``.bootstrap_servers``; ``.stop()``/``.start()`` or
+    Yields the :class:`chatplane.dev.broker.BrokerProcess`: ``.bootstrap_servers``; ``.stop()``/``.start()`` or
     ``.restart()`` to take it away for a while (its topics start empty again afterwards).
     """
-    from chatplane.common.broker import BrokerProcess
-    from chatplane.common.procs import free_port
+    from chatplane.dev.broker import BrokerProcess
+    from chatplane.dev.procs import free_port
 
     broker = BrokerProcess(free_port(), tmp_path_factory.mktemp("kafka") / "broker.log")
     broker.start()
@@ -133,7 +133,7 @@ def model_dir() -> str:
 @pytest.fixture(scope="session")
 def inference_metrics_port() -> int:
     """The metrics port (/metrics: ours and vLLM's) of the shared inference server."""
-    from chatplane.common.procs import free_port
+    from chatplane.dev.procs import free_port
 
     return free_port()
 
@@ -141,8 +141,8 @@ def inference_metrics_port() -> int:
 @pytest.fixture(scope="session")
 def dev_certs(tmp_path_factory):
     """The run's development CA and a certificate per identity (mutual TLS on every gRPC hop of the real stack)."""
-    from chatplane.common import devcerts
-    from chatplane.common.stack import IDENTITIES
+    from chatplane.dev import devcerts
+    from chatplane.dev.stack import IDENTITIES
 
     return devcerts.ensure(tmp_path_factory.mktemp("tls"), IDENTITIES)
 
@@ -167,8 +167,8 @@ def tls_channel(dev_certs):
 def inference_server(model_dir, tmp_path_factory, inference_metrics_port, dev_certs):
     """A real inference service (vLLM AsyncLLM) on a free port, shared by the whole run, with mutual TLS (the run's
     development CA). Yields its address."""
-    from chatplane.common import devcerts
-    from chatplane.common.procs import Service, free_port, grpc_serving
+    from chatplane.dev import devcerts
+    from chatplane.dev.procs import Service, free_port, grpc_serving
 
     port = free_port()
     data = tmp_path_factory.mktemp("inference")

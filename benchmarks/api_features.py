@@ -113,8 +113,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped from outside: stop the platform on the way out
     import openai
 
-    from chatplane.common.procs import free_port
-    from chatplane.common.stack import Ports, dev_api_key, services, start_all, stop_all
+    from chatplane.dev.procs import free_port
+    from chatplane.dev.stack import Ports, dev_api_key, services, start_all, stop_all
 
     with tempfile.TemporaryDirectory() as tmp:
         # Free ports only (metrics off, no Kafka: events wait in the outboxes), so that it runs beside `make run`.

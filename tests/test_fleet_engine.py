@@ -64,7 +64,7 @@ def question() -> pb.GenerateRequest:
 
 async def test_a_reply_cut_off_on_the_real_engine_is_continued_on_another_replica(inference_server, dev_certs,
                                                                                     monkeypatch):
-    from chatplane.common import devcerts
+    from chatplane.dev import devcerts
 
     for name, value in devcerts.env(dev_certs, "gateway").items():  # the engine takes callers it can identify
         monkeypatch.setenv(name, value)

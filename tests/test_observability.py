@@ -17,8 +17,8 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from chatplane.common.observe import DASHBOARDS_DIR, Prometheus, prometheus_config, scrape_targets
-from chatplane.common.procs import free_port
+from chatplane.dev.observe import DASHBOARDS_DIR, Prometheus, prometheus_config, scrape_targets
+from chatplane.dev.procs import free_port
 
 pytestmark = pytest.mark.engine
 

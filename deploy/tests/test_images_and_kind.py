@@ -100,6 +100,17 @@ def test_dockerignore_keeps_local_state_out():
         assert not dockerignored(path), path
 
 
+def test_development_tools_stay_out_of_the_images():
+    """chatplane.dev (the launcher, the embedded broker, the development CA) is a distribution of its own: the root
+    pyproject.toml that the images install does not map it, and it is not in their build context."""
+    package_dir = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    assert "chatplane.dev" not in package_dir and "libs/dev" not in package_dir.values()
+    for path in ("libs/dev/stack.py", "libs/dev/devcerts.py", "libs/dev/pyproject.toml"):
+        assert dockerignored(path), path
+    shipped = {p.name for p in (REPO / "libs" / "common").glob("*.py")}
+    assert not shipped & {"stack.py", "broker.py", "procs.py", "observe.py", "devcerts.py"}
+
+
 @pytest.mark.parametrize("image", list(IMAGES))
 def test_each_image_installs_only_its_own_extra(image):
     extra, module = IMAGES[image]

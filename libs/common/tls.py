@@ -4,7 +4,7 @@ Every process has one certificate, signed by the platform's CA, whose common nam
 ``auth``, ``conversation``, ``inference``, ``worker``, ...); a server's certificate also names the addresses it is
 reached at. The files come from three variables shared by every service (``CHATPLANE_TLS_CERT_FILE``,
 ``CHATPLANE_TLS_KEY_FILE``, ``CHATPLANE_TLS_CA_FILE``): ``make run`` makes a development CA and the certificates under
-``data/tls`` on first start (:mod:`chatplane.common.devcerts`); the Helm chart mounts cert-manager's or its own.
+``data/tls`` on first start (:mod:`chatplane.dev.devcerts`); the Helm chart mounts cert-manager's or its own.
 
 With them, a gRPC server listens with TLS only and requires a client certificate from the same CA (a plaintext
 caller cannot even complete the handshake), and :class:`AccessPolicy` refuses a method to any identity not listed for

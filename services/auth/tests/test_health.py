@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chatplane.auth.server import SERVICE_NAME, AuthServer, migrate
 from chatplane.auth.settings import AuthSettings
-from chatplane.common.procs import Service, free_port, grpc_serving
+from chatplane.dev.procs import Service, free_port, grpc_serving
 from chatplane.protos.auth.v1 import auth_pb2, auth_pb2_grpc
 
 

@@ -21,10 +21,10 @@ from conv_harness import status_of
 from tests_support import eventually
 from sqlalchemy import select, text, update
 
-from chatplane.common import devcerts
+from chatplane.dev import devcerts
 from chatplane.common.db import migrate, utcnow
 from chatplane.common.grpc_client import channel
-from chatplane.common.procs import Service, free_port
+from chatplane.dev.procs import Service, free_port
 from chatplane.conversation.jobs.app import make_celery
 from chatplane.conversation.jobs.context import JobContext
 from chatplane.conversation.jobs.exporting import run_export

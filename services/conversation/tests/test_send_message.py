@@ -12,7 +12,7 @@ from conv_harness import SYSTEM_PROMPT, Harness, harness, status_of
 from tests_support import eventually
 
 from chatplane.common.limits import MAX_MESSAGE_CHARS
-from chatplane.common.procs import free_port
+from chatplane.dev.procs import free_port
 from chatplane.conversation.service import Delta, SendRequest
 from chatplane.protos.conversation.v1 import conversation_pb2 as pb
 

@@ -12,7 +12,7 @@ from conv_harness import Harness
 from pydantic import ValidationError
 
 from chatplane.common.grpc_client import is_serving
-from chatplane.common.procs import Service, free_port, grpc_serving
+from chatplane.dev.procs import Service, free_port, grpc_serving
 from chatplane.conversation.server import SERVICE_NAME, create_server
 from chatplane.protos.conversation.v1 import conversation_pb2 as pb
 from chatplane.protos.conversation.v1 import conversation_pb2_grpc

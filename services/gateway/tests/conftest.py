@@ -27,7 +27,7 @@ from jwt.algorithms import OKPAlgorithm
 
 from chatplane.common.errors import abort
 from chatplane.common.grpc_server import GrpcService
-from chatplane.common.procs import free_port
+from chatplane.dev.procs import free_port
 from chatplane.gateway.app import create_app
 from chatplane.gateway.settings import GatewaySettings
 from chatplane.protos.auth.v1 import auth_pb2, auth_pb2_grpc

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from chatplane.common.events import USAGE_TOPIC
-from chatplane.common.procs import free_port
+from chatplane.dev.procs import free_port
 from chatplane.gateway.completions import CompletionBatcher, Record
 from chatplane.gateway.spool import CompletionSpool
 from chatplane.protos.events.v1 import events_pb2

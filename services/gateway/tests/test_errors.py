@@ -128,7 +128,7 @@ async def test_internal_upstream_error_is_500_without_details(client, auth_heade
 
 
 async def test_backend_down_is_503(make_client, settings, auth_headers):
-    from chatplane.common.procs import free_port
+    from chatplane.dev.procs import free_port
 
     down = settings.model_copy(update={"conversation_target": f"127.0.0.1:{free_port()}"})
     async with make_client(down) as c:
@@ -140,7 +140,7 @@ async def test_backend_down_is_503(make_client, settings, auth_headers):
 
 
 async def test_auth_down_is_503_not_401(make_client, settings, user_key):
-    from chatplane.common.procs import free_port
+    from chatplane.dev.procs import free_port
 
     down = settings.model_copy(update={"auth_target": f"127.0.0.1:{free_port()}"})
     async with make_client(down) as c:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from grpc_health.v1 import health_pb2
 
-from chatplane.common.procs import free_port
+from chatplane.dev.procs import free_port
 
 
 async def test_healthz_and_docs_need_no_credential(client):

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from chatplane.common.procs import free_port
+from chatplane.dev.procs import free_port
 from chatplane.protos.auth.v1 import auth_pb2
 
 REDIS_URL = os.environ.get("CHATPLANE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

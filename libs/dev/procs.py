@@ -1,7 +1,9 @@
-"""Start chatplane services as child processes and wait until they are ready.
+"""Child processes and ports on this machine: start a service (``python -m <module>``) that dies with its launcher,
+wait until it is ready (:func:`grpc_serving`, :func:`http_ok`), find free ports and name who holds a taken one.
 
-Used by ``make run`` (:mod:`chatplane.common.stack`) and by the test fixtures, so that both start the platform the
-same way: real processes, real ports on 127.0.0.1.
+Used by the launcher of ``make run`` (:mod:`chatplane.dev.stack`), the embedded broker (:mod:`chatplane.dev.broker`),
+the test fixtures and the benchmarks, so that all of them start the platform the same way: real processes, real
+ports on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -103,8 +105,6 @@ def grpc_serving(address: str, timeout: float = 2.0, tls: dict[str, str] | None 
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     if tls:
-        from pathlib import Path
-
         creds = grpc.ssl_channel_credentials(
             root_certificates=Path(tls["CHATPLANE_TLS_CA_FILE"]).read_bytes(),
             private_key=Path(tls["CHATPLANE_TLS_KEY_FILE"]).read_bytes(),

@@ -1,4 +1,4 @@
-"""A real Prometheus scraping the platform on this machine: ``python -m chatplane.common.observe`` (``make observe``).
+"""A real Prometheus scraping the platform on this machine: ``python -m chatplane.dev.observe`` (``make observe``).
 
 It scrapes every metrics endpoint of ``make run`` (or of the ports given), evaluates the alert rules kept in the Helm
 chart (``deploy/helm/chatplane/rules/*.yaml``) and serves its UI on 127.0.0.1:9090 until Ctrl-C; its data lives in
@@ -22,10 +22,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from chatplane.common.stack import Ports, inference_replicas_setting
+from chatplane.dev import repository
+from chatplane.dev.stack import Ports, inference_replicas_setting
 
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "deploy" / "helm" / "chatplane"
+CHART = repository() / "deploy" / "helm" / "chatplane"
 RULES_DIR = CHART / "rules"
 DASHBOARDS_DIR = CHART / "dashboards"
 JOB_PREFIX = "chatplane-"  # job names like the Kubernetes Services' (<release>-chatplane-<component>)

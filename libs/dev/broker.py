@@ -17,7 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from chatplane.common.procs import Service, popen
+from chatplane.dev.procs import Service, popen
 
 ENV_BINARY = "CHATPLANE_TANSU_BIN"
 

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from chatplane.common import stack
-from chatplane.common.procs import Service, check_ports_free, free_port
+from chatplane.dev import stack
+from chatplane.dev.procs import Service, check_ports_free, free_port
 
 
 def dying(name: str, tmp_path, restart: bool) -> Service:
@@ -58,7 +58,7 @@ def test_a_service_that_may_not_restart_stops_the_platform(tmp_path):
 def test_services_die_with_their_launcher_however_it_dies(tmp_path):
     launcher = textwrap.dedent("""
         import sys, time
-        from chatplane.common.procs import popen
+        from chatplane.dev.procs import popen
         child = popen([sys.executable, "-c", "import time; time.sleep(120)"])
         print(child.pid, flush=True)
         time.sleep(120)

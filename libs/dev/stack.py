@@ -1,4 +1,4 @@
-"""The whole platform on one machine: ``python -m chatplane.common.stack`` (what ``make run`` starts).
+"""The whole platform on one machine: ``python -m chatplane.dev.stack`` (what ``make run`` starts).
 
 Starts inference (``CHATPLANE_INFERENCE_REPLICAS`` replicas, default 1), auth, conversation and the gateway as child
 processes on 127.0.0.1 with the embedded defaults (SQLite files under the data folder), waits until the gateway is
@@ -23,8 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from chatplane.common import devcerts
-from chatplane.common.procs import Service, check_ports_free, grpc_serving, http_ok
+from chatplane.dev import devcerts
+from chatplane.dev.procs import Service, check_ports_free, grpc_serving, http_ok
 
 DEV_EMAIL = "dev@example.com"  # a reserved example domain that email validation accepts
 # Every process's identity on the gRPC hops (mutual TLS; ``probe`` is the launcher's own, for health checks only).
@@ -38,7 +38,7 @@ class Ports:
     conversation: int = 50052
     inference: int = 50053  # replica i of N listens on inference + i
     kafka: int = 9092  # the embedded broker, when the stack starts one
-    # Prometheus metrics endpoints (each on a port of its own, never a public one); see chatplane.common.observe.
+    # Prometheus metrics endpoints (each on a port of its own, never a public one); see chatplane.dev.observe.
     gateway_metrics: int = 9100
     auth_metrics: int = 9101
     conversation_metrics: int = 9102
@@ -77,7 +77,7 @@ def services(
     ``kafka_bootstrap_servers`` uses brokers running elsewhere ("" disables events); None starts the embedded broker
     (Tansu) on ``ports.kafka``. Every gRPC hop is mutual TLS with certificates of a development CA under ``tls_dir``
     (default ``data_dir/tls``), made on first use."""
-    from chatplane.common.broker import BrokerProcess
+    from chatplane.dev.broker import BrokerProcess
 
     def log(name: str) -> Path | None:
         return log_dir / f"{name}.log" if log_dir else None
