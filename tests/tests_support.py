@@ -56,3 +56,27 @@ def new_account(base_url: str) -> Account:
         assert r.status_code == 201, r.text
         key = r.json()
     return Account(email, password, token, key["key"], key["id"])
+
+
+class CrashBeforeCommit(BaseException):
+    """The process of an event consumer killed after it applied a batch and before it committed the batch's offsets.
+    A BaseException, as a kill is: nothing in the consumer's loop (which retries on Exception) catches it."""
+
+
+def crash_before_commit(consumer):
+    """Make ``consumer`` (an ``EventConsumer``) die at its first offset commit: its ``run()`` raises
+    :class:`CrashBeforeCommit` once the first batch is applied in the database and before Kafka learns of it, so
+    that another consumer of the group gets the batch again. Returns the consumer."""
+    opened = consumer._open
+
+    def open_crashing():
+        client = opened()
+
+        def commit(*args, **kwargs):
+            raise CrashBeforeCommit("killed after applying a batch, before committing its offsets")
+
+        client.commit = commit
+        return client
+
+    consumer._open = open_crashing
+    return consumer

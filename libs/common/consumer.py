@@ -101,12 +101,8 @@ class EventConsumer:
         consumer.subscribe(self.topics)
         return consumer
 
-    async def run(self, *, before_commit: Callable[[], None] | None = None) -> None:
-        """Consume until :meth:`stop` (or cancellation). Reconnects with backoff while the broker is unreachable.
-
-        ``before_commit`` runs after a batch is applied and before its offsets are committed (tests use it to crash
-        at exactly that point).
-        """
+    async def run(self) -> None:
+        """Consume until :meth:`stop` (or cancellation). Reconnects with backoff while the broker is unreachable."""
         backoff = 0.5
         while not self._stopping:
             try:
@@ -116,12 +112,8 @@ class EventConsumer:
                 batch = await self._in_thread(self._poll)
                 if batch:
                     await self.apply_batch([record.value for record in batch])
-                    if before_commit is not None:
-                        before_commit()
                     await self._in_thread(self._consumer.commit)
                 backoff = 0.5
-            except (asyncio.CancelledError, SimulatedCrash):
-                raise
             except Exception as exc:  # noqa: BLE001 - broker or database unreachable: reconnect with backoff
                 log.warning("consumer error, retrying", extra={"group": self.group_id, "error": repr(exc)[:300]})
                 await self._in_thread(self._close)
@@ -229,6 +221,3 @@ class EventConsumer:
         await self._in_thread(self._close)
         self._executor.shutdown(wait=False)
 
-
-class SimulatedCrash(Exception):
-    """Raised by a test's ``before_commit`` hook: :meth:`EventConsumer.run` lets it through instead of retrying."""

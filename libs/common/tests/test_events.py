@@ -13,11 +13,12 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
 
 from chatplane.common import db
-from chatplane.common.consumer import EventConsumer, SimulatedCrash
+from chatplane.common.consumer import EventConsumer
 from chatplane.common.events import TOPICS, envelope, topic_of
 from chatplane.common.outbox import add_event, outbox_table, processed_events_table
 from chatplane.common.relay import OutboxRelay
 from chatplane.protos.events.v1 import events_pb2
+from tests_support import CrashBeforeCommit, crash_before_commit
 
 SESSION_TIMEOUT_MS = 6000
 
@@ -220,13 +221,9 @@ async def test_consumer_crash_before_commit_reprocesses_without_double_counting(
     await relay.publish_once()
     group = f"crash-{uuid.uuid4().hex[:8]}"
     first = Recorder(producer)
-    crashing = consumer(kafka_broker, engine, first, group)
-
-    def crash() -> None:
-        raise SimulatedCrash("killed after processing, before committing offsets")
-
-    with pytest.raises(SimulatedCrash):
-        await asyncio.wait_for(crashing.run(before_commit=crash), 60)
+    crashing = crash_before_commit(consumer(kafka_broker, engine, first, group))
+    with pytest.raises(CrashBeforeCommit):
+        await asyncio.wait_for(crashing.run(), 60)
     await crashing.close()
     assert crashing.processed > 0
 

@@ -15,11 +15,12 @@ from sqlalchemy import select
 from chatplane.auth.metering import USAGE_TOPICS, apply_event, apply_events
 from chatplane.auth.models import outbox
 from chatplane.common import db
-from chatplane.common.consumer import EventConsumer, SimulatedCrash
+from chatplane.common.consumer import EventConsumer
 from chatplane.common.events import envelope
 from chatplane.common.relay import OutboxRelay
 from chatplane.protos.auth.v1 import auth_pb2
 from chatplane.protos.events.v1 import events_pb2
+from tests_support import CrashBeforeCommit, crash_before_commit
 
 
 def today() -> str:
@@ -66,15 +67,11 @@ async def test_usage_consumer_crash_before_commit_counts_each_completion_once(au
     await relay.stop()
     sessions = db.sessionmaker(auth.server.engine)
     group = f"usage-{uuid.uuid4().hex[:8]}"
-
-    def crash() -> None:
-        raise SimulatedCrash("after applying, before committing the offsets")
-
     # As the usage consumer is built (usage_consumer.py): batches summed per usage row by apply_events.
-    first = EventConsumer(kafka_broker.bootstrap_servers, group, USAGE_TOPICS, sessions, apply_event,
-                          session_timeout_ms=6000, batch_handler=apply_events)
-    with pytest.raises(SimulatedCrash):
-        await asyncio.wait_for(first.run(before_commit=crash), 60)
+    first = crash_before_commit(EventConsumer(kafka_broker.bootstrap_servers, group, USAGE_TOPICS, sessions,
+                                              apply_event, session_timeout_ms=6000, batch_handler=apply_events))
+    with pytest.raises(CrashBeforeCommit):
+        await asyncio.wait_for(first.run(), 60)
     await first.close()
     assert first.processed > 0
 
