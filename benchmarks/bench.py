@@ -5,7 +5,7 @@
 1. overhead: load generator -> gateway -> inference (synthetic engine, as fast as possible) against a bare HTTP
    server streaming the same 64 SSE events (benchmarks/bare_server.py), both started here, measured one after the
    other, never at once. For ``/v1/chat/completions`` and for the conversation path (gateway -> conversation ->
-   inference, messages stored in SQLite, the embedded default). Figures: requests/s, TTFT p50/p99, the ratio to the
+   inference, messages stored in SQLite, the embedded default, and in PostgreSQL: ``--databases``). Figures: requests/s, TTFT p50/p99, the ratio to the
    bare server, and the CPU time the platform's processes spent per request (from /proc, their own utime + stime).
 2. real engine: ``benchmarks/throughput.py`` (the full stack against vLLM's AsyncLLM called directly, 1 and 8 streams).
 3. events: outbox -> consumer, once the platform has an events path.
@@ -185,13 +185,22 @@ def overhead(args: argparse.Namespace, report: dict) -> None:
     # Then the platform, alone: as deployed by default (every token its own message), then (unless
     # --stream-interval-ms 0) with the inference service's stream interval, which sends the tokens made during it
     # together: fewer, larger SSE events than the bare server's 64, so that row shows what the knob buys.
-    variants = [("platform", {})]
+    # The conversation path also runs with the conversation service on PostgreSQL (its database made for the run).
+    variants: list[tuple[str, dict[str, str], list[str]]] = []
+    intervals = [("platform", {})]
     if args.stream_interval_ms:
-        variants.append((f"interval{args.stream_interval_ms:g}ms",
-                         {"CHATPLANE_INFERENCE_STREAM_INTERVAL_MS": str(args.stream_interval_ms)}))
-    section["variants"] = {name: extra for name, extra in variants}
-    for variant, extra in variants:
-        with tempfile.TemporaryDirectory(prefix="chatplane-bench-") as tmp:
+        intervals.append((f"interval{args.stream_interval_ms:g}ms",
+                          {"CHATPLANE_INFERENCE_STREAM_INTERVAL_MS": str(args.stream_interval_ms)}))
+    for database in args.databases:
+        paths = args.paths if database == "sqlite" else [p for p in args.paths if p == "conversation"]
+        if paths:
+            variants += [(name if database == "sqlite" else f"pg-{name}", extra, paths) for name, extra in intervals]
+    section["variants"] = {name: extra for name, extra, _ in variants}
+    for variant, extra, paths in variants:
+        with tempfile.TemporaryDirectory(prefix="chatplane-bench-") as tmp, \
+                (pg_database(args.pg_dsn) if variant.startswith("pg-") else contextlib.nullcontext()) as pg_url:
+            if pg_url:
+                extra = {**extra, "CHATPLANE_CONVERSATION_DATABASE_URL": pg_url}
             ports = Ports(gateway=free_port(), auth=free_port(), conversation=free_port(), inference=free_port())
             env = {**PLATFORM_ENV, **extra, **dict(kv.split("=", 1) for kv in args.env)}
             svcs = services(ports, Path(tmp), log_dir=Path(tmp), env=env)
@@ -200,7 +209,7 @@ def overhead(args: argparse.Namespace, report: dict) -> None:
                 base = f"http://127.0.0.1:{ports.gateway}"
                 key = dev_api_key(base, Path(tmp))
                 pids = {s.name: s.proc.pid for s in svcs if s.proc is not None}
-                for path in args.paths:
+                for path in paths:
                     involved = ["gateway", "inference"] + (["conversation"] if path == "conversation" else [])
                     plat = Target(variant, ports.gateway, {n: pids[n] for n in [*involved, "auth"]}, key, "synthetic")
                     for n in args.clients:
@@ -214,7 +223,9 @@ def overhead(args: argparse.Namespace, report: dict) -> None:
 
     for path in args.paths:
         rows = []
-        for (variant, _), n in itertools.product(variants, args.clients):
+        for (variant, _, paths), n in itertools.product(variants, args.clients):
+            if path not in paths:
+                continue
             p, b = results[variant, path, n], results["bare", path, n]
             rows.append({
                 "variant": variant,
@@ -228,6 +239,30 @@ def overhead(args: argparse.Namespace, report: dict) -> None:
                     sum(v for k, v in p["cpu_ms_per_request"].items() if k != "auth"), 3),
             })
         section["paths"][path] = rows
+
+
+@contextlib.contextmanager
+def pg_database(dsn: str):
+    """A new PostgreSQL database for one run (``postgresql+asyncpg://`` URL), dropped afterwards."""
+    import uuid
+
+    import asyncpg
+
+    base = dsn.rpartition("/")[0]
+    name = f"chatplane_bench_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{base.replace('postgresql://', 'postgresql+asyncpg://', 1)}/{name}"
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def _sub(a: float | None, b: float | None) -> float | None:
@@ -375,16 +410,18 @@ def print_tables(report: dict) -> None:
         print(f"\noverhead: platform (synthetic engine) vs bare server, {ov['chunks']} SSE chunks a request; "
               f"load average {report['loadavg_start']} at start")
         print(f"{'path':<13} {'platform':<15} {'clients':>7} {'req/s plat':>10} {'req/s bare':>10} {'ratio':>6} "
-              f"{'TTFT p50 plat/bare ms':>22} {'TTFT p99 plat/bare ms':>22} {'platform CPU ms/req':>20} {'auth':>6}")
+              f"{'TTFT p50 plat/bare ms':>22} {'TTFT p99 plat/bare ms':>22} {'platform CPU ms/req':>20} {'auth':>6} "
+              f"{'conv':>6}")
         for path, rows in ov["paths"].items():
             for r in rows:
                 p, b = r["platform"], r["bare"]
                 print(f"{path:<13} {r['variant']:<15} {r['clients']:>7} {p['requests_per_s']:>10} {b['requests_per_s']:>10} "
                       f"{r['throughput_ratio']:>6} {p['ttft_p50_ms']:>11} / {b['ttft_p50_ms']:<8} "
                       f"{p['ttft_p99_ms']:>11} / {b['ttft_p99_ms']:<8} {r['platform_cpu_ms_per_request']:>20} "
-                      f"{p['cpu_ms_per_request'].get('auth', 0):>6}")
+                      f"{p['cpu_ms_per_request'].get('auth', 0):>6} {p['cpu_ms_per_request'].get('conversation', ''):>6}")
         print("  (platform CPU: gateway + inference [+ conversation], the bare server's own for bare; auth: the auth "
-              "service's CPU per request, apart; per process in the JSON. platform: every token its own message, "
+              "service's CPU per request, apart; conv: the conversation service's, included; per process in the JSON. pg-: the "
+              "conversation service on PostgreSQL; platform: every token its own message, "
               "the default; interval...: CHATPLANE_INFERENCE_STREAM_INTERVAL_MS set, tokens grouped)")
     eng = report.get("real_engine")
     if eng and "error" not in eng:
@@ -430,6 +467,10 @@ def main() -> int:
     parser.add_argument("--fleet-timeout", type=float, default=1500.0)
     parser.add_argument("--stream-interval-ms", type=float, default=20.0,
                         help="also measure the platform with this inference stream interval; 0: skip that run")
+    parser.add_argument("--databases", nargs="+", default=["sqlite", "postgresql"], choices=["sqlite", "postgresql"],
+                        help="the conversation service's database in the conversation path's runs")
+    parser.add_argument("--pg-dsn", default="postgresql://postgres@127.0.0.1:5432/test",
+                        help="PostgreSQL server (and a database to connect to) where the run's database is made")
     parser.add_argument("--env", nargs="*", default=[], help="KEY=VALUE settings for the platform's services")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args()
