@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import importlib.util
 import itertools
 import json
@@ -201,7 +202,8 @@ def overhead(args: argparse.Namespace, report: dict) -> None:
                 (pg_database(args.pg_dsn) if variant.startswith("pg-") else contextlib.nullcontext()) as pg_url:
             if pg_url:
                 extra = {**extra, "CHATPLANE_CONVERSATION_DATABASE_URL": pg_url}
-            ports = Ports(gateway=free_port(), auth=free_port(), conversation=free_port(), inference=free_port())
+            # Every port free, metrics and the broker's too: other platforms may run on this machine.
+            ports = Ports(**{f.name: free_port() for f in dataclasses.fields(Ports)})
             env = {**PLATFORM_ENV, **extra, **dict(kv.split("=", 1) for kv in args.env)}
             svcs = services(ports, Path(tmp), log_dir=Path(tmp), env=env)
             try:
