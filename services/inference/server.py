@@ -18,7 +18,10 @@ ACCESS = {f"/{SERVICE_NAME}/*": {"gateway", "conversation", "worker"}}
 
 def build(engine: Engine, settings: InferenceSettings | None = None) -> tuple[GrpcService, InferenceServicer]:
     service = GrpcService([SERVICE_NAME], settings=settings, access=ACCESS)
-    interval_ms = settings.stream_interval_ms if settings is not None else 0.0
+    if settings is None:  # tests: the defaults
+        interval_ms = InferenceSettings.model_fields["stream_interval_ms"].default
+    else:
+        interval_ms = settings.stream_interval_ms
     servicer = InferenceServicer(engine, stream_interval=interval_ms / 1000)
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, service.server)
     return service, servicer

@@ -46,7 +46,7 @@ _CHOICES = {
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, engine: Engine, *, stream_interval: float = 0.0) -> None:
+    def __init__(self, engine: Engine, *, stream_interval: float) -> None:
         self.engine = engine
         self.ready = False
         self.draining = False  # stopping: streams under way finish, new work goes to other replicas

@@ -160,9 +160,29 @@ async def test_behind_the_grpc_service(synthetic_stub):
     assert (count.token_count, count.max_model_len) == (11, 2048)
     replies = [r async for r in stub.Generate(pb.GenerateRequest(chat=chat("Hello, world!"),
                                                                 sampling=pb.SamplingParams(max_tokens=8)))]
-    assert len(replies) == 8
+    # 100 tokens/s, faster than the default stream interval (20 ms): the first token alone, the rest in batches.
+    assert replies[0].tokens == 1 and len(replies[0].text.split()) == 1
+    assert sum(r.tokens for r in replies) == 8 == len("".join(r.text for r in replies).split())
+    assert len(replies) < 8
     assert (replies[-1].usage.prompt_tokens, replies[-1].usage.completion_tokens) == (11, 8)
     assert replies[-1].model == "synthetic"
+
+
+async def test_by_default_a_stream_of_20_tokens_a_second_goes_token_by_token():
+    engine = await started(synthetic_tokens_per_second=20)  # a token every 50 ms, more than the default interval
+    service, servicer = build(engine)
+    servicer.ready = True
+    port = await service.start("127.0.0.1:0")
+    chan = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        stub = inference_pb2_grpc.InferenceServiceStub(chan)
+        replies = [r async for r in stub.Generate(pb.GenerateRequest(chat=chat("Hi"),
+                                                                    sampling=pb.SamplingParams(max_tokens=6)))]
+    finally:
+        await chan.close()
+        await service.server.stop(0)
+    assert [r.tokens for r in replies] == [1] * 6
+    assert replies[-1].usage.completion_tokens == 6
 
 
 async def test_cancelled_rpc_aborts_the_synthetic_request(synthetic_stub):
