@@ -35,7 +35,7 @@ bench: model web ## The platform's own overhead (synthetic engine vs a bare serv
 observe: install ## A real Prometheus (127.0.0.1:9090) scraping `make run` with the chart's alert rules; Ctrl-C stops it
 	@$(PY) -m chatplane.dev.observe $(OBSERVE_ARGS)
 
-proto: install ## Regenerate the gRPC stubs in libs/protos from proto/
+proto: install ## Regenerate the gRPC stubs and their type stubs (mypy-protobuf) in libs/protos from proto/
 	@$(PY) scripts/gen_proto.py
 
 # --- Kubernetes (deploy/): images, a local kind cluster and the Helm chart ---

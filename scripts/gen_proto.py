@@ -1,5 +1,9 @@
 """Regenerate the Python gRPC stubs in libs/protos from proto/ (``make proto``).
 
+Each proto file gives ``<name>_pb2.py`` (messages), ``<name>_pb2_grpc.py`` (stubs and servicers) and their typed
+stubs ``<name>_pb2.pyi`` and ``<name>_pb2_grpc.pyi`` (mypy-protobuf's protoc plugins, ``protoc-gen-mypy`` and
+``protoc-gen-mypy_grpc``, installed next to this interpreter by the ``dev`` extra).
+
 protoc names imports after the proto file path (``from chatplane.auth.v1 import ...``); the generated modules live
 in the ``chatplane.protos`` package, so those imports are rewritten to ``chatplane.protos.auth.v1``.
 """
@@ -20,6 +24,15 @@ OUT = ROOT / "libs" / "protos"
 IMPORT = re.compile(r"^(from|import) chatplane\.(?!protos\.)", re.MULTILINE)
 
 
+def plugin(name: str) -> str:
+    """``--plugin`` argument for a protoc plugin installed next to this interpreter (or on PATH)."""
+    path = Path(sys.executable).parent / name
+    found = str(path) if path.exists() else shutil.which(name)
+    if not found:
+        raise SystemExit(f"{name} not found: install the dev extra (make install)")
+    return f"--plugin={name}={found}"
+
+
 def generate(out: Path) -> None:
     import grpc_tools
 
@@ -30,9 +43,12 @@ def generate(out: Path) -> None:
             "grpc_tools.protoc",
             f"-I{PROTO_ROOT}",
             f"-I{well_known}",
+            plugin("protoc-gen-mypy"),
+            plugin("protoc-gen-mypy_grpc"),
             f"--python_out={tmp}",
-            f"--pyi_out={tmp}",
+            f"--mypy_out={tmp}",
             f"--grpc_python_out={tmp}",
+            f"--mypy_grpc_out={tmp}",
             *files,
         ]
         if protoc.main(args) != 0:
