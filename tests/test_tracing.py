@@ -15,6 +15,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from chatplane.auth import metering
@@ -127,3 +128,45 @@ async def test_one_trace_from_the_gateway_to_the_kafka_consumer(spans, kafka_bro
     assert request_span.attributes["gen_ai.usage.output_tokens"] == generate.attributes["gen_ai.usage.output_tokens"]
     assert request_span.attributes["gen_ai.response.model"] == engine.model_name
     assert send.parent is not None and generate.parent is not None
+    # The conversation service's statements (OpenTelemetry's SQLAlchemy instrumentation), inside SendMessage.
+    statements = [s for s in in_trace(SpanKind.CLIENT, "") if s.attributes.get("db.system") == "sqlite"]
+    assert any(s.name.startswith("INSERT") for s in statements), [s.name for s in statements]
+    by_id = {s.context.span_id: s for s in spans.get_finished_spans()}
+
+    def ancestors(span) -> set[int]:
+        found = set()
+        while span.parent is not None and span.parent.span_id in by_id:
+            span = by_id[span.parent.span_id]
+            found.add(span.context.span_id)
+        return found
+
+    assert all(send.context.span_id in ancestors(s) for s in statements if s.name.startswith("INSERT"))
+
+
+def test_a_job_runs_in_the_trace_of_the_request_that_sent_it(spans):
+    """OpenTelemetry's Celery instrumentation: the job's context travels in the message headers, so its run (in a
+    worker thread with no context of its own) is a child of the span that sent it."""
+    from celery import Celery
+    from celery.contrib.testing.worker import start_worker
+
+    app = Celery("trace-test", broker="memory://", set_as_current=False)
+    app.conf.update(task_ignore_result=True, worker_hijack_root_logger=False)
+    ran = []
+
+    @app.task(name="trace-test.job")
+    def job() -> None:
+        ran.append(trace.get_current_span().get_span_context().trace_id)
+
+    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+        with tracing.tracer().start_as_current_span("request") as request:
+            job.delay()
+        deadline = time.monotonic() + 20
+        while not ran and time.monotonic() < deadline:
+            time.sleep(0.05)
+    trace_id = request.get_span_context().trace_id
+    assert ran == [trace_id]
+    finished = {s.name: s for s in spans.get_finished_spans()}
+    run, sent = finished["run/trace-test.job"], finished["apply_async/trace-test.job"]
+    assert (run.kind, sent.kind) == (SpanKind.CONSUMER, SpanKind.PRODUCER)
+    assert run.context.trace_id == sent.context.trace_id == trace_id
+    assert run.parent.span_id == sent.context.span_id

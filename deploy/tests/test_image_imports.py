@@ -99,13 +99,15 @@ def site_of(extra: str, root: Path) -> Path:
     return site
 
 
-def start_with_only(extra: str, code: str, tmp_path: Path) -> subprocess.CompletedProcess:
+def start_with_only(
+    extra: str, code: str, tmp_path: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run ``code`` in a Python that sees the standard library and the extra's packages only (``-S``: no
     site-packages of this environment)."""
     site = site_of(extra, tmp_path)
     env = {
         "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(site),
-        "CHATPLANE_DATA_DIR": str(tmp_path), "CHATPLANE_KAFKA_BOOTSTRAP_SERVERS": "",
+        "CHATPLANE_DATA_DIR": str(tmp_path), "CHATPLANE_KAFKA_BOOTSTRAP_SERVERS": "", **(env or {}),
     }
     return subprocess.run(
         [sys.executable, "-S", "-c", code], capture_output=True, text=True, env=env, timeout=180, cwd=tmp_path
@@ -117,6 +119,23 @@ def test_the_image_starts_with_only_its_extra(image, tmp_path):
     extra, start = STARTS[image]
     result = start_with_only(extra, start, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("image", list(STARTS))
+def test_the_image_starts_with_tracing_on(image, tmp_path):
+    """With an OTLP endpoint set, each process installs the OpenTelemetry instrumentations of the libraries its
+    image has (Celery, SQLAlchemy): each instrumentation is installed by the extra that installs its library."""
+    extra, start = STARTS[image]
+    code = start + (
+        "from chatplane.common import tracing\n"
+        "assert tracing.enabled()\n"
+        "print(sorted(type(i).__name__ for i in tracing._instrumented() if i.is_instrumented_by_opentelemetry))\n"
+    )
+    result = start_with_only(extra, code, tmp_path, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = {"gateway": ["SQLAlchemyInstrumentor"], "auth": ["SQLAlchemyInstrumentor"],
+                "conversation": ["CeleryInstrumentor", "SQLAlchemyInstrumentor"], "inference-cpu": []}[image]
+    assert result.stdout.strip().splitlines()[-1] == str(expected)
 
 
 def test_a_package_outside_the_extra_is_missing(tmp_path):

@@ -15,7 +15,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import DateTime, event, text
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext import asyncio as sa_asyncio
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 # Constraint and index names for ``MetaData(naming_convention=NAMING_CONVENTION)``: stable names that migrations
@@ -78,6 +79,9 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     must not reach the logs.
     """
     _ensure_sqlite_folder(url)
+    # Through the module's attribute, which OpenTelemetry's SQLAlchemy instrumentation wraps while tracing is on
+    # (chatplane.common.tracing): a name imported from it at start would bypass the wrapper.
+    create_async_engine = sa_asyncio.create_async_engine
     if url.startswith("sqlite"):
         engine = create_async_engine(url, echo=echo, hide_parameters=True, connect_args={"timeout": 30})
 
@@ -176,7 +180,7 @@ def run_alembic_env(target_metadata, version_table: str) -> None:
             context.run_migrations()
 
     async def run_async() -> None:
-        engine = create_async_engine(url, poolclass=pool.NullPool, hide_parameters=True)
+        engine = sa_asyncio.create_async_engine(url, poolclass=pool.NullPool, hide_parameters=True)
         async with engine.connect() as conn:
             await conn.run_sync(do_run)
         await engine.dispose()

@@ -371,6 +371,10 @@ def _handle_error(exception_context) -> None:  # noqa: ANN001
 def instrument_databases() -> bool:
     """Time every SQL statement of every SQLAlchemy engine in this process (idempotent); returns whether it did.
 
+    Ours, next to OpenTelemetry's SQLAlchemy instrumentation (which makes the statements' spans while tracing is on):
+    that one records no statement durations, only connection-pool usage, and through OpenTelemetry's metrics API,
+    which this platform does not export; the dashboards read ``chatplane_db_query_duration_seconds`` from here.
+
     Only a process that has SQLAlchemy has statements to time: the gateway's and inference's images do not install
     it, and importing it there unconditionally made them exit at start (ModuleNotFoundError)."""
     if importlib.util.find_spec("sqlalchemy") is None:
@@ -441,7 +445,9 @@ class OutboxMonitor:
 
 
 class JobMetrics:
-    """Job outcomes and durations, recorded by Celery signals in the prefork children."""
+    """Job outcomes and durations, recorded by Celery signals in the prefork children. (OpenTelemetry's Celery
+    instrumentation, which traces the jobs, records a run-time histogram only through OpenTelemetry's metrics API,
+    which this platform does not export, and no outcomes.)"""
 
     def __init__(self, registry: CollectorRegistry | None) -> None:
         self.jobs = Counter(

@@ -9,13 +9,13 @@ interceptor is installed and nothing costs anything on the request path.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 
 log = logging.getLogger(__name__)
@@ -65,15 +65,50 @@ def setup_tracing(service: str) -> bool:
 def install(tracer_provider: Any) -> None:
     """Use ``tracer_provider`` for this process's spans (``setup_tracing`` does it; tests pass an in-memory one).
 
-    Servers and channels created afterwards get the gRPC tracing interceptors; Celery publishes and runs jobs with
-    the caller's trace context when Celery is installed."""
+    Servers and channels created afterwards get the gRPC tracing interceptors; where the process has them, Celery
+    publishes and runs jobs in the caller's trace and database engines created afterwards trace their statements
+    (OpenTelemetry's own instrumentations, :func:`_instrument_libraries`)."""
     _state["provider"] = tracer_provider
-    _connect_celery()
+    _instrument_libraries(tracer_provider)
 
 
 def uninstall() -> None:
-    """Tests: stop tracing new servers, channels and jobs."""
+    """Tests: stop tracing new servers, channels, jobs and engines."""
     _state["provider"] = None
+    for instrumentor in _instrumented():
+        if instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.uninstrument()
+
+
+# --- Celery and SQLAlchemy: OpenTelemetry's instrumentations --------------------------------------------------------
+
+
+def _instrumented() -> list[Any]:
+    """The instrumentors of the libraries this process has (an image installs only its own service's)."""
+    found: list[Any] = []
+    if importlib.util.find_spec("celery") is not None:
+        from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+        found.append(CeleryInstrumentor())
+    if importlib.util.find_spec("sqlalchemy") is not None:
+        from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+        found.append(SQLAlchemyInstrumentor())
+    return found
+
+
+def _instrument_libraries(tracer_provider: Any) -> None:
+    """Celery: a PRODUCER span per job sent, whose context travels in the message headers, and a CONSUMER span per
+    job run, its child. SQLAlchemy: a CLIENT span per statement (and connect) of every engine created afterwards
+    (:func:`chatplane.common.db.make_engine` creates its engines through ``sqlalchemy.ext.asyncio``'s attribute, which
+    the instrumentation wraps). Their Prometheus figures stay ours (``metrics.JobMetrics``, ``chatplane_db_*``): the
+    instrumentations record theirs through OpenTelemetry's metrics API, which this platform does not export.
+
+    The SQLAlchemy instrumentation declares ``sqlalchemy < 2.1``; it works with our 2.1 (tests/test_tracing.py
+    asserts its spans), so its version check is skipped."""
+    for instrumentor in _instrumented():
+        if not instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.instrument(tracer_provider=tracer_provider, skip_dep_check=True)
 
 
 # --- gRPC ---------------------------------------------------------------------------------------------------------
@@ -103,6 +138,12 @@ def annotate(**attributes: Any) -> None:
 
 
 # --- Kafka: the W3C traceparent in the event envelope and message headers -------------------------------------------
+# Ours, not opentelemetry-instrumentation-kafka-python: (1) no release of it matches the OpenTelemetry we pin (the
+# latest, 0.66b1, requires opentelemetry-instrumentation==0.66b1; we have vLLM's 0.66b2); (2) it traces
+# KafkaProducer.send in the sender's current context, which for our outbox relay is the relay's loop, not the
+# request that wrote the event in its transaction seconds earlier: that context travels in the envelope, written
+# with the event (events.envelope); (3) on the consuming side it wraps only KafkaConsumer.__next__, and our consumers
+# poll() in batches (consumer.EventConsumer), so it would make no consumer spans at all.
 
 
 def current_traceparent() -> str:
@@ -134,51 +175,3 @@ def consumer_span(topic: str, group: str, event_type: str, traceparent: str) -> 
         },
     ) as span:
         yield span
-
-
-# --- Celery: context through task headers ---------------------------------------------------------------------------
-
-_CELERY_TOKENS: dict[str, tuple[Any, Any]] = {}
-
-
-def _connect_celery() -> None:
-    try:
-        from celery import signals
-    except ImportError:
-        return
-    signals.before_task_publish.connect(_before_publish, weak=False, dispatch_uid="chatplane-tracing-publish")
-    signals.task_prerun.connect(_task_prerun, weak=False, dispatch_uid="chatplane-tracing-prerun")
-    signals.task_postrun.connect(_task_postrun, weak=False, dispatch_uid="chatplane-tracing-postrun")
-
-
-def _before_publish(headers: dict | None = None, **_: Any) -> None:
-    if headers is not None and enabled():
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)
-        headers.update(carrier)
-
-
-def _task_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
-    if not enabled() or task_id is None or task is None:
-        return
-    request = getattr(task, "request", None)
-    carrier = {k: getattr(request, k, None) for k in ("traceparent", "tracestate")}
-    parent = propagate.extract({k: v for k, v in carrier.items() if isinstance(v, str)})
-    span = tracer().start_span(
-        f"job {task.name}", context=parent, kind=trace.SpanKind.CONSUMER, attributes={"celery.task_name": task.name}
-    )
-    token = otel_context.attach(trace.set_span_in_context(span, parent))
-    _CELERY_TOKENS[task_id] = (span, token)
-
-
-def _task_postrun(task_id: str | None = None, state: str | None = None, **_: Any) -> None:
-    entry = _CELERY_TOKENS.pop(task_id, None) if task_id else None
-    if entry is None:
-        return
-    span, token = entry
-    if state:
-        span.set_attribute("celery.state", state)
-        if state == "FAILURE":
-            span.set_status(trace.Status(trace.StatusCode.ERROR))
-    span.end()
-    otel_context.detach(token)
