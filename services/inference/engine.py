@@ -500,6 +500,6 @@ def create_engine(settings: InferenceSettings) -> Engine:
     if settings.engine == "synthetic":
         from chatplane.inference.synthetic import SyntheticEngine
 
-        log.warning("synthetic engine: made-up tokens, no model (benchmarks only)")
+        log.warning("synthetic engine: made-up tokens, no model (the test double of benchmarks and tests)")
         return SyntheticEngine(settings)
     raise ValueError(f"unknown engine {settings.engine!r}")

@@ -1,8 +1,11 @@
 """A synthetic model engine: deterministic made-up tokens at a configured pace, no model, no GPU, no CPU to speak of.
 
-Selected with ``CHATPLANE_INFERENCE_ENGINE=synthetic`` (never the default). It exists to measure everything above the
-engine (gRPC, the conversation service, the gateway, SSE) without the model's cost, the way llm-d's inference
-simulator and production-stack's fake server do for their routers. It behaves like :class:`VllmEngine` where the
+Selected with ``CHATPLANE_INFERENCE_ENGINE=synthetic`` (never the default). It is the platform's test double of
+inference, behind the real servicer and server (:func:`chatplane.inference.server.build`): the benchmarks measure
+everything above the engine (gRPC, the conversation service, the gateway, SSE) without the model's cost with it, the
+way llm-d's inference simulator and production-stack's fake server do for their routers, and tests that need a
+working inference service without a model start it (tests/test_tracing.py, tests/test_fleet.py,
+services/inference/tests/test_synthetic.py). It behaves like :class:`VllmEngine` where the
 platform can tell: the same context-window errors, usage on the last chunk, ``max_num_seqs`` running at once with
 the rest waiting, engine statistics, stop sequences, and a cancelled stream frees its slot at once.
 
