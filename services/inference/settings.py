@@ -24,7 +24,7 @@ class InferenceSettings(GrpcServiceSettings):
     engine: Literal["vllm", "synthetic"] = Field(
         "vllm",
         description="The model engine: vLLM's AsyncLLM, in-process; `synthetic` streams made-up tokens without a "
-        "model (benchmarks of the platform's own overhead only).",
+        "model (the test double of inference: benchmarks of the platform's own overhead, tests).",
     )
     model_path: Path = Field(
         Path("data/models/SmolLM2-135M-Instruct"),
