@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 # Who may call what (mutual TLS identities): only the gateway, which takes users' credentials, speaks to auth; the
-# conversation service, the jobs worker and the usage consumer never do. RecordCompletions is no one's any more
-# (finished completions go through the gateway's spool to Kafka).
+# conversation service, the jobs worker and the usage consumer never do (finished completions reach the usage
+# consumer through the gateway's spool and Kafka, not through auth).
 ACCESS = {
     f"/{SERVICE_NAME}/{method}": {"gateway"}
     for method in (

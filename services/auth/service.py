@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -23,13 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from chatplane.auth import apikeys, metering, validation
 from chatplane.auth.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from chatplane.auth.metering import QuotaState
-from chatplane.auth.models import ApiKey, Quota, UsageDaily, User, outbox
+from chatplane.auth.models import ApiKey, Quota, UsageDaily, User
 from chatplane.auth.passwords import Passwords
 from chatplane.auth.settings import AuthSettings
 from chatplane.auth.tokens import TokenIssuer
 from chatplane.common.db import new_id, utcnow
-from chatplane.common.events import EventEnvelope, envelope
-from chatplane.common.outbox import add_event, add_events
+from chatplane.common.events import envelope
+from chatplane.common.outbox import add_event
 from chatplane.protos.events.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,6 @@ BAD_TOKEN = "invalid or expired token"
 PRODUCER = "auth"
 MAX_TOKEN_LIMIT = 10**15
 MAX_RATE_LIMIT = 10**9
-MAX_COMPLETION_BATCH = 1000
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
@@ -302,45 +301,6 @@ class AuthCore:
 
     # --- usage, quotas, rate limits -----------------------------------------------------------------------------
 
-    async def record_completions(
-        self, records: Sequence[tuple[str, events_pb2.CompletionFinished, str]]
-    ) -> tuple[int, list[str]]:
-        """Write a batch of finished completions' events (``(event_id, completion, traceparent)``) in one transaction.
-
-        Idempotent by ``event_id``: records already in the outbox (a retried batch) are not written again. Invalid
-        records are skipped (one bad record must not lose the others). Returns (events written, rejected event ids).
-        """
-        if len(records) > MAX_COMPLETION_BATCH:
-            raise InvalidArgument(f"at most {MAX_COMPLETION_BATCH} records a batch", code="invalid_value",
-                                  param="records")
-        envs: dict[str, EventEnvelope] = {}
-        rejected: list[str] = []
-        for event_id, completion, traceparent in records:
-            try:
-                _check_completion(event_id, completion)
-            except InvalidArgument as err:
-                log.warning("completion record rejected", extra={"event_id": event_id[:64], "param": err.param})
-                rejected.append(event_id)
-                continue
-            envs.setdefault(event_id, envelope(completion, producer=PRODUCER, event_id=event_id,
-                                               traceparent=traceparent[:100]))
-        if not envs:
-            return 0, rejected
-        for attempt in range(3):
-            try:
-                async with self._state_change() as session:
-                    known = set(await session.scalars(select(outbox.c.event_id).where(outbox.c.event_id.in_(envs))))
-                    new = [env for event_id, env in envs.items() if event_id not in known]
-                    await add_events(session, new)
-            except IntegrityError:  # a concurrent retry of the same records committed first: look again
-                if attempt == 2:
-                    raise
-                continue
-            if known:
-                log.info("completions already recorded", extra={"count": len(known)})
-            return len(new), rejected
-        raise AssertionError("unreachable")
-
     async def limits(self, user_id: str, api_key_id: str) -> LimitsInfo:
         """Admin flag, the key's rate limit overrides, and the quotas (with current use) that apply."""
         async with self.sessions() as session:
@@ -449,18 +409,6 @@ class AuthCore:
         if user is None:
             raise NotFound("user not found", code="user_not_found", param="user_id")
         return user
-
-
-def _check_completion(event_id: str, completion: events_pb2.CompletionFinished) -> None:
-    """A reported completion's event id and fields (ids, bounded text without NUL bytes)."""
-    if not validation.is_id(event_id):
-        raise InvalidArgument("event_id must be a uuid4 hex string", code="invalid_value", param="event_id")
-    if not validation.is_id(completion.user_id):
-        raise InvalidArgument("completion.user_id is required", code="invalid_value", param="completion.user_id")
-    for name in ("model", "request_id", "finish_reason", "path", "api_key_id", "conversation_id"):
-        value = getattr(completion, name)
-        if "\x00" in value or len(value) > 200:
-            raise InvalidArgument(f"completion.{name} is invalid", code="invalid_value", param=f"completion.{name}")
 
 
 def _date(value: str, param: str) -> date:

@@ -133,13 +133,6 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         info = await _call(context, "RevokeApiKey", self.core.revoke_api_key(request.user_id, request.api_key_id))
         return _api_key(info)
 
-    async def RecordCompletions(  # noqa: N802
-        self, request: auth_pb2.RecordCompletionsRequest, context
-    ) -> auth_pb2.RecordCompletionsResponse:
-        records = [(r.event_id, r.completion, r.traceparent) for r in request.records]
-        recorded, rejected = await _call(context, "RecordCompletions", self.core.record_completions(records))
-        return auth_pb2.RecordCompletionsResponse(recorded=recorded, rejected_event_ids=rejected)
-
     async def GetLimits(self, request: auth_pb2.GetLimitsRequest, context) -> auth_pb2.Limits:  # noqa: N802
         info = await _call(context, "GetLimits", self.core.limits(request.user_id, request.api_key_id))
         return _limits(info)

@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 
 import grpc
 import pytest
-from sqlalchemy import event as sa_event
 from sqlalchemy import select
 
 from chatplane.auth.metering import USAGE_TOPICS, apply_event, apply_events
@@ -17,6 +16,7 @@ from chatplane.auth.models import outbox
 from chatplane.common import db
 from chatplane.common.consumer import EventConsumer
 from chatplane.common.events import envelope
+from chatplane.common.outbox import add_events
 from chatplane.common.relay import OutboxRelay
 from chatplane.protos.auth.v1 import auth_pb2
 from chatplane.protos.events.v1 import events_pb2
@@ -53,13 +53,10 @@ async def test_usage_consumer_crash_before_commit_counts_each_completion_once(au
     key = (await auth.create_key(user.id)).api_key.id
     sent = [completion(user.id, key, "m1", 10 + i, 3 + i) for i in range(6)]
     sent += [completion(user.id, "", "m2", 7, 2) for _ in range(3)]  # JWT caller: no key
-    event_ids = [uuid.uuid4().hex for _ in sent]
-    for event_id, c in zip(event_ids, sent, strict=True):
-        await auth.stub.RecordCompletions(auth_pb2.RecordCompletionsRequest(
-            records=[auth_pb2.CompletionRecord(event_id=event_id, completion=c)]))
-    # A retried report writes no second event.
-    await auth.stub.RecordCompletions(auth_pb2.RecordCompletionsRequest(
-        records=[auth_pb2.CompletionRecord(event_id=event_ids[0], completion=sent[0])]))
+    # As the gateway's spool publishes them, through auth's outbox here (the relay below is the broker's way in).
+    envs = [envelope(c, producer="gateway") for c in sent]
+    async with db.sessionmaker(auth.server.engine)() as session, session.begin():
+        await add_events(session, envs)
     assert (await outbox_types(auth)).count("completion.finished") == len(sent)
 
     relay = OutboxRelay(auth.server.engine, kafka_broker.bootstrap_servers, name=f"auth-{uuid.uuid4().hex[:6]}")
@@ -136,50 +133,6 @@ async def test_make_admin(auth):
     assert await make_admin(auth.settings, user.email) == 0
     assert (await auth.stub.GetLimits(auth_pb2.GetLimitsRequest(user_id=user.id))).is_admin
     assert await make_admin(auth.settings, "nobody@example.com") == 1
-
-
-async def test_a_batch_of_completions_is_one_transaction_and_a_retried_batch_counts_once(auth):
-    user = await auth.sign_up(f"{uuid.uuid4().hex[:8]}@example.com")
-    records = [auth_pb2.CompletionRecord(event_id=uuid.uuid4().hex, completion=completion(user.id, "", "m1", 5, i))
-               for i in range(1, 51)]
-    statements: list[str] = []
-    commits: list[int] = []
-
-    def on_statement(conn, cursor, statement, *args) -> None:  # noqa: ANN001
-        statements.append(statement.split()[0].upper())
-
-    def on_commit(conn) -> None:  # noqa: ANN001
-        commits.append(1)
-
-    engine = auth.server.engine.sync_engine
-    sa_event.listen(engine, "before_cursor_execute", on_statement)
-    sa_event.listen(engine, "commit", on_commit)
-    try:
-        answer = await auth.stub.RecordCompletions(auth_pb2.RecordCompletionsRequest(records=records))
-    finally:
-        sa_event.remove(engine, "before_cursor_execute", on_statement)
-        sa_event.remove(engine, "commit", on_commit)
-    assert answer.recorded == 50 and not answer.rejected_event_ids
-    assert len(commits) == 1 and statements.count("INSERT") == 1  # one transaction, one (executemany) insert
-
-    # A retried batch (some records new, a bad one among them) writes only what is new and valid.
-    bad = auth_pb2.CompletionRecord(event_id=uuid.uuid4().hex, completion=completion("not-an-id", "", "m1", 1, 1))
-    extra = auth_pb2.CompletionRecord(event_id=uuid.uuid4().hex, completion=completion(user.id, "", "m1", 5, 7))
-    again = await auth.stub.RecordCompletions(auth_pb2.RecordCompletionsRequest(records=[*records, bad, extra]))
-    assert again.recorded == 1 and list(again.rejected_event_ids) == [bad.event_id]
-    # A record already sent in an earlier batch is not written again on its own either.
-    await auth.stub.RecordCompletions(auth_pb2.RecordCompletionsRequest(records=[records[0]]))
-    async with db.sessionmaker(auth.server.engine)() as session:
-        rows = (await session.execute(select(outbox.c.event_id, outbox.c.payload)
-                                      .where(outbox.c.event_type == "completion.finished"))).all()
-    mine = {row.event_id: events_pb2.EventEnvelope.FromString(row.payload) for row in rows
-            if row.event_id in {r.event_id for r in [*records, extra, bad]}}
-    assert set(mine) == {r.event_id for r in [*records, extra]}
-    assert mine[extra.event_id].completion_finished.completion_tokens == 7
-
-    with pytest.raises(grpc.aio.AioRpcError) as err:  # a batch over the limit is refused whole
-        await auth.stub.RecordCompletions(auth_pb2.RecordCompletionsRequest(records=[records[0]] * 1001))
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_a_batch_of_events_is_summed_per_usage_row(auth):

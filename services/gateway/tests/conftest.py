@@ -93,9 +93,6 @@ class FakeAuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self.jwks_calls = 0
         self.cache_ttl_seconds = 60
         self.limits: dict[str, auth_pb2.Limits] = {}  # user id -> what GetLimits answers (default: nothing)
-        self.completions: list[auth_pb2.CompletionRecord] = []  # every record received (a retry: again)
-        self.completion_batches: list[int] = []  # the size of each RecordCompletions call
-        self.record_unavailable = False  # RecordCompletions fails with UNAVAILABLE while true
 
     def sign(self, user_id: str, *, expires_in: int = 600, key: SigningKey | None = None, **claims) -> str:
         key = key or self.signing[0]
@@ -164,13 +161,6 @@ class FakeAuthServicer(auth_pb2_grpc.AuthServiceServicer):
 
     async def GetLimits(self, request, context):
         return self.limits.get(request.user_id, auth_pb2.Limits())
-
-    async def RecordCompletions(self, request, context):
-        self.completion_batches.append(len(request.records))
-        if self.record_unavailable:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, "auth is down (test)")
-        self.completions.extend(request.records)
-        return auth_pb2.RecordCompletionsResponse(recorded=len(request.records))
 
     async def RevokeApiKey(self, request, context):
         key = self.keys.get(request.api_key_id)

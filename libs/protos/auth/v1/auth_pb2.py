@@ -22,81 +22,74 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from chatplane.protos.events.v1 import events_pb2 as chatplane_dot_events_dot_v1_dot_events__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63hatplane/auth/v1/auth.proto\x12\x11\x63hatplane.auth.v1\x1a chatplane/events/v1/events.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"Q\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"0\n\rSignUpRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"/\n\x0cLoginRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"E\n\x05Token\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\r\")\n\x13\x41uthenticateRequest\x12\x12\n\ncredential\x18\x01 \x01(\t\"\xc1\x01\n\tPrincipal\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12:\n\x0f\x63redential_type\x18\x03 \x01(\x0e\x32!.chatplane.auth.v1.CredentialType\x12\x12\n\napi_key_id\x18\x04 \x01(\t\x12\x19\n\x11\x63\x61\x63he_ttl_seconds\x18\x05 \x01(\r\x12)\n\x06limits\x18\x06 \x01(\x0b\x32\x19.chatplane.auth.v1.Limits\"\x10\n\x0eGetJwksRequest\"6\n\x04Jwks\x12\x0c\n\x04json\x18\x01 \x01(\t\x12\x0e\n\x06issuer\x18\x02 \x01(\t\x12\x10\n\x08\x61udience\x18\x03 \x01(\t\"4\n\x13\x43reateApiKeyRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\xc4\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06prefix\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"H\n\rCreatedApiKey\x12*\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x19.chatplane.auth.v1.ApiKey\x12\x0b\n\x03key\x18\x02 \x01(\t\"%\n\x12ListApiKeysRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"B\n\x13ListApiKeysResponse\x12+\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x19.chatplane.auth.v1.ApiKey\":\n\x13RevokeApiKeyRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\napi_key_id\x18\x02 \x01(\t\"v\n\x10\x43ompletionRecord\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12;\n\ncompletion\x18\x02 \x01(\x0b\x32\'.chatplane.events.v1.CompletionFinished\x12\x13\n\x0btraceparent\x18\x03 \x01(\t\"P\n\x18RecordCompletionsRequest\x12\x34\n\x07records\x18\x01 \x03(\x0b\x32#.chatplane.auth.v1.CompletionRecord\"I\n\x19RecordCompletionsResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x05\x12\x1a\n\x12rejected_event_ids\x18\x02 \x03(\t\"\xe8\x01\n\x05Quota\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\napi_key_id\x18\x02 \x01(\t\x12.\n\x06period\x18\x03 \x01(\x0e\x32\x1e.chatplane.auth.v1.QuotaPeriod\x12\x13\n\x0btoken_limit\x18\x04 \x01(\x04\x12\x13\n\x0bused_tokens\x18\x05 \x01(\x04\x12\x30\n\x0cperiod_start\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"D\n\nRateLimits\x12\x1b\n\x13requests_per_minute\x18\x01 \x01(\r\x12\x19\n\x11tokens_per_minute\x18\x02 \x01(\r\"x\n\x06Limits\x12\x10\n\x08is_admin\x18\x01 \x01(\x08\x12\x32\n\x0brate_limits\x18\x02 \x01(\x0b\x32\x1d.chatplane.auth.v1.RateLimits\x12(\n\x06quotas\x18\x03 \x03(\x0b\x32\x18.chatplane.auth.v1.Quota\"7\n\x10GetLimitsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\napi_key_id\x18\x02 \x01(\t\"[\n\x0fGetUsageRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tall_users\x18\x02 \x01(\x08\x12\x12\n\nstart_date\x18\x03 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x04 \x01(\t\"\x90\x01\n\x08UsageRow\x12\x0c\n\x04\x64\x61te\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\napi_key_id\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x10\n\x08requests\x18\x05 \x01(\x04\x12\x15\n\rprompt_tokens\x18\x06 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\x04\"=\n\x10GetUsageResponse\x12)\n\x04rows\x18\x01 \x03(\x0b\x32\x1b.chatplane.auth.v1.UsageRow\"{\n\x0fSetQuotaRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\napi_key_id\x18\x02 \x01(\t\x12.\n\x06period\x18\x03 \x01(\x0e\x32\x1e.chatplane.auth.v1.QuotaPeriod\x12\x13\n\x0btoken_limit\x18\x04 \x01(\x04\"i\n\x12\x44\x65leteQuotaRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\napi_key_id\x18\x02 \x01(\t\x12.\n\x06period\x18\x03 \x01(\x0e\x32\x1e.chatplane.auth.v1.QuotaPeriod\"\x15\n\x13\x44\x65leteQuotaResponse\"$\n\x11ListQuotasRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\">\n\x12ListQuotasResponse\x12(\n\x06quotas\x18\x01 \x03(\x0b\x32\x18.chatplane.auth.v1.Quota\"^\n\x14SetRateLimitsRequest\x12\x12\n\napi_key_id\x18\x01 \x01(\t\x12\x32\n\x0brate_limits\x18\x02 \x01(\x0b\x32\x1d.chatplane.auth.v1.RateLimits*g\n\x0e\x43redentialType\x12\x1f\n\x1b\x43REDENTIAL_TYPE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43REDENTIAL_TYPE_API_KEY\x10\x01\x12\x17\n\x13\x43REDENTIAL_TYPE_JWT\x10\x02*Y\n\x0bQuotaPeriod\x12\x1c\n\x18QUOTA_PERIOD_UNSPECIFIED\x10\x00\x12\x14\n\x10QUOTA_PERIOD_DAY\x10\x01\x12\x16\n\x12QUOTA_PERIOD_MONTH\x10\x02\x32\xac\t\n\x0b\x41uthService\x12\x43\n\x06SignUp\x12 .chatplane.auth.v1.SignUpRequest\x1a\x17.chatplane.auth.v1.User\x12\x42\n\x05Login\x12\x1f.chatplane.auth.v1.LoginRequest\x1a\x18.chatplane.auth.v1.Token\x12T\n\x0c\x41uthenticate\x12&.chatplane.auth.v1.AuthenticateRequest\x1a\x1c.chatplane.auth.v1.Principal\x12\x45\n\x07GetJwks\x12!.chatplane.auth.v1.GetJwksRequest\x1a\x17.chatplane.auth.v1.Jwks\x12X\n\x0c\x43reateApiKey\x12&.chatplane.auth.v1.CreateApiKeyRequest\x1a .chatplane.auth.v1.CreatedApiKey\x12\\\n\x0bListApiKeys\x12%.chatplane.auth.v1.ListApiKeysRequest\x1a&.chatplane.auth.v1.ListApiKeysResponse\x12Q\n\x0cRevokeApiKey\x12&.chatplane.auth.v1.RevokeApiKeyRequest\x1a\x19.chatplane.auth.v1.ApiKey\x12n\n\x11RecordCompletions\x12+.chatplane.auth.v1.RecordCompletionsRequest\x1a,.chatplane.auth.v1.RecordCompletionsResponse\x12K\n\tGetLimits\x12#.chatplane.auth.v1.GetLimitsRequest\x1a\x19.chatplane.auth.v1.Limits\x12S\n\x08GetUsage\x12\".chatplane.auth.v1.GetUsageRequest\x1a#.chatplane.auth.v1.GetUsageResponse\x12H\n\x08SetQuota\x12\".chatplane.auth.v1.SetQuotaRequest\x1a\x18.chatplane.auth.v1.Quota\x12\\\n\x0b\x44\x65leteQuota\x12%.chatplane.auth.v1.DeleteQuotaRequest\x1a&.chatplane.auth.v1.DeleteQuotaResponse\x12Y\n\nListQuotas\x12$.chatplane.auth.v1.ListQuotasRequest\x1a%.chatplane.auth.v1.ListQuotasResponse\x12W\n\rSetRateLimits\x12\'.chatplane.auth.v1.SetRateLimitsRequest\x1a\x1d.chatplane.auth.v1.RateLimitsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63hatplane/auth/v1/auth.proto\x12\x11\x63hatplane.auth.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"Q\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"0\n\rSignUpRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"/\n\x0cLoginRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"E\n\x05Token\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\r\")\n\x13\x41uthenticateRequest\x12\x12\n\ncredential\x18\x01 \x01(\t\"\xc1\x01\n\tPrincipal\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12:\n\x0f\x63redential_type\x18\x03 \x01(\x0e\x32!.chatplane.auth.v1.CredentialType\x12\x12\n\napi_key_id\x18\x04 \x01(\t\x12\x19\n\x11\x63\x61\x63he_ttl_seconds\x18\x05 \x01(\r\x12)\n\x06limits\x18\x06 \x01(\x0b\x32\x19.chatplane.auth.v1.Limits\"\x10\n\x0eGetJwksRequest\"6\n\x04Jwks\x12\x0c\n\x04json\x18\x01 \x01(\t\x12\x0e\n\x06issuer\x18\x02 \x01(\t\x12\x10\n\x08\x61udience\x18\x03 \x01(\t\"4\n\x13\x43reateApiKeyRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\xc4\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06prefix\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"H\n\rCreatedApiKey\x12*\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x19.chatplane.auth.v1.ApiKey\x12\x0b\n\x03key\x18\x02 \x01(\t\"%\n\x12ListApiKeysRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"B\n\x13ListApiKeysResponse\x12+\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x19.chatplane.auth.v1.ApiKey\":\n\x13RevokeApiKeyRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\napi_key_id\x18\x02 \x01(\t\"\xe8\x01\n\x05Quota\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\napi_key_id\x18\x02 \x01(\t\x12.\n\x06period\x18\x03 \x01(\x0e\x32\x1e.chatplane.auth.v1.QuotaPeriod\x12\x13\n\x0btoken_limit\x18\x04 \x01(\x04\x12\x13\n\x0bused_tokens\x18\x05 \x01(\x04\x12\x30\n\x0cperiod_start\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"D\n\nRateLimits\x12\x1b\n\x13requests_per_minute\x18\x01 \x01(\r\x12\x19\n\x11tokens_per_minute\x18\x02 \x01(\r\"x\n\x06Limits\x12\x10\n\x08is_admin\x18\x01 \x01(\x08\x12\x32\n\x0brate_limits\x18\x02 \x01(\x0b\x32\x1d.chatplane.auth.v1.RateLimits\x12(\n\x06quotas\x18\x03 \x03(\x0b\x32\x18.chatplane.auth.v1.Quota\"7\n\x10GetLimitsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\napi_key_id\x18\x02 \x01(\t\"[\n\x0fGetUsageRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tall_users\x18\x02 \x01(\x08\x12\x12\n\nstart_date\x18\x03 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x04 \x01(\t\"\x90\x01\n\x08UsageRow\x12\x0c\n\x04\x64\x61te\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\napi_key_id\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x10\n\x08requests\x18\x05 \x01(\x04\x12\x15\n\rprompt_tokens\x18\x06 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\x04\"=\n\x10GetUsageResponse\x12)\n\x04rows\x18\x01 \x03(\x0b\x32\x1b.chatplane.auth.v1.UsageRow\"{\n\x0fSetQuotaRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\napi_key_id\x18\x02 \x01(\t\x12.\n\x06period\x18\x03 \x01(\x0e\x32\x1e.chatplane.auth.v1.QuotaPeriod\x12\x13\n\x0btoken_limit\x18\x04 \x01(\x04\"i\n\x12\x44\x65leteQuotaRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\napi_key_id\x18\x02 \x01(\t\x12.\n\x06period\x18\x03 \x01(\x0e\x32\x1e.chatplane.auth.v1.QuotaPeriod\"\x15\n\x13\x44\x65leteQuotaResponse\"$\n\x11ListQuotasRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\">\n\x12ListQuotasResponse\x12(\n\x06quotas\x18\x01 \x03(\x0b\x32\x18.chatplane.auth.v1.Quota\"^\n\x14SetRateLimitsRequest\x12\x12\n\napi_key_id\x18\x01 \x01(\t\x12\x32\n\x0brate_limits\x18\x02 \x01(\x0b\x32\x1d.chatplane.auth.v1.RateLimits*g\n\x0e\x43redentialType\x12\x1f\n\x1b\x43REDENTIAL_TYPE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43REDENTIAL_TYPE_API_KEY\x10\x01\x12\x17\n\x13\x43REDENTIAL_TYPE_JWT\x10\x02*Y\n\x0bQuotaPeriod\x12\x1c\n\x18QUOTA_PERIOD_UNSPECIFIED\x10\x00\x12\x14\n\x10QUOTA_PERIOD_DAY\x10\x01\x12\x16\n\x12QUOTA_PERIOD_MONTH\x10\x02\x32\xbc\x08\n\x0b\x41uthService\x12\x43\n\x06SignUp\x12 .chatplane.auth.v1.SignUpRequest\x1a\x17.chatplane.auth.v1.User\x12\x42\n\x05Login\x12\x1f.chatplane.auth.v1.LoginRequest\x1a\x18.chatplane.auth.v1.Token\x12T\n\x0c\x41uthenticate\x12&.chatplane.auth.v1.AuthenticateRequest\x1a\x1c.chatplane.auth.v1.Principal\x12\x45\n\x07GetJwks\x12!.chatplane.auth.v1.GetJwksRequest\x1a\x17.chatplane.auth.v1.Jwks\x12X\n\x0c\x43reateApiKey\x12&.chatplane.auth.v1.CreateApiKeyRequest\x1a .chatplane.auth.v1.CreatedApiKey\x12\\\n\x0bListApiKeys\x12%.chatplane.auth.v1.ListApiKeysRequest\x1a&.chatplane.auth.v1.ListApiKeysResponse\x12Q\n\x0cRevokeApiKey\x12&.chatplane.auth.v1.RevokeApiKeyRequest\x1a\x19.chatplane.auth.v1.ApiKey\x12K\n\tGetLimits\x12#.chatplane.auth.v1.GetLimitsRequest\x1a\x19.chatplane.auth.v1.Limits\x12S\n\x08GetUsage\x12\".chatplane.auth.v1.GetUsageRequest\x1a#.chatplane.auth.v1.GetUsageResponse\x12H\n\x08SetQuota\x12\".chatplane.auth.v1.SetQuotaRequest\x1a\x18.chatplane.auth.v1.Quota\x12\\\n\x0b\x44\x65leteQuota\x12%.chatplane.auth.v1.DeleteQuotaRequest\x1a&.chatplane.auth.v1.DeleteQuotaResponse\x12Y\n\nListQuotas\x12$.chatplane.auth.v1.ListQuotasRequest\x1a%.chatplane.auth.v1.ListQuotasResponse\x12W\n\rSetRateLimits\x12\'.chatplane.auth.v1.SetRateLimitsRequest\x1a\x1d.chatplane.auth.v1.RateLimitsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chatplane.auth.v1.auth_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREDENTIALTYPE']._serialized_start=2695
-  _globals['_CREDENTIALTYPE']._serialized_end=2798
-  _globals['_QUOTAPERIOD']._serialized_start=2800
-  _globals['_QUOTAPERIOD']._serialized_end=2889
-  _globals['_USER']._serialized_start=118
-  _globals['_USER']._serialized_end=199
-  _globals['_SIGNUPREQUEST']._serialized_start=201
-  _globals['_SIGNUPREQUEST']._serialized_end=249
-  _globals['_LOGINREQUEST']._serialized_start=251
-  _globals['_LOGINREQUEST']._serialized_end=298
-  _globals['_TOKEN']._serialized_start=300
-  _globals['_TOKEN']._serialized_end=369
-  _globals['_AUTHENTICATEREQUEST']._serialized_start=371
-  _globals['_AUTHENTICATEREQUEST']._serialized_end=412
-  _globals['_PRINCIPAL']._serialized_start=415
-  _globals['_PRINCIPAL']._serialized_end=608
-  _globals['_GETJWKSREQUEST']._serialized_start=610
-  _globals['_GETJWKSREQUEST']._serialized_end=626
-  _globals['_JWKS']._serialized_start=628
-  _globals['_JWKS']._serialized_end=682
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=684
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=736
-  _globals['_APIKEY']._serialized_start=739
-  _globals['_APIKEY']._serialized_end=935
-  _globals['_CREATEDAPIKEY']._serialized_start=937
-  _globals['_CREATEDAPIKEY']._serialized_end=1009
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1011
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1048
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1050
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1116
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1118
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1176
-  _globals['_COMPLETIONRECORD']._serialized_start=1178
-  _globals['_COMPLETIONRECORD']._serialized_end=1296
-  _globals['_RECORDCOMPLETIONSREQUEST']._serialized_start=1298
-  _globals['_RECORDCOMPLETIONSREQUEST']._serialized_end=1378
-  _globals['_RECORDCOMPLETIONSRESPONSE']._serialized_start=1380
-  _globals['_RECORDCOMPLETIONSRESPONSE']._serialized_end=1453
-  _globals['_QUOTA']._serialized_start=1456
-  _globals['_QUOTA']._serialized_end=1688
-  _globals['_RATELIMITS']._serialized_start=1690
-  _globals['_RATELIMITS']._serialized_end=1758
-  _globals['_LIMITS']._serialized_start=1760
-  _globals['_LIMITS']._serialized_end=1880
-  _globals['_GETLIMITSREQUEST']._serialized_start=1882
-  _globals['_GETLIMITSREQUEST']._serialized_end=1937
-  _globals['_GETUSAGEREQUEST']._serialized_start=1939
-  _globals['_GETUSAGEREQUEST']._serialized_end=2030
-  _globals['_USAGEROW']._serialized_start=2033
-  _globals['_USAGEROW']._serialized_end=2177
-  _globals['_GETUSAGERESPONSE']._serialized_start=2179
-  _globals['_GETUSAGERESPONSE']._serialized_end=2240
-  _globals['_SETQUOTAREQUEST']._serialized_start=2242
-  _globals['_SETQUOTAREQUEST']._serialized_end=2365
-  _globals['_DELETEQUOTAREQUEST']._serialized_start=2367
-  _globals['_DELETEQUOTAREQUEST']._serialized_end=2472
-  _globals['_DELETEQUOTARESPONSE']._serialized_start=2474
-  _globals['_DELETEQUOTARESPONSE']._serialized_end=2495
-  _globals['_LISTQUOTASREQUEST']._serialized_start=2497
-  _globals['_LISTQUOTASREQUEST']._serialized_end=2533
-  _globals['_LISTQUOTASRESPONSE']._serialized_start=2535
-  _globals['_LISTQUOTASRESPONSE']._serialized_end=2597
-  _globals['_SETRATELIMITSREQUEST']._serialized_start=2599
-  _globals['_SETRATELIMITSREQUEST']._serialized_end=2693
-  _globals['_AUTHSERVICE']._serialized_start=2892
-  _globals['_AUTHSERVICE']._serialized_end=4088
+  _globals['_CREDENTIALTYPE']._serialized_start=2384
+  _globals['_CREDENTIALTYPE']._serialized_end=2487
+  _globals['_QUOTAPERIOD']._serialized_start=2489
+  _globals['_QUOTAPERIOD']._serialized_end=2578
+  _globals['_USER']._serialized_start=84
+  _globals['_USER']._serialized_end=165
+  _globals['_SIGNUPREQUEST']._serialized_start=167
+  _globals['_SIGNUPREQUEST']._serialized_end=215
+  _globals['_LOGINREQUEST']._serialized_start=217
+  _globals['_LOGINREQUEST']._serialized_end=264
+  _globals['_TOKEN']._serialized_start=266
+  _globals['_TOKEN']._serialized_end=335
+  _globals['_AUTHENTICATEREQUEST']._serialized_start=337
+  _globals['_AUTHENTICATEREQUEST']._serialized_end=378
+  _globals['_PRINCIPAL']._serialized_start=381
+  _globals['_PRINCIPAL']._serialized_end=574
+  _globals['_GETJWKSREQUEST']._serialized_start=576
+  _globals['_GETJWKSREQUEST']._serialized_end=592
+  _globals['_JWKS']._serialized_start=594
+  _globals['_JWKS']._serialized_end=648
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=650
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=702
+  _globals['_APIKEY']._serialized_start=705
+  _globals['_APIKEY']._serialized_end=901
+  _globals['_CREATEDAPIKEY']._serialized_start=903
+  _globals['_CREATEDAPIKEY']._serialized_end=975
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=977
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1014
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1016
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1082
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1084
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1142
+  _globals['_QUOTA']._serialized_start=1145
+  _globals['_QUOTA']._serialized_end=1377
+  _globals['_RATELIMITS']._serialized_start=1379
+  _globals['_RATELIMITS']._serialized_end=1447
+  _globals['_LIMITS']._serialized_start=1449
+  _globals['_LIMITS']._serialized_end=1569
+  _globals['_GETLIMITSREQUEST']._serialized_start=1571
+  _globals['_GETLIMITSREQUEST']._serialized_end=1626
+  _globals['_GETUSAGEREQUEST']._serialized_start=1628
+  _globals['_GETUSAGEREQUEST']._serialized_end=1719
+  _globals['_USAGEROW']._serialized_start=1722
+  _globals['_USAGEROW']._serialized_end=1866
+  _globals['_GETUSAGERESPONSE']._serialized_start=1868
+  _globals['_GETUSAGERESPONSE']._serialized_end=1929
+  _globals['_SETQUOTAREQUEST']._serialized_start=1931
+  _globals['_SETQUOTAREQUEST']._serialized_end=2054
+  _globals['_DELETEQUOTAREQUEST']._serialized_start=2056
+  _globals['_DELETEQUOTAREQUEST']._serialized_end=2161
+  _globals['_DELETEQUOTARESPONSE']._serialized_start=2163
+  _globals['_DELETEQUOTARESPONSE']._serialized_end=2184
+  _globals['_LISTQUOTASREQUEST']._serialized_start=2186
+  _globals['_LISTQUOTASREQUEST']._serialized_end=2222
+  _globals['_LISTQUOTASRESPONSE']._serialized_start=2224
+  _globals['_LISTQUOTASRESPONSE']._serialized_end=2286
+  _globals['_SETRATELIMITSREQUEST']._serialized_start=2288
+  _globals['_SETRATELIMITSREQUEST']._serialized_end=2382
+  _globals['_AUTHSERVICE']._serialized_start=2581
+  _globals['_AUTHSERVICE']._serialized_end=3665
 # @@protoc_insertion_point(module_scope)

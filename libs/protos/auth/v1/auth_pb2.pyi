@@ -3,7 +3,6 @@
 isort:skip_file
 The auth service: users, API keys, JWT signing keys."""
 
-from chatplane.protos.events.v1 import events_pb2 as _events_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -50,7 +49,8 @@ class _QuotaPeriodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_QuotaPeri
     QUOTA_PERIOD_MONTH: _QuotaPeriod.ValueType  # 2
     """UTC calendar month"""
 
-class QuotaPeriod(_QuotaPeriod, metaclass=_QuotaPeriodEnumTypeWrapper): ...
+class QuotaPeriod(_QuotaPeriod, metaclass=_QuotaPeriodEnumTypeWrapper):
+    """--- usage, quotas, rate limits ---------------------------------------------------------------------------------"""
 
 QUOTA_PERIOD_UNSPECIFIED: QuotaPeriod.ValueType  # 0
 QUOTA_PERIOD_DAY: QuotaPeriod.ValueType  # 1
@@ -404,83 +404,6 @@ class RevokeApiKeyRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevokeApiKeyRequest: _TypeAlias = RevokeApiKeyRequest  # noqa: Y015
-
-@_typing.final
-class CompletionRecord(_message.Message):
-    """--- usage, quotas, rate limits ---------------------------------------------------------------------------------"""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    EVENT_ID_FIELD_NUMBER: _builtins.int
-    COMPLETION_FIELD_NUMBER: _builtins.int
-    TRACEPARENT_FIELD_NUMBER: _builtins.int
-    event_id: _builtins.str
-    """uuid4 hex chosen by the caller: a retried batch writes no second event"""
-    traceparent: _builtins.str
-    @_builtins.property
-    def completion(self) -> _events_pb2.CompletionFinished: ...
-    def __init__(
-        self,
-        *,
-        event_id: _builtins.str = ...,
-        completion: _events_pb2.CompletionFinished | None = ...,
-        traceparent: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["completion", b"completion"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion", b"completion", "event_id", b"event_id", "traceparent", b"traceparent"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___CompletionRecord: _TypeAlias = CompletionRecord  # noqa: Y015
-
-@_typing.final
-class RecordCompletionsRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    RECORDS_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___CompletionRecord]:
-        """at most 1000"""
-
-    def __init__(
-        self,
-        *,
-        records: _abc.Iterable[Global___CompletionRecord] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___RecordCompletionsRequest: _TypeAlias = RecordCompletionsRequest  # noqa: Y015
-
-@_typing.final
-class RecordCompletionsResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    RECORDED_FIELD_NUMBER: _builtins.int
-    REJECTED_EVENT_IDS_FIELD_NUMBER: _builtins.int
-    recorded: _builtins.int
-    """events written now (not counting ones already recorded)"""
-    @_builtins.property
-    def rejected_event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """records refused as invalid (not written; retrying does not help)"""
-
-    def __init__(
-        self,
-        *,
-        recorded: _builtins.int = ...,
-        rejected_event_ids: _abc.Iterable[_builtins.str] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["recorded", b"recorded", "rejected_event_ids", b"rejected_event_ids"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___RecordCompletionsResponse: _TypeAlias = RecordCompletionsResponse  # noqa: Y015
 
 @_typing.final
 class Quota(_message.Message):

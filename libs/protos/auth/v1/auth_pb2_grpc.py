@@ -69,11 +69,6 @@ class AuthServiceStub:
                 request_serializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.RevokeApiKeyRequest.SerializeToString,
                 response_deserializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.ApiKey.FromString,
                 _registered_method=True)
-        self.RecordCompletions = channel.unary_unary(
-                '/chatplane.auth.v1.AuthService/RecordCompletions',
-                request_serializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.RecordCompletionsRequest.SerializeToString,
-                response_deserializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.RecordCompletionsResponse.FromString,
-                _registered_method=True)
         self.GetLimits = channel.unary_unary(
                 '/chatplane.auth.v1.AuthService/GetLimits',
                 request_serializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.GetLimitsRequest.SerializeToString,
@@ -155,18 +150,9 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def RecordCompletions(self, request, context):
-        """Usage, quotas and rate limits (auth owns them).
-        The gateway reports finished stateless completions in batches: all valid records' events are written in
-        one transaction; each is idempotent by its event_id, so a retried batch writes no second event. Invalid records
-        are skipped and named in the response; INVALID_ARGUMENT only when the batch itself is too large.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def GetLimits(self, request, context):
-        """The quotas (with their current use) and rate limits that apply to a user, or to one of the user's API keys.
+        """Usage, quotas and rate limits (auth owns them).
+        The quotas (with their current use) and rate limits that apply to a user, or to one of the user's API keys.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -242,11 +228,6 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.RevokeApiKey,
                     request_deserializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.RevokeApiKeyRequest.FromString,
                     response_serializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.ApiKey.SerializeToString,
-            ),
-            'RecordCompletions': grpc.unary_unary_rpc_method_handler(
-                    servicer.RecordCompletions,
-                    request_deserializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.RecordCompletionsRequest.FromString,
-                    response_serializer=chatplane_dot_auth_dot_v1_dot_auth__pb2.RecordCompletionsResponse.SerializeToString,
             ),
             'GetLimits': grpc.unary_unary_rpc_method_handler(
                     servicer.GetLimits,
@@ -468,33 +449,6 @@ class AuthService:
             '/chatplane.auth.v1.AuthService/RevokeApiKey',
             chatplane_dot_auth_dot_v1_dot_auth__pb2.RevokeApiKeyRequest.SerializeToString,
             chatplane_dot_auth_dot_v1_dot_auth__pb2.ApiKey.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def RecordCompletions(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/chatplane.auth.v1.AuthService/RecordCompletions',
-            chatplane_dot_auth_dot_v1_dot_auth__pb2.RecordCompletionsRequest.SerializeToString,
-            chatplane_dot_auth_dot_v1_dot_auth__pb2.RecordCompletionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,14 +42,10 @@ class AuthServiceStub:
     ListApiKeys: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListApiKeysRequest, _auth_pb2.ListApiKeysResponse]
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RevokeApiKeyRequest, _auth_pb2.ApiKey]
     """NOT_FOUND when the key does not exist or belongs to another user."""
-    RecordCompletions: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RecordCompletionsRequest, _auth_pb2.RecordCompletionsResponse]
-    """Usage, quotas and rate limits (auth owns them).
-    The gateway reports finished stateless completions in batches: all valid records' events are written in
-    one transaction; each is idempotent by its event_id, so a retried batch writes no second event. Invalid records
-    are skipped and named in the response; INVALID_ARGUMENT only when the batch itself is too large.
-    """
     GetLimits: _grpc.UnaryUnaryMultiCallable[_auth_pb2.GetLimitsRequest, _auth_pb2.Limits]
-    """The quotas (with their current use) and rate limits that apply to a user, or to one of the user's API keys."""
+    """Usage, quotas and rate limits (auth owns them).
+    The quotas (with their current use) and rate limits that apply to a user, or to one of the user's API keys.
+    """
     GetUsage: _grpc.UnaryUnaryMultiCallable[_auth_pb2.GetUsageRequest, _auth_pb2.GetUsageResponse]
     """Token usage per day, model and API key, built from the completion events. INVALID_ARGUMENT on a bad range."""
     SetQuota: _grpc.UnaryUnaryMultiCallable[_auth_pb2.SetQuotaRequest, _auth_pb2.Quota]
@@ -73,14 +69,10 @@ class AuthServiceAsyncStub(AuthServiceStub):
     ListApiKeys: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListApiKeysRequest, _auth_pb2.ListApiKeysResponse]  # type: ignore[assignment]
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_auth_pb2.RevokeApiKeyRequest, _auth_pb2.ApiKey]  # type: ignore[assignment]
     """NOT_FOUND when the key does not exist or belongs to another user."""
-    RecordCompletions: _aio.UnaryUnaryMultiCallable[_auth_pb2.RecordCompletionsRequest, _auth_pb2.RecordCompletionsResponse]  # type: ignore[assignment]
-    """Usage, quotas and rate limits (auth owns them).
-    The gateway reports finished stateless completions in batches: all valid records' events are written in
-    one transaction; each is idempotent by its event_id, so a retried batch writes no second event. Invalid records
-    are skipped and named in the response; INVALID_ARGUMENT only when the batch itself is too large.
-    """
     GetLimits: _aio.UnaryUnaryMultiCallable[_auth_pb2.GetLimitsRequest, _auth_pb2.Limits]  # type: ignore[assignment]
-    """The quotas (with their current use) and rate limits that apply to a user, or to one of the user's API keys."""
+    """Usage, quotas and rate limits (auth owns them).
+    The quotas (with their current use) and rate limits that apply to a user, or to one of the user's API keys.
+    """
     GetUsage: _aio.UnaryUnaryMultiCallable[_auth_pb2.GetUsageRequest, _auth_pb2.GetUsageResponse]  # type: ignore[assignment]
     """Token usage per day, model and API key, built from the completion events. INVALID_ARGUMENT on a bad range."""
     SetQuota: _aio.UnaryUnaryMultiCallable[_auth_pb2.SetQuotaRequest, _auth_pb2.Quota]  # type: ignore[assignment]
@@ -145,24 +137,14 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         """NOT_FOUND when the key does not exist or belongs to another user."""
 
     @_abc_1.abstractmethod
-    def RecordCompletions(
-        self,
-        request: _auth_pb2.RecordCompletionsRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_auth_pb2.RecordCompletionsResponse, _abc.Awaitable[_auth_pb2.RecordCompletionsResponse]]:
-        """Usage, quotas and rate limits (auth owns them).
-        The gateway reports finished stateless completions in batches: all valid records' events are written in
-        one transaction; each is idempotent by its event_id, so a retried batch writes no second event. Invalid records
-        are skipped and named in the response; INVALID_ARGUMENT only when the batch itself is too large.
-        """
-
-    @_abc_1.abstractmethod
     def GetLimits(
         self,
         request: _auth_pb2.GetLimitsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.Limits, _abc.Awaitable[_auth_pb2.Limits]]:
-        """The quotas (with their current use) and rate limits that apply to a user, or to one of the user's API keys."""
+        """Usage, quotas and rate limits (auth owns them).
+        The quotas (with their current use) and rate limits that apply to a user, or to one of the user's API keys.
+        """
 
     @_abc_1.abstractmethod
     def GetUsage(
