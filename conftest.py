@@ -10,6 +10,14 @@ import uuid
 
 import pytest
 
+try:  # the launcher, broker and ports the fixtures use: a distribution of its own since it left chatplane.common
+    import chatplane.dev  # noqa: F401
+except ModuleNotFoundError as exc:
+    raise pytest.UsageError(
+        "chatplane.dev (libs/dev) is not installed in this environment: run `make install`, or "
+        "`.venv/bin/python -m pip install --no-deps -e libs/dev`"
+    ) from exc
+
 PG_ADMIN_DSN = os.environ.get("CHATPLANE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 # Services built in-process by tests publish no events unless a test hands them the test broker (kafka_broker).
 os.environ.setdefault("CHATPLANE_KAFKA_BOOTSTRAP_SERVERS", "")
