@@ -20,8 +20,7 @@ from chatplane.conversation.models import (
     ExportJob,
     Message,
 )
-from chatplane.conversation.service import (
-    ConversationCore,
+from chatplane.conversation.replies import (
     Delta,
     Done,
     Event,
@@ -31,6 +30,7 @@ from chatplane.conversation.service import (
     Started,
     chat_message,
 )
+from chatplane.conversation.service import ConversationCore
 from chatplane.protos.conversation.v1 import conversation_pb2 as pb
 from chatplane.protos.conversation.v1 import conversation_pb2_grpc
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -14,6 +15,7 @@ import grpc
 from chatplane.common import limits
 from chatplane.common.errors import abort
 from chatplane.common.streams import ReadAhead
+from chatplane.inference import fitting
 from chatplane.inference.engine import (
     Chunk,
     Engine,
@@ -238,6 +240,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             extras["structured"] = structured
         if request.continue_final_message:
             extras["continue_final"] = True
+        dropped = 0
+        if request.HasField("fit") and messages is not None:
+            messages, sampling, dropped = await self._fit(request, messages, sampling, tools, context)
         stream = self.engine.generate(
             messages=messages, prompt=prompt, sampling=sampling, request_id=request.request_id, **extras
         )
@@ -260,9 +265,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     else:
                         text, tokens = "".join([c.text for c in chunks]), sum([c.tokens for c in chunks])
                     prompt_tokens = last.prompt_tokens if first else 0
+                    dropped_messages, dropped = dropped, 0
                     first = False
                     if last.finish_reason is None:
-                        yield pb.GenerateResponse(text=text, tokens=tokens, prompt_tokens=prompt_tokens)
+                        yield pb.GenerateResponse(text=text, tokens=tokens, prompt_tokens=prompt_tokens,
+                                                  dropped_messages=dropped_messages)
                         if interval:
                             await ahead.hold(interval)
                         continue
@@ -273,9 +280,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                         model=model,
                         tokens=tokens,
                         prompt_tokens=prompt_tokens,
+                        dropped_messages=dropped_messages,
                     )
                     return
                 messages_out = _messages(chunks, model)
+                if dropped and messages_out:
+                    messages_out[0].dropped_messages, dropped = dropped, 0
                 for message in messages_out:
                     yield message
                 if messages_out and messages_out[-1].HasField("usage"):
@@ -287,6 +297,22 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         finally:
             # Cancelled RPC (client gone): stopping the reader aborts the request in the engine.
             await ahead.close()
+
+    async def _fit(self, request: pb.GenerateRequest, messages: Messages, sampling: Sampling, tools, context):
+        """The chat fitted to the context window (``request.fit``), its reply budget and the messages left out."""
+        spec = request.fit
+        tool_use = {"tools": tools} if tools is not None else {}
+        try:
+            fitted = fitting.fit(
+                messages, keep_first=spec.keep_first, keep_last=max(spec.keep_last, 1),
+                max_tokens=sampling.max_tokens, default_max_tokens=spec.default_max_tokens,
+                max_model_len=self.engine.max_model_len,
+                count=lambda chat: self.engine.count_tokens(
+                    messages=chat, continue_final=request.continue_final_message, **tool_use),
+            )
+        except EngineInputError as e:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e), code=e.code, param=e.param)
+        return fitted.messages, dataclasses.replace(sampling, max_tokens=fitted.max_tokens), fitted.dropped_messages
 
     async def CountTokens(self, request: pb.CountTokensRequest, context):  # noqa: N802
         await self._check_ready(context)

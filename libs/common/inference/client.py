@@ -421,6 +421,13 @@ class Generation:
             if left < 1:
                 return None
             request.sampling.max_tokens = left
+        if self.request.HasField("fit"):  # fitted again there: the partial reply is kept like the new message
+            request.fit.keep_last += 1
+            if request.fit.default_max_tokens:
+                left = request.fit.default_max_tokens - self._tokens
+                if left < 1:
+                    return None
+                request.fit.default_max_tokens = left
         self._strip = partial[len(partial.rstrip()):]
         return request
 
@@ -431,8 +438,9 @@ class Generation:
             self._first_of_attempt = False
             if self._attempts == 1 or not continued:
                 self._prompt_tokens = reply.prompt_tokens
-            elif reply.prompt_tokens:
+            elif reply.prompt_tokens or reply.dropped_messages:
                 reply.prompt_tokens = 0  # the caller's prompt was counted once, on its first message
+                reply.dropped_messages = 0
             if self._strip and reply.text.startswith(self._strip):
                 reply.text = reply.text[len(self._strip):]
             self._strip = ""

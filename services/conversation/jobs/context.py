@@ -1,4 +1,4 @@
-"""What the job bodies work with: the settings, the database and the inference service (one per worker process)."""
+"""What the job bodies work with: the settings, the stores and the inference service (one per worker process)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chatplane.common.db import make_engine, sessionmaker
+from chatplane.common.db import make_engine
 from chatplane.common.inference import InferenceClient
-from chatplane.conversation.exports import ExportStore
+from chatplane.conversation.store import ConversationStore, ExportStore
 from chatplane.conversation.settings import ConversationSettings
 
 T = TypeVar("T")
@@ -22,7 +22,7 @@ T = TypeVar("T")
 class JobContext:
     settings: ConversationSettings
     engine: AsyncEngine
-    sessions: async_sessionmaker
+    store: ConversationStore
     exports: ExportStore
     inference: InferenceClient
 
@@ -33,7 +33,7 @@ class JobContext:
         return cls(
             settings=settings,
             engine=engine,
-            sessions=sessionmaker(engine),
+            store=ConversationStore(engine),
             exports=ExportStore(engine, settings.export_ttl_seconds),
             inference=InferenceClient.from_settings(
                 settings, timeout=settings.inference_timeout_seconds, stream_timeout=settings.inference_timeout_seconds

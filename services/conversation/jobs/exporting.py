@@ -21,7 +21,7 @@ async def run_export(ctx: JobContext, export_id: str) -> str:
         return "gone"  # its conversation was deleted (the export went with it)
     if row.status != EXPORT_PENDING:
         return row.status  # done by an earlier delivery of this job
-    snapshot = await ctx.exports.snapshot(row.conversation_id)
+    snapshot = await ctx.store.snapshot(row.conversation_id)
     if snapshot is None or snapshot[0].user_id != row.user_id:
         await ctx.exports.finish(export_id, error="the conversation was deleted")
         return "failed"

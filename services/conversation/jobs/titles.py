@@ -9,12 +9,10 @@ from __future__ import annotations
 import logging
 import re
 
-from sqlalchemy import select, update
-
 from chatplane.common.errors import ServiceError
 from chatplane.conversation.jobs.context import JobContext
 from chatplane.conversation.jobs.errors import PermanentJobError, transient_inference
-from chatplane.conversation.models import ROLE_ASSISTANT, ROLE_USER, Conversation, Message
+from chatplane.conversation.models import ROLE_ASSISTANT, ROLE_USER
 from chatplane.conversation.validation import DEFAULT_TITLE
 from chatplane.protos.inference.v1 import inference_pb2
 
@@ -86,15 +84,10 @@ async def ask_model(ctx: JobContext, user_text: str, assistant_text: str) -> str
 
 async def generate_title(ctx: JobContext, conversation_id: str) -> str | None:
     """Name the conversation; the stored title, or None when there was nothing to do."""
-    async with ctx.sessions() as session:
-        conversation = await session.scalar(select(Conversation).where(Conversation.id == conversation_id))
-        if conversation is None or conversation.title != DEFAULT_TITLE:
-            return None  # deleted, renamed, or titled by an earlier run
-        first = (
-            await session.scalars(
-                select(Message).where(Message.conversation_id == conversation_id).order_by(Message.seq).limit(8)
-            )
-        ).all()
+    source = await ctx.store.title_source(conversation_id, 8)
+    if source is None or source[0] != DEFAULT_TITLE:
+        return None  # deleted, renamed, or titled by an earlier run
+    first = source[1]
     user = next((m for m in first if m.role == ROLE_USER), None)
     if user is None:
         raise PermanentJobError("the conversation has no message to make a title from")
@@ -105,15 +98,7 @@ async def generate_title(ctx: JobContext, conversation_id: str) -> str | None:
         title = fallback_title(user.content)
     if not title:
         return None
-    async with ctx.sessions() as session, session.begin():
-        # Only over the default title; updated_at stays: a title is not activity, and must not reorder the list.
-        result = await session.execute(
-            update(Conversation)
-            .where(Conversation.id == conversation_id, Conversation.title == DEFAULT_TITLE)
-            .values(title=title)
-            .execution_options(synchronize_session=False)
-        )
-    if result.rowcount != 1:
+    if not await ctx.store.replace_title(conversation_id, DEFAULT_TITLE, title):  # a user's rename wins
         return None
     log.info("conversation titled", extra={"conversation_id": conversation_id, "chars": len(title)})
     return title

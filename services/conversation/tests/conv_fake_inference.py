@@ -1,8 +1,9 @@
 """A test double of the inference service for the conversation service's unit tests (tests only).
 
 Deterministic: a message costs its word count plus MESSAGE_OVERHEAD tokens, a chat REPLY_PRIMER more (roughly what a
-chat template adds). Generate streams the configured chunks, one token each, with a delay so a test can cancel
-mid-stream, and records every request and every cancellation it saw.
+chat template adds). Generate fits the chat as the inference service does (``fit``), streams the configured chunks,
+one token each, with a delay so a test can cancel mid-stream, and records every request and every cancellation it
+saw.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 import grpc
 
 from chatplane.common.errors import abort
+from chatplane.inference.engine import EngineInputError, Turn
+from chatplane.inference.fitting import fit
 from chatplane.protos.inference.v1 import inference_pb2 as pb
 from chatplane.protos.inference.v1 import inference_pb2_grpc
 
@@ -71,11 +74,39 @@ class FakeInferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def ListModels(self, request, context) -> pb.ListModelsResponse:  # noqa: N802
         return pb.ListModelsResponse(models=[pb.Model(id=MODEL, max_model_len=self.max_model_len, owned_by="tests")])
 
+    def _fit(self, request: pb.GenerateRequest) -> tuple[pb.GenerateRequest, int]:
+        """The request as fitted (inference's own fitting, with this double's token counts) and the messages left
+        out; raises EngineInputError when nothing fits."""
+        turns = [Turn(m.role, m.content) for m in request.chat.messages]
+        spec = request.fit
+        fitted = fit(
+            turns, keep_first=spec.keep_first, keep_last=spec.keep_last,
+            max_tokens=request.sampling.max_tokens if request.sampling.HasField("max_tokens") else None,
+            default_max_tokens=spec.default_max_tokens, max_model_len=self.max_model_len,
+            count=lambda chat: chat_tokens((t.role, t.content) for t in chat),
+        )
+        kept = {id(t): i for i, t in enumerate(turns)}
+        out = pb.GenerateRequest()
+        out.CopyFrom(request)
+        out.ClearField("fit")
+        del out.chat.messages[:]
+        out.chat.messages.extend(request.chat.messages[kept[id(t)]] for t in fitted.messages)
+        out.sampling.max_tokens = fitted.max_tokens
+        return out, fitted.dropped_messages
+
     async def Generate(self, request: pb.GenerateRequest, context) -> None:  # noqa: N802
-        self.generate_requests.append(request)
+        """Records the requests generated from (as fitted, when ``fit`` is set; not those refused as too long)."""
         if self.generate_failure:
             f = self.generate_failure
             await abort(context, f.status, f.message, code=f.code, param=f.param)
+        dropped = 0
+        if request.HasField("fit"):
+            try:
+                request, dropped = self._fit(request)
+            except EngineInputError as e:
+                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e), code=e.code, param=e.param)
+        self.generate_requests.append(request)
+        first = {"prompt_tokens": chat_tokens(self.chat(request)), "dropped_messages": dropped}
         budget = request.sampling.max_tokens if request.sampling.HasField("max_tokens") else len(self.chunks)
         chunks = self.chunks[:budget]
         sent = 0
@@ -86,7 +117,7 @@ class FakeInferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     await asyncio.sleep(self.chunk_delay)
                     delta = pb.ToolCallDelta(index=0, id=call_id, name=name, arguments=piece) if i == 0 else (
                         pb.ToolCallDelta(index=0, arguments=piece))
-                    await context.write(pb.GenerateResponse(tool_calls=[delta], model=MODEL))
+                    await context.write(pb.GenerateResponse(tool_calls=[delta], model=MODEL, **(first if i == 0 else {})))
                 await context.write(pb.GenerateResponse(
                     finish_reason="tool_calls", model=MODEL,
                     usage=pb.Usage(prompt_tokens=chat_tokens(self.chat(request)), completion_tokens=len(pieces))))
@@ -99,7 +130,7 @@ class FakeInferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 if self.fail_after is not None and sent == self.fail_after:
                     await abort(context, grpc.StatusCode.UNAVAILABLE, "engine died")
                 await asyncio.sleep(self.chunk_delay)
-                await context.write(pb.GenerateResponse(text=chunk, model=MODEL))
+                await context.write(pb.GenerateResponse(text=chunk, model=MODEL, **(first if sent == 0 else {})))
                 sent += 1
             await context.write(
                 pb.GenerateResponse(

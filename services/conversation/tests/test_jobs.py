@@ -361,7 +361,7 @@ async def test_export_job_delivered_twice_changes_nothing(export_worker: Convers
 async def _age(settings: ConversationSettings, conversation_id: str, days: float) -> None:
     ctx = JobContext.open(settings)
     try:
-        async with ctx.sessions() as session, session.begin():
+        async with ctx.store.transaction() as session:
             await session.execute(
                 update(Conversation)
                 .where(Conversation.id == conversation_id)
@@ -377,8 +377,8 @@ async def _outbox_deletions(settings: ConversationSettings, conversation_ids: se
 
     ctx = JobContext.open(settings)
     try:
-        async with ctx.sessions() as session:
-            rows = (await session.execute(text("SELECT payload FROM outbox WHERE event_type = 'conversation.deleted'")))
+        async with ctx.store.engine.connect() as conn:
+            rows = (await conn.execute(text("SELECT payload FROM outbox WHERE event_type = 'conversation.deleted'")))
             ids = [decode(bytes(p)).conversation_deleted.conversation_id for (p,) in rows]
     finally:
         await ctx.close()
@@ -426,8 +426,8 @@ async def test_retention_off_deletes_nothing(jobs: Jobs):
     ctx = JobContext.open(settings)
     try:
         assert await apply_retention(ctx) == 0
-        async with ctx.sessions() as session:
-            assert await session.scalar(select(Conversation.id).where(Conversation.id == c.id)) == c.id
+        async with ctx.store.engine.connect() as conn:
+            assert await conn.scalar(select(Conversation.id).where(Conversation.id == c.id)) == c.id
     finally:
         await ctx.close()
 

@@ -148,3 +148,27 @@ async def test_stop_drains_in_flight_streams(running):
     await stopping
     assert first.text == "a" and [m.text for m in rest] == ["b", "c"]
     assert rest[-1].finish_reason == "stop"
+
+
+async def test_generate_fits_and_says_what_it_left_out(running):
+    engine, service, servicer, chan = running
+    servicer.ready = True
+    stub = inference_pb2_grpc.InferenceServiceStub(chan)
+    words = " ".join(["w"] * 20)  # the FakeEngine counts words; its window is 64 tokens
+    chat = pb.ChatMessages(messages=[
+        pb.ChatMessage(role="system", content="sys"),
+        pb.ChatMessage(role="user", content=f"old {words}"), pb.ChatMessage(role="assistant", content=words),
+        pb.ChatMessage(role="user", content="recent"), pb.ChatMessage(role="assistant", content="fine"),
+        pb.ChatMessage(role="user", content="new"),
+    ])
+    request = pb.GenerateRequest(chat=chat, fit=pb.FitHistory(keep_first=1, keep_last=1, default_max_tokens=30))
+    msgs = [m async for m in stub.Generate(request)]
+    assert msgs[0].dropped_messages == 2 and [m.dropped_messages for m in msgs[1:]] == [0] * (len(msgs) - 1)
+    kept, _, sampling = engine.seen[0]
+    assert [t.content for t in kept] == ["sys", "recent", "fine", "new"] and sampling.max_tokens == 30
+    request.sampling.max_tokens = 100
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in stub.Generate(request):
+            pass
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert ("chatplane-error-param", "max_tokens") in tuple(err.value.trailing_metadata())

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&chatplane/inference/v1/inference.proto\x12\x16\x63hatplane.inference.v1\"\x86\x01\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x34\n\ntool_calls\x18\x03 \x03(\x0b\x32 .chatplane.inference.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\"7\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"R\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x17\n\x0fparameters_json\x18\x03 \x01(\t\x12\x0e\n\x06strict\x18\x04 \x01(\x08\"T\n\nToolChoice\x12\x34\n\x04mode\x18\x01 \x01(\x0e\x32&.chatplane.inference.v1.ToolChoiceMode\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\"J\n\x10StructuredOutput\x12\x15\n\x0bjson_object\x18\x01 \x01(\x08H\x00\x12\x15\n\x0bjson_schema\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x66ormat\"E\n\x0c\x43hatMessages\x12\x35\n\x08messages\x18\x01 \x03(\x0b\x32#.chatplane.inference.v1.ChatMessage\"\xf2\x03\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x03\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x06 \x01(\x02H\x04\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x07 \x01(\x02H\x05\x88\x01\x01\x12I\n\nlogit_bias\x18\x08 \x03(\x0b\x32\x35.chatplane.inference.v1.SamplingParams.LogitBiasEntry\x12\x15\n\x08logprobs\x18\t \x01(\rH\x06\x88\x01\x01\x12\x1c\n\x0fprompt_logprobs\x18\n \x01(\rH\x07\x88\x01\x01\x12\t\n\x01n\x18\x0b \x01(\r\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x0b\n\t_logprobsB\x12\n\x10_prompt_logprobs\"\xc4\x03\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x34\n\x04\x63hat\x18\x02 \x01(\x0b\x32$.chatplane.inference.v1.ChatMessagesH\x00\x12\x10\n\x06prompt\x18\x03 \x01(\tH\x00\x12\x38\n\x08sampling\x18\x04 \x01(\x0b\x32&.chatplane.inference.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12+\n\x05tools\x18\x06 \x03(\x0b\x32\x1c.chatplane.inference.v1.Tool\x12\x37\n\x0btool_choice\x18\x07 \x01(\x0b\x32\".chatplane.inference.v1.ToolChoice\x12 \n\x13parallel_tool_calls\x18\x08 \x01(\x08H\x01\x88\x01\x01\x12\x43\n\x11structured_output\x18\t \x01(\x0b\x32(.chatplane.inference.v1.StructuredOutput\x12\x1e\n\x16\x63ontinue_final_message\x18\n \x01(\x08\x42\x07\n\x05inputB\x16\n\x14_parallel_tool_calls\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"\xdc\x02\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12,\n\x05usage\x18\x03 \x01(\x0b\x32\x1d.chatplane.inference.v1.Usage\x12\r\n\x05model\x18\x04 \x01(\t\x12\r\n\x05index\x18\x05 \x01(\r\x12\x36\n\x08logprobs\x18\x06 \x03(\x0b\x32$.chatplane.inference.v1.TokenLogprob\x12\x39\n\ntool_calls\x18\x07 \x03(\x0b\x32%.chatplane.inference.v1.ToolCallDelta\x12=\n\x0fprompt_logprobs\x18\x08 \x03(\x0b\x32$.chatplane.inference.v1.TokenLogprob\x12\x0e\n\x06tokens\x18\t \x01(\r\x12\x15\n\rprompt_tokens\x18\n \x01(\r\",\n\nTopLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"h\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x38\n\x0ctop_logprobs\x18\x03 \x03(\x0b\x32\".chatplane.inference.v1.TopLogprob\"K\n\rToolCallDelta\x12\r\n\x05index\x18\x01 \x01(\r\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\targuments\x18\x04 \x01(\t\"\x13\n\x11ListModelsRequest\"M\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rmax_model_len\x18\x02 \x01(\r\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12\x10\n\x08owned_by\x18\x04 \x01(\t\"C\n\x12ListModelsResponse\x12-\n\x06models\x18\x01 \x03(\x0b\x32\x1d.chatplane.inference.v1.Model\"\xa1\x01\n\x12\x43ountTokensRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x34\n\x04\x63hat\x18\x02 \x01(\x0b\x32$.chatplane.inference.v1.ChatMessagesH\x00\x12\x10\n\x06prompt\x18\x03 \x01(\tH\x00\x12+\n\x05tools\x18\x04 \x03(\x0b\x32\x1c.chatplane.inference.v1.ToolB\x07\n\x05input\"A\n\x13\x43ountTokensResponse\x12\x13\n\x0btoken_count\x18\x01 \x01(\r\x12\x15\n\rmax_model_len\x18\x02 \x01(\r\"\x17\n\x15GetEngineStatsRequest\".\n\x17WatchEngineStatsRequest\x12\x13\n\x0binterval_ms\x18\x01 \x01(\r\"m\n\x0b\x45ngineStats\x12\x0f\n\x07running\x18\x01 \x01(\r\x12\x0f\n\x07waiting\x18\x02 \x01(\r\x12\x16\n\x0ekv_cache_usage\x18\x03 \x01(\x02\x12\r\n\x05ready\x18\x04 \x01(\x08\x12\x15\n\raborted_total\x18\x05 \x01(\x04*\xa6\x01\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_AUTO\x10\x02\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03\x12\x1d\n\x19TOOL_CHOICE_MODE_FUNCTION\x10\x04\x32\x92\x04\n\x10InferenceService\x12_\n\x08Generate\x12\'.chatplane.inference.v1.GenerateRequest\x1a(.chatplane.inference.v1.GenerateResponse0\x01\x12\x63\n\nListModels\x12).chatplane.inference.v1.ListModelsRequest\x1a*.chatplane.inference.v1.ListModelsResponse\x12\x66\n\x0b\x43ountTokens\x12*.chatplane.inference.v1.CountTokensRequest\x1a+.chatplane.inference.v1.CountTokensResponse\x12\x64\n\x0eGetEngineStats\x12-.chatplane.inference.v1.GetEngineStatsRequest\x1a#.chatplane.inference.v1.EngineStats\x12j\n\x10WatchEngineStats\x12/.chatplane.inference.v1.WatchEngineStatsRequest\x1a#.chatplane.inference.v1.EngineStats0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&chatplane/inference/v1/inference.proto\x12\x16\x63hatplane.inference.v1\"\x86\x01\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x34\n\ntool_calls\x18\x03 \x03(\x0b\x32 .chatplane.inference.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\"7\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"R\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x17\n\x0fparameters_json\x18\x03 \x01(\t\x12\x0e\n\x06strict\x18\x04 \x01(\x08\"T\n\nToolChoice\x12\x34\n\x04mode\x18\x01 \x01(\x0e\x32&.chatplane.inference.v1.ToolChoiceMode\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\"J\n\x10StructuredOutput\x12\x15\n\x0bjson_object\x18\x01 \x01(\x08H\x00\x12\x15\n\x0bjson_schema\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x66ormat\"E\n\x0c\x43hatMessages\x12\x35\n\x08messages\x18\x01 \x03(\x0b\x32#.chatplane.inference.v1.ChatMessage\"\xf2\x03\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x03\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x06 \x01(\x02H\x04\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x07 \x01(\x02H\x05\x88\x01\x01\x12I\n\nlogit_bias\x18\x08 \x03(\x0b\x32\x35.chatplane.inference.v1.SamplingParams.LogitBiasEntry\x12\x15\n\x08logprobs\x18\t \x01(\rH\x06\x88\x01\x01\x12\x1c\n\x0fprompt_logprobs\x18\n \x01(\rH\x07\x88\x01\x01\x12\t\n\x01n\x18\x0b \x01(\r\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x0b\n\t_logprobsB\x12\n\x10_prompt_logprobs\"\xf5\x03\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x34\n\x04\x63hat\x18\x02 \x01(\x0b\x32$.chatplane.inference.v1.ChatMessagesH\x00\x12\x10\n\x06prompt\x18\x03 \x01(\tH\x00\x12\x38\n\x08sampling\x18\x04 \x01(\x0b\x32&.chatplane.inference.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12+\n\x05tools\x18\x06 \x03(\x0b\x32\x1c.chatplane.inference.v1.Tool\x12\x37\n\x0btool_choice\x18\x07 \x01(\x0b\x32\".chatplane.inference.v1.ToolChoice\x12 \n\x13parallel_tool_calls\x18\x08 \x01(\x08H\x01\x88\x01\x01\x12\x43\n\x11structured_output\x18\t \x01(\x0b\x32(.chatplane.inference.v1.StructuredOutput\x12\x1e\n\x16\x63ontinue_final_message\x18\n \x01(\x08\x12/\n\x03\x66it\x18\x0b \x01(\x0b\x32\".chatplane.inference.v1.FitHistoryB\x07\n\x05inputB\x16\n\x14_parallel_tool_calls\"O\n\nFitHistory\x12\x12\n\nkeep_first\x18\x01 \x01(\r\x12\x11\n\tkeep_last\x18\x02 \x01(\r\x12\x1a\n\x12\x64\x65\x66\x61ult_max_tokens\x18\x03 \x01(\r\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"\xf6\x02\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12,\n\x05usage\x18\x03 \x01(\x0b\x32\x1d.chatplane.inference.v1.Usage\x12\r\n\x05model\x18\x04 \x01(\t\x12\r\n\x05index\x18\x05 \x01(\r\x12\x36\n\x08logprobs\x18\x06 \x03(\x0b\x32$.chatplane.inference.v1.TokenLogprob\x12\x39\n\ntool_calls\x18\x07 \x03(\x0b\x32%.chatplane.inference.v1.ToolCallDelta\x12=\n\x0fprompt_logprobs\x18\x08 \x03(\x0b\x32$.chatplane.inference.v1.TokenLogprob\x12\x0e\n\x06tokens\x18\t \x01(\r\x12\x15\n\rprompt_tokens\x18\n \x01(\r\x12\x18\n\x10\x64ropped_messages\x18\x0b \x01(\r\",\n\nTopLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"h\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x38\n\x0ctop_logprobs\x18\x03 \x03(\x0b\x32\".chatplane.inference.v1.TopLogprob\"K\n\rToolCallDelta\x12\r\n\x05index\x18\x01 \x01(\r\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\targuments\x18\x04 \x01(\t\"\x13\n\x11ListModelsRequest\"M\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rmax_model_len\x18\x02 \x01(\r\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12\x10\n\x08owned_by\x18\x04 \x01(\t\"C\n\x12ListModelsResponse\x12-\n\x06models\x18\x01 \x03(\x0b\x32\x1d.chatplane.inference.v1.Model\"\xa1\x01\n\x12\x43ountTokensRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x34\n\x04\x63hat\x18\x02 \x01(\x0b\x32$.chatplane.inference.v1.ChatMessagesH\x00\x12\x10\n\x06prompt\x18\x03 \x01(\tH\x00\x12+\n\x05tools\x18\x04 \x03(\x0b\x32\x1c.chatplane.inference.v1.ToolB\x07\n\x05input\"A\n\x13\x43ountTokensResponse\x12\x13\n\x0btoken_count\x18\x01 \x01(\r\x12\x15\n\rmax_model_len\x18\x02 \x01(\r\"\x17\n\x15GetEngineStatsRequest\".\n\x17WatchEngineStatsRequest\x12\x13\n\x0binterval_ms\x18\x01 \x01(\r\"m\n\x0b\x45ngineStats\x12\x0f\n\x07running\x18\x01 \x01(\r\x12\x0f\n\x07waiting\x18\x02 \x01(\r\x12\x16\n\x0ekv_cache_usage\x18\x03 \x01(\x02\x12\r\n\x05ready\x18\x04 \x01(\x08\x12\x15\n\raborted_total\x18\x05 \x01(\x04*\xa6\x01\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_AUTO\x10\x02\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03\x12\x1d\n\x19TOOL_CHOICE_MODE_FUNCTION\x10\x04\x32\x92\x04\n\x10InferenceService\x12_\n\x08Generate\x12\'.chatplane.inference.v1.GenerateRequest\x1a(.chatplane.inference.v1.GenerateResponse0\x01\x12\x63\n\nListModels\x12).chatplane.inference.v1.ListModelsRequest\x1a*.chatplane.inference.v1.ListModelsResponse\x12\x66\n\x0b\x43ountTokens\x12*.chatplane.inference.v1.CountTokensRequest\x1a+.chatplane.inference.v1.CountTokensResponse\x12\x64\n\x0eGetEngineStats\x12-.chatplane.inference.v1.GetEngineStatsRequest\x1a#.chatplane.inference.v1.EngineStats\x12j\n\x10WatchEngineStats\x12/.chatplane.inference.v1.WatchEngineStatsRequest\x1a#.chatplane.inference.v1.EngineStats0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
-  _globals['_TOOLCHOICEMODE']._serialized_start=2757
-  _globals['_TOOLCHOICEMODE']._serialized_end=2923
+  _globals['_TOOLCHOICEMODE']._serialized_start=2913
+  _globals['_TOOLCHOICEMODE']._serialized_end=3079
   _globals['_CHATMESSAGE']._serialized_start=67
   _globals['_CHATMESSAGE']._serialized_end=201
   _globals['_TOOLCALL']._serialized_start=203
@@ -52,33 +52,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=902
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=950
   _globals['_GENERATEREQUEST']._serialized_start=1079
-  _globals['_GENERATEREQUEST']._serialized_end=1531
-  _globals['_USAGE']._serialized_start=1533
-  _globals['_USAGE']._serialized_end=1590
-  _globals['_GENERATERESPONSE']._serialized_start=1593
-  _globals['_GENERATERESPONSE']._serialized_end=1941
-  _globals['_TOPLOGPROB']._serialized_start=1943
-  _globals['_TOPLOGPROB']._serialized_end=1987
-  _globals['_TOKENLOGPROB']._serialized_start=1989
-  _globals['_TOKENLOGPROB']._serialized_end=2093
-  _globals['_TOOLCALLDELTA']._serialized_start=2095
-  _globals['_TOOLCALLDELTA']._serialized_end=2170
-  _globals['_LISTMODELSREQUEST']._serialized_start=2172
-  _globals['_LISTMODELSREQUEST']._serialized_end=2191
-  _globals['_MODEL']._serialized_start=2193
-  _globals['_MODEL']._serialized_end=2270
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2272
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2339
-  _globals['_COUNTTOKENSREQUEST']._serialized_start=2342
-  _globals['_COUNTTOKENSREQUEST']._serialized_end=2503
-  _globals['_COUNTTOKENSRESPONSE']._serialized_start=2505
-  _globals['_COUNTTOKENSRESPONSE']._serialized_end=2570
-  _globals['_GETENGINESTATSREQUEST']._serialized_start=2572
-  _globals['_GETENGINESTATSREQUEST']._serialized_end=2595
-  _globals['_WATCHENGINESTATSREQUEST']._serialized_start=2597
-  _globals['_WATCHENGINESTATSREQUEST']._serialized_end=2643
-  _globals['_ENGINESTATS']._serialized_start=2645
-  _globals['_ENGINESTATS']._serialized_end=2754
-  _globals['_INFERENCESERVICE']._serialized_start=2926
-  _globals['_INFERENCESERVICE']._serialized_end=3456
+  _globals['_GENERATEREQUEST']._serialized_end=1580
+  _globals['_FITHISTORY']._serialized_start=1582
+  _globals['_FITHISTORY']._serialized_end=1661
+  _globals['_USAGE']._serialized_start=1663
+  _globals['_USAGE']._serialized_end=1720
+  _globals['_GENERATERESPONSE']._serialized_start=1723
+  _globals['_GENERATERESPONSE']._serialized_end=2097
+  _globals['_TOPLOGPROB']._serialized_start=2099
+  _globals['_TOPLOGPROB']._serialized_end=2143
+  _globals['_TOKENLOGPROB']._serialized_start=2145
+  _globals['_TOKENLOGPROB']._serialized_end=2249
+  _globals['_TOOLCALLDELTA']._serialized_start=2251
+  _globals['_TOOLCALLDELTA']._serialized_end=2326
+  _globals['_LISTMODELSREQUEST']._serialized_start=2328
+  _globals['_LISTMODELSREQUEST']._serialized_end=2347
+  _globals['_MODEL']._serialized_start=2349
+  _globals['_MODEL']._serialized_end=2426
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2428
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2495
+  _globals['_COUNTTOKENSREQUEST']._serialized_start=2498
+  _globals['_COUNTTOKENSREQUEST']._serialized_end=2659
+  _globals['_COUNTTOKENSRESPONSE']._serialized_start=2661
+  _globals['_COUNTTOKENSRESPONSE']._serialized_end=2726
+  _globals['_GETENGINESTATSREQUEST']._serialized_start=2728
+  _globals['_GETENGINESTATSREQUEST']._serialized_end=2751
+  _globals['_WATCHENGINESTATSREQUEST']._serialized_start=2753
+  _globals['_WATCHENGINESTATSREQUEST']._serialized_end=2799
+  _globals['_ENGINESTATS']._serialized_start=2801
+  _globals['_ENGINESTATS']._serialized_end=2910
+  _globals['_INFERENCESERVICE']._serialized_start=3082
+  _globals['_INFERENCESERVICE']._serialized_end=3612
 # @@protoc_insertion_point(module_scope)

@@ -341,6 +341,7 @@ class GenerateRequest(_message.Message):
     PARALLEL_TOOL_CALLS_FIELD_NUMBER: _builtins.int
     STRUCTURED_OUTPUT_FIELD_NUMBER: _builtins.int
     CONTINUE_FINAL_MESSAGE_FIELD_NUMBER: _builtins.int
+    FIT_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Empty: the served model."""
     prompt: _builtins.str
@@ -364,6 +365,12 @@ class GenerateRequest(_message.Message):
     def tool_choice(self) -> Global___ToolChoice: ...
     @_builtins.property
     def structured_output(self) -> Global___StructuredOutput: ...
+    @_builtins.property
+    def fit(self) -> Global___FitHistory:
+        """Set: fit the chat into the context window with the model's own tokenizer (chat input only) by leaving out the
+        oldest turns between the kept head and tail; the first message of the stream says how many were left out.
+        """
+
     def __init__(
         self,
         *,
@@ -377,10 +384,11 @@ class GenerateRequest(_message.Message):
         parallel_tool_calls: _builtins.bool | None = ...,
         structured_output: Global___StructuredOutput | None = ...,
         continue_final_message: _builtins.bool = ...,
+        fit: Global___FitHistory | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "chat", b"chat", "input", b"input", "parallel_tool_calls", b"parallel_tool_calls", "prompt", b"prompt", "sampling", b"sampling", "structured_output", b"structured_output", "tool_choice", b"tool_choice"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "chat", b"chat", "fit", b"fit", "input", b"input", "parallel_tool_calls", b"parallel_tool_calls", "prompt", b"prompt", "sampling", b"sampling", "structured_output", b"structured_output", "tool_choice", b"tool_choice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "chat", b"chat", "continue_final_message", b"continue_final_message", "input", b"input", "model", b"model", "parallel_tool_calls", b"parallel_tool_calls", "prompt", b"prompt", "request_id", b"request_id", "sampling", b"sampling", "structured_output", b"structured_output", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "chat", b"chat", "continue_final_message", b"continue_final_message", "fit", b"fit", "input", b"input", "model", b"model", "parallel_tool_calls", b"parallel_tool_calls", "prompt", b"prompt", "request_id", b"request_id", "sampling", b"sampling", "structured_output", b"structured_output", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__parallel_tool_calls: _TypeAlias = _typing.Literal["parallel_tool_calls"]  # noqa: Y015
     _WhichOneofArgType__parallel_tool_calls: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls"]  # noqa: Y015
@@ -392,6 +400,41 @@ class GenerateRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_input) -> _WhichOneofReturnType_input | None: ...
 
 Global___GenerateRequest: _TypeAlias = GenerateRequest  # noqa: Y015
+
+@_typing.final
+class FitHistory(_message.Message):
+    """How to fit a chat into the context window. The messages between the first `keep_first` and the last `keep_last`
+    are history, in turns (a user message and what follows it until the next user message); the oldest whole turns
+    are left out until the prompt's tokens plus the reply budget fit. The budget is sampling.max_tokens when set, else
+    `default_max_tokens` (0: the room left), which shrinks to the room left when even the kept messages leave less.
+    INVALID_ARGUMENT (code context_length_exceeded) when nothing fits: param "messages" when the kept messages alone
+    fill the window, "max_tokens" when they leave less than sampling.max_tokens.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEEP_FIRST_FIELD_NUMBER: _builtins.int
+    KEEP_LAST_FIELD_NUMBER: _builtins.int
+    DEFAULT_MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    keep_first: _builtins.int
+    """e.g. the system prompt"""
+    keep_last: _builtins.int
+    """e.g. the new message(s)"""
+    default_max_tokens: _builtins.int
+    def __init__(
+        self,
+        *,
+        keep_first: _builtins.int = ...,
+        keep_last: _builtins.int = ...,
+        default_max_tokens: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_max_tokens", b"default_max_tokens", "keep_first", b"keep_first", "keep_last", b"keep_last"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FitHistory: _TypeAlias = FitHistory  # noqa: Y015
 
 @_typing.final
 class Usage(_message.Message):
@@ -435,6 +478,7 @@ class GenerateResponse(_message.Message):
     PROMPT_LOGPROBS_FIELD_NUMBER: _builtins.int
     TOKENS_FIELD_NUMBER: _builtins.int
     PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    DROPPED_MESSAGES_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """the new text since the previous message of this choice (tool calls excluded)"""
     finish_reason: _builtins.str
@@ -446,6 +490,8 @@ class GenerateResponse(_message.Message):
     """completion tokens in `text`"""
     prompt_tokens: _builtins.int
     """set on the first message: the prompt's tokens"""
+    dropped_messages: _builtins.int
+    """Set on the first message of a fitted request (GenerateRequest.fit): the history messages left out, the oldest."""
     @_builtins.property
     def usage(self) -> Global___Usage:
         """set on the last message of the stream"""
@@ -475,10 +521,11 @@ class GenerateResponse(_message.Message):
         prompt_logprobs: _abc.Iterable[Global___TokenLogprob] | None = ...,
         tokens: _builtins.int = ...,
         prompt_tokens: _builtins.int = ...,
+        dropped_messages: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "index", b"index", "logprobs", b"logprobs", "model", b"model", "prompt_logprobs", b"prompt_logprobs", "prompt_tokens", b"prompt_tokens", "text", b"text", "tokens", b"tokens", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped_messages", b"dropped_messages", "finish_reason", b"finish_reason", "index", b"index", "logprobs", b"logprobs", "model", b"model", "prompt_logprobs", b"prompt_logprobs", "prompt_tokens", b"prompt_tokens", "text", b"text", "tokens", b"tokens", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

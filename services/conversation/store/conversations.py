@@ -1,9 +1,11 @@
-"""Storage of conversations and messages (SQLAlchemy async ORM; bound parameters only).
+"""Conversations and their messages (SQLAlchemy; bound parameters only).
 
 Conversation queries are scoped by the owning user; message queries take a conversation id whose ownership the
 caller has checked. ``ConversationStore.transaction`` is the single seam where state changes commit; domain events
 (conversation created / deleted, message stored, completion finished) go into the outbox in the same transaction
-(``await chatplane.common.outbox.add_event(session, envelope)``).
+(``await chatplane.common.outbox.add_event(session, envelope)``). The hot path of a conversation turn
+(:meth:`ConversationStore.turn_context`, :meth:`ConversationStore.append_messages`) uses Core statements on the
+tables: the ORM's bookkeeping cost more than the database work there.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from chatplane.common.db import new_id, sessionmaker, utcnow, writer
 from chatplane.common.events import envelope
 from chatplane.common.outbox import add_event, add_events
-from chatplane.conversation.models import FINISH_REASON_CHARS, MODEL_CHARS, Conversation, Message
+from chatplane.conversation.models import FINISH_REASON_CHARS, MODEL_CHARS, Conversation, ExportJob, Message
 from chatplane.protos.events.v1 import events_pb2
 
 PRODUCER = "conversation"
@@ -86,9 +88,9 @@ class ConversationStore:
 
     # -- conversations ---------------------------------------------------------------------------------------------
 
-    async def create_conversation(self, user_id: str, title: str) -> Conversation:
+    async def create_conversation(self, user_id: str, title: str, conversation_id: str = "") -> Conversation:
         now = utcnow()
-        row = Conversation(id=new_id(), user_id=user_id, title=title, archived=False, created_at=now, updated_at=now)
+        row = Conversation(id=conversation_id or new_id(), user_id=user_id, title=title, archived=False, created_at=now, updated_at=now)
         async with self.transaction() as session:
             session.add(row)
             await add_event(
@@ -143,23 +145,58 @@ class ConversationStore:
                 )
             return await _owned(session, user_id, conversation_id)
 
-    async def delete_conversation(self, user_id: str, conversation_id: str, *, reason: str = "user") -> bool:
-        """Delete a conversation and its messages (explicitly, and by ON DELETE CASCADE as a safety net).
-
-        ``reason`` goes into the ``conversation.deleted`` event ("user", "retention").
-        """
-        owned = select(Conversation.id).where(Conversation.id == conversation_id, Conversation.user_id == user_id)
+    async def delete_conversation(
+        self, user_id: str, conversation_id: str, *, reason: str = "user", archived_before: datetime | None = None
+    ) -> bool:
+        """Delete a conversation, its messages and exports, with its ``conversation.deleted`` event (``reason``:
+        "user", "retention"). ``archived_before``: only if it is archived and untouched since then (checked in the
+        delete itself, so that a conversation unarchived or touched meanwhile stays)."""
+        owned = [Conversation.id == conversation_id, Conversation.user_id == user_id]
+        if archived_before is not None:
+            owned += [Conversation.archived.is_(True), Conversation.updated_at < archived_before]
         async with self.transaction() as session:
-            await session.execute(delete(Message).where(Message.conversation_id.in_(owned)))
-            deleted = await session.execute(
-                delete(Conversation).where(Conversation.id == conversation_id, Conversation.user_id == user_id)
+            deleted = await session.execute(delete(Conversation).where(*owned).execution_options(
+                synchronize_session=False))
+            if deleted.rowcount != 1:
+                return False
+            # ON DELETE CASCADE does the same; explicit, so that nothing depends on SQLite's foreign_keys pragma.
+            await session.execute(delete(Message).where(Message.conversation_id == conversation_id))
+            await session.execute(delete(ExportJob).where(ExportJob.conversation_id == conversation_id))
+            payload = events_pb2.ConversationDeleted(conversation_id=conversation_id, user_id=user_id, reason=reason)
+            await add_event(session, envelope(payload, producer=PRODUCER))
+        return True
+
+    async def archived_before(self, cutoff: datetime, limit: int) -> list[tuple[str, str]]:
+        """(conversation id, user id) of at most ``limit`` archived conversations untouched since ``cutoff``, the
+        longest untouched first."""
+        query = (
+            select(Conversation.id, Conversation.user_id)
+            .where(Conversation.archived.is_(True), Conversation.updated_at < cutoff)
+            .order_by(Conversation.updated_at).limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [(row[0], row[1]) for row in (await conn.execute(query)).all()]
+
+    async def title_source(self, conversation_id: str, limit: int) -> tuple[str, list[Message]] | None:
+        """The conversation's title and its first ``limit`` messages (None: no such conversation)."""
+        async with self._read() as session:
+            title = await session.scalar(select(Conversation.title).where(Conversation.id == conversation_id))
+            if title is None:
+                return None
+            first = await session.scalars(
+                select(Message).where(Message.conversation_id == conversation_id).order_by(Message.seq).limit(limit)
             )
-            if deleted.rowcount == 1:
-                payload = events_pb2.ConversationDeleted(
-                    conversation_id=conversation_id, user_id=user_id, reason=reason
-                )
-                await add_event(session, envelope(payload, producer=PRODUCER))
-        return deleted.rowcount == 1
+            return title, list(first.all())
+
+    async def replace_title(self, conversation_id: str, old: str, new: str) -> bool:
+        """Set the title while it is still ``old`` (a user's rename wins); updated_at stays (a title is not
+        activity, and must not reorder the list)."""
+        async with self.transaction() as session:
+            result = await session.execute(
+                update(Conversation).where(Conversation.id == conversation_id, Conversation.title == old)
+                .values(title=new).execution_options(synchronize_session=False)
+            )
+        return result.rowcount == 1
 
     # -- messages --------------------------------------------------------------------------------------------------
 
@@ -173,23 +210,34 @@ class ConversationStore:
         async with self._read() as session:
             return list((await session.scalars(query)).all())
 
-    async def conversation_with_recent_messages(
-        self, user_id: str, conversation_id: str, limit: int
-    ) -> tuple[Conversation, list[Message]] | None:
-        """The conversation (if owned) and its last ``limit`` messages, oldest first, read in one snapshot."""
+    async def snapshot(self, conversation_id: str) -> tuple[Conversation, list[Message]] | None:
+        """The conversation and all its messages, oldest first, read in one transaction (an export's source)."""
         async with self._read() as session, session.begin():
-            row = await _owned(session, user_id, conversation_id)
+            row = await session.scalar(select(Conversation).where(Conversation.id == conversation_id))
             if row is None:
                 return None
-            query = (
-                select(Message)
-                .where(Message.conversation_id == conversation_id)
-                .order_by(Message.seq.desc())
-                .limit(limit)
+            messages = await session.scalars(
+                select(Message).where(Message.conversation_id == conversation_id).order_by(Message.seq)
             )
-            recent = list((await session.scalars(query)).all())
-        recent.reverse()
-        return row, recent
+            return row, list(messages.all())
+
+    async def turn_context(self, user_id: str, conversation_id: str, limit: int) -> tuple[str, list[Message]] | None:
+        """The conversation's title and its last ``limit`` messages, oldest first, in one statement (None: not the
+        user's conversation)."""
+        query = (
+            select(_conversations.c.title, *_messages.c)
+            .select_from(_conversations.outerjoin(_messages, _messages.c.conversation_id == _conversations.c.id))
+            .where(_conversations.c.id == conversation_id, _conversations.c.user_id == user_id)
+            .order_by(_messages.c.seq.desc())
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        if not rows:
+            return None
+        names = [c.key for c in _messages.c]
+        history = [Message(**dict(zip(names, row[1:], strict=True))) for row in reversed(rows) if row[1] is not None]
+        return rows[0][0], history
 
     async def append_message(
         self,
