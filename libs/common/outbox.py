@@ -115,6 +115,22 @@ async def add_events(session: AsyncSession, envs: list[EventEnvelope]) -> None:
     session.info[_PENDING] = True
 
 
+# Columns of an outbox row, in order, for a service that writes its hot path with the database driver itself.
+OUTBOX_COLUMNS = ("event_id", "event_type", "topic", "key", "payload", "created_at")
+
+
+def outbox_row(env: EventEnvelope, created_at) -> tuple:
+    """The values of :data:`OUTBOX_COLUMNS` for ``env`` (``created_at`` as the driver takes it)."""
+    return (env.event_id, env.type, topic_of(env), env.key, env.SerializeToString(), created_at)
+
+
+def committed(engine: AsyncEngine) -> None:
+    """Wake the relays of ``engine``'s database after a commit that added events outside a session (written with
+    the driver itself: see :func:`outbox_row`)."""
+    for wake in list(_wakers.get(engine.sync_engine, ())):
+        wake()
+
+
 # --- wake-up after commit -----------------------------------------------------------------------------------------
 
 _wakers: weakref.WeakKeyDictionary[Engine, list[Callable[[], None]]] = weakref.WeakKeyDictionary()

@@ -9,12 +9,20 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from chatplane.common.limits import MAX_MESSAGE_CHARS
 from chatplane.common.db import utcnow
+from chatplane.common.limits import MAX_MESSAGE_CHARS
 from chatplane.conversation.errors import invalid
-from chatplane.conversation.models import ROLE_ASSISTANT, ROLE_SYSTEM, ROLE_TOOL, ROLE_USER, STATUS_COMPLETE, STATUS_INCOMPLETE, Message
+from chatplane.conversation.models import (
+    ROLE_ASSISTANT,
+    ROLE_SYSTEM,
+    ROLE_TOOL,
+    ROLE_USER,
+    STATUS_COMPLETE,
+    STATUS_INCOMPLETE,
+    Message,
+)
 from chatplane.conversation.prompt import ChatMessage
-from chatplane.conversation.store import NewMessage
+from chatplane.conversation.store import HistoryMessage, NewMessage
 from chatplane.protos.events.v1 import events_pb2
 from chatplane.protos.inference.v1 import inference_pb2
 
@@ -189,7 +197,7 @@ def to_chat(messages: Sequence[ChatMessage]) -> inference_pb2.ChatMessages:
     )
 
 
-def chat_message(m: Message) -> ChatMessage:
+def chat_message(m: Message | HistoryMessage) -> ChatMessage:
     """A stored message as the prompt has it (the function calls of an assistant message, a tool result's call)."""
     calls: tuple[tuple[str, str, str], ...] = ()
     if m.tool_calls:

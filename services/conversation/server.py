@@ -76,6 +76,7 @@ class Assembly:
         if self.relay is not None:
             await self.relay.stop()
         await self.inference.close()
+        await self.core.store.close()
         await self.engine.dispose()
         await self.jobs.close()
 

@@ -39,7 +39,7 @@ from chatplane.conversation.replies import (
     to_chat,
 )
 from chatplane.conversation.settings import ConversationSettings
-from chatplane.conversation.store import ConversationMoved, ConversationStore, NewMessage
+from chatplane.conversation.store import ConversationMoved, ConversationStore, HistoryMessage, NewMessage
 from chatplane.protos.inference.v1 import inference_pb2
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class Turns:
         started = time.monotonic()
 
         previous = None
-        history: list[Message] = []
+        history: list[Message] = []  # of the previous response's conversation
         if request.previous_reply_id:
             previous = await self.store.reply(user_id, request.previous_reply_id) if validation.is_id(
                 request.previous_reply_id) else None
@@ -198,7 +198,7 @@ class Turns:
     # -- the stream ------------------------------------------------------------------------------------------------
 
     def _request(
-        self, system: str, history: Sequence[Message], new: list[ChatMessage], model: str, request_id: str,
+        self, system: str, history: Sequence[Message | HistoryMessage], new: list[ChatMessage], model: str, request_id: str,
         max_tokens: int | None, temperature: float | None, conversation_id: str = "",
         tools: Sequence[inference_pb2.Tool] = (),
     ) -> inference_pb2.GenerateRequest:
@@ -337,7 +337,7 @@ def _refusal(err: ServiceError, params: dict[str, str]) -> ServiceError:
     return from_inference(err)
 
 
-def _first_exchange(title: str, history: Sequence[Message]) -> bool:
+def _first_exchange(title: str, history: Sequence[HistoryMessage]) -> bool:
     """Whether a reply just completed the first exchange of a conversation that still has the default title."""
     if title != validation.DEFAULT_TITLE:
         return False

@@ -42,6 +42,7 @@ class JobContext:
 
     async def close(self) -> None:
         await self.inference.close()
+        await self.store.close()
         await self.engine.dispose()
 
 

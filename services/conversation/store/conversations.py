@@ -3,9 +3,9 @@
 Conversation queries are scoped by the owning user; message queries take a conversation id whose ownership the
 caller has checked. ``ConversationStore.transaction`` is the single seam where state changes commit; domain events
 (conversation created / deleted, message stored, completion finished) go into the outbox in the same transaction
-(``await chatplane.common.outbox.add_event(session, envelope)``). The hot path of a conversation turn
-(:meth:`ConversationStore.turn_context`, :meth:`ConversationStore.append_messages`) uses Core statements on the
-tables: the ORM's bookkeeping cost more than the database work there.
+(``await chatplane.common.outbox.add_event(session, envelope)``). The statements of a conversation turn
+(:meth:`ConversationStore.turn_context`, :meth:`ConversationStore.append_messages`) run on the driver itself
+(``turn_sql.py``), in one transaction per append with its events.
 """
 
 from __future__ import annotations
@@ -15,19 +15,18 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from chatplane.common.db import new_id, sessionmaker, utcnow, writer
 from chatplane.common.events import envelope
-from chatplane.common.outbox import add_event, add_events
+from chatplane.common.outbox import add_event, add_events, outbox_row
 from chatplane.conversation.models import FINISH_REASON_CHARS, MODEL_CHARS, Conversation, ExportJob, Message
+from chatplane.conversation.store.turn_sql import HistoryMessage, Moved, turn_sql
 from chatplane.protos.events.v1 import events_pb2
 
 PRODUCER = "conversation"
-_conversations = Conversation.__table__
 _messages = Message.__table__
-_message_columns = list(Message.__mapper__.column_attrs)  # attribute -> column, for Core inserts of a Message
 
 
 @dataclass(frozen=True)
@@ -70,6 +69,10 @@ class ConversationStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine)
+        self._turns = turn_sql(engine)  # a turn's statements, on the driver itself
+
+    async def close(self) -> None:
+        await self._turns.close()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -221,23 +224,12 @@ class ConversationStore:
             )
             return row, list(messages.all())
 
-    async def turn_context(self, user_id: str, conversation_id: str, limit: int) -> tuple[str, list[Message]] | None:
+    async def turn_context(
+        self, user_id: str, conversation_id: str, limit: int
+    ) -> tuple[str, list[HistoryMessage]] | None:
         """The conversation's title and its last ``limit`` messages, oldest first, in one statement (None: not the
         user's conversation)."""
-        query = (
-            select(_conversations.c.title, *_messages.c)
-            .select_from(_conversations.outerjoin(_messages, _messages.c.conversation_id == _conversations.c.id))
-            .where(_conversations.c.id == conversation_id, _conversations.c.user_id == user_id)
-            .order_by(_messages.c.seq.desc())
-            .limit(limit)
-        )
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        if not rows:
-            return None
-        names = [c.key for c in _messages.c]
-        history = [Message(**dict(zip(names, row[1:], strict=True))) for row in reversed(rows) if row[1] is not None]
-        return rows[0][0], history
+        return await self._turns.context(user_id, conversation_id, limit)
 
     async def append_message(
         self,
@@ -272,53 +264,35 @@ class ConversationStore:
         ``after``: the id of the message they must follow; :class:`ConversationMoved` when another came since.
         """
         now = utcnow()
-        async with self.transaction() as session:
-            # Core statements on the tables (not ORM-enabled ones, not a unit-of-work flush): this runs twice for every
-            # message exchanged, and the ORM's bookkeeping cost more than the database work.
-            touched = await session.execute(
-                update(_conversations)
-                .where(_conversations.c.id == conversation_id, _conversations.c.user_id == user_id)
-                .values(updated_at=now)
-            )
-            if touched.rowcount != 1:
-                return None
-            last = await session.scalar(
-                select(func.max(_messages.c.seq)).where(_messages.c.conversation_id == conversation_id)
-            )
-            if after is not None:
-                follows = await session.scalar(select(_messages.c.seq).where(_messages.c.id == after))
-                if follows != last:
-                    raise ConversationMoved(conversation_id)
-            rows = []
-            events = []
+        rows: list[Message] = []
+
+        def build(last: int) -> tuple[list[dict], list[tuple]]:
+            values, events = [], []
             for i, new in enumerate(news):
-                row = Message(
-                    id=new.id or new_id(),
-                    conversation_id=conversation_id,
-                    seq=(last or 0) + 1 + i,
-                    role=new.role,
-                    content=new.content,
-                    status=new.status,
+                row = dict(
+                    id=new.id or new_id(), conversation_id=conversation_id, seq=last + 1 + i, role=new.role,
+                    content=new.content, status=new.status,
                     model=new.model[:MODEL_CHARS],  # names come from inference; never fail a reply on a long one
-                    prompt_tokens=new.prompt_tokens,
-                    completion_tokens=new.completion_tokens,
-                    finish_reason=new.finish_reason[:FINISH_REASON_CHARS],
-                    created_at=now,
-                    tool_calls=new.tool_calls,
+                    prompt_tokens=new.prompt_tokens, completion_tokens=new.completion_tokens,
+                    finish_reason=new.finish_reason[:FINISH_REASON_CHARS], created_at=now, tool_calls=new.tool_calls,
                     tool_call_id=new.tool_call_id,
                 )
-                rows.append(row)
+                values.append(row)
+                rows.append(Message(**row))
                 events.append(envelope(events_pb2.MessageStored(
-                    conversation_id=conversation_id, user_id=user_id, message_id=row.id, role=row.role,
-                    status=row.status, seq=row.seq,
+                    conversation_id=conversation_id, user_id=user_id, message_id=row["id"], role=new.role,
+                    status=new.status, seq=row["seq"],
                 ), producer=PRODUCER))
-            await session.execute(
-                insert(_messages), [{p.columns[0].name: getattr(row, p.key) for p in _message_columns} for row in rows]
-            )
             if completion is not None:
                 events.append(envelope(completion, producer=PRODUCER))
-            await add_events(session, events)
-        return rows  # never attached to the session: plain objects with the values just written
+            return values, [outbox_row(e, now) for e in events]
+
+        try:
+            if await self._turns.append(user_id, conversation_id, now, build, after) is None:
+                return None
+        except Moved:
+            raise ConversationMoved(conversation_id) from None
+        return rows  # plain objects with the values just written (never attached to a session)
 
     async def record_completion(self, completion: events_pb2.CompletionFinished) -> None:
         """The ``completion.finished`` event of a reply that is not stored."""

@@ -1,0 +1,208 @@
+"""The statements of a conversation turn, run on the database driver itself (sqlite3, asyncpg).
+
+A message exchanged runs three of these transactions (the history read, the input stored, the reply stored), which
+made them the conversation service's hottest code: through SQLAlchemy's async layer (aiosqlite's thread hop per
+call, the session, greenlets) they cost several times the CPU of the same statements on the driver (README,
+Performance). The rest of the store keeps SQLAlchemy. SQLite: one connection in one thread of its own, one hop per
+transaction, writers taking turns with the rest of the process (``writer``). PostgreSQL: an asyncpg pool of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chatplane.common.db import writer
+from chatplane.common.outbox import OUTBOX_COLUMNS, committed
+
+MESSAGE_COLUMNS = ("id", "conversation_id", "seq", "role", "content", "status", "model", "prompt_tokens",
+                   "completion_tokens", "finish_reason", "created_at", "tool_calls", "tool_call_id")
+CONTEXT = ("SELECT c.title, m.id, m.seq, m.role, m.content, m.status, m.tool_calls, m.tool_call_id "
+           "FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id "
+           "WHERE c.id = ? AND c.user_id = ? ORDER BY m.seq DESC LIMIT ?")
+TOUCH = "UPDATE conversations SET updated_at = ? WHERE id = ? AND user_id = ?"
+LAST_SEQ = "SELECT max(seq) FROM messages WHERE conversation_id = ?"
+SEQ_OF = "SELECT seq FROM messages WHERE id = ?"
+INSERT_MESSAGE = (f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) "
+                  f"VALUES ({', '.join('?' * len(MESSAGE_COLUMNS))})")
+INSERT_EVENT = f"INSERT INTO outbox ({', '.join(OUTBOX_COLUMNS)}) VALUES ({', '.join('?' * len(OUTBOX_COLUMNS))})"
+
+
+@dataclass(frozen=True)
+class HistoryMessage:
+    """A message of the history as a turn reads it."""
+
+    id: str
+    seq: int
+    role: str
+    content: str
+    status: str
+    tool_calls: str
+    tool_call_id: str
+
+
+class Moved(Exception):
+    """The message the new ones were to follow is not the last one any more."""
+
+
+# Builds the rows of a transaction once the last position is known: (message rows, outbox rows), as dicts of
+# MESSAGE_COLUMNS and tuples of OUTBOX_COLUMNS, with created_at as a timezone-aware datetime.
+Build = Callable[[int], tuple[list[dict[str, Any]], list[tuple]]]
+
+
+class TurnSQL:
+    """``context`` reads a turn's history; ``append`` stores messages and their events in one transaction."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def context(self, user_id: str, conversation_id: str, limit: int
+                      ) -> tuple[str, list[HistoryMessage]] | None:
+        """The conversation's title and its last ``limit`` messages, oldest first (None: not the user's)."""
+        rows = await self._fetch(CONTEXT, (conversation_id, user_id, limit))
+        if not rows:
+            return None
+        return rows[0][0], [HistoryMessage(*row[1:]) for row in reversed(rows) if row[1] is not None]
+
+    async def append(self, user_id: str, conversation_id: str, now: datetime, build: Build,
+                     after: str | None = None) -> list[dict[str, Any]] | None:
+        """Touch the conversation (its lock orders concurrent appends), then insert what ``build`` makes of the last
+        position. None when the conversation is not the user's; :class:`Moved` when ``after`` is not the last."""
+        raise NotImplementedError
+
+    async def _fetch(self, sql: str, args: tuple) -> list[tuple]:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        return None
+
+
+def turn_sql(engine: AsyncEngine) -> TurnSQL:
+    if engine.dialect.name == "sqlite":
+        return _Sqlite(engine)
+    if engine.dialect.name == "postgresql":
+        return _Postgres(engine)
+    raise ValueError(f"no turn statements for {engine.dialect.name}")
+
+
+class _Sqlite(TurnSQL):
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        self._path = engine.url.database
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="conversation-sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    def _connection(self) -> sqlite3.Connection:  # in the thread
+        if self._db is None:
+            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA busy_timeout=30000")
+            self._db = db
+        return self._db
+
+    async def _run(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, lambda: work(self._connection()))
+
+    async def _fetch(self, sql: str, args: tuple) -> list[tuple]:
+        return await self._run(lambda db: db.execute(sql, args).fetchall())
+
+    async def append(self, user_id, conversation_id, now, build, after=None):
+        stamp = _sqlite(now)
+
+        def write(db: sqlite3.Connection):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if db.execute(TOUCH, (stamp, conversation_id, user_id)).rowcount != 1:
+                    db.execute("ROLLBACK")
+                    return None
+                last = db.execute(LAST_SEQ, (conversation_id,)).fetchone()[0] or 0
+                if after is not None and (db.execute(SEQ_OF, (after,)).fetchone() or (None,))[0] != last:
+                    raise Moved(conversation_id)
+                messages, events = build(last)
+                db.executemany(INSERT_MESSAGE, [tuple(_sqlite(m[c]) for c in MESSAGE_COLUMNS) for m in messages])
+                if events:
+                    db.executemany(INSERT_EVENT, [(*e[:-1], stamp) for e in events])
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            return messages
+
+        async with writer(self.engine):
+            messages = await self._run(write)
+        if messages:
+            committed(self.engine)
+        return messages
+
+    async def close(self) -> None:
+        def shut() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await asyncio.get_running_loop().run_in_executor(self._thread, shut)
+        self._thread.shutdown(wait=False)
+
+
+def _sqlite(value: Any) -> Any:
+    """A value as SQLAlchemy writes it to SQLite (UTCDateTime: naive UTC, microseconds always)."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value
+
+
+def _numbered(sql: str) -> str:
+    """``?`` placeholders as PostgreSQL's ``$1, $2, ...``."""
+    parts = sql.split("?")
+    return "".join(f"{part}${i}" if i < len(parts) else part for i, part in enumerate(parts, 1))
+
+
+class _Postgres(TurnSQL):
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        self._dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._pool = None
+        self._opening: asyncio.Lock | None = None
+
+    async def _connections(self):
+        if self._pool is None:
+            import asyncpg
+
+            self._opening = self._opening or asyncio.Lock()
+            async with self._opening:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=10)
+        return self._pool
+
+    async def _fetch(self, sql: str, args: tuple) -> list[tuple]:
+        pool = await self._connections()
+        return [tuple(r) for r in await pool.fetch(_numbered(sql), *args)]
+
+    async def append(self, user_id, conversation_id, now, build, after=None):
+        pool = await self._connections()
+        async with pool.acquire() as conn, conn.transaction():
+            if await conn.execute(_numbered(TOUCH), now, conversation_id, user_id) != "UPDATE 1":
+                return None
+            last = await conn.fetchval(_numbered(LAST_SEQ), conversation_id) or 0
+            if after is not None and await conn.fetchval(_numbered(SEQ_OF), after) != last:
+                raise Moved(conversation_id)
+            messages, events = build(last)
+            await conn.executemany(_numbered(INSERT_MESSAGE), [tuple(m[c] for c in MESSAGE_COLUMNS) for m in messages])
+            if events:
+                await conn.executemany(_numbered(INSERT_EVENT), events)
+        if events:
+            committed(self.engine)
+        return messages
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
