@@ -18,6 +18,7 @@ from datetime import datetime
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from chatplane.common import tracing
 from chatplane.common.db import new_id, sessionmaker, utcnow, writer
 from chatplane.common.events import envelope
 from chatplane.common.outbox import add_event, add_events, outbox_row
@@ -265,6 +266,7 @@ class ConversationStore:
         """
         now = utcnow()
         rows: list[Message] = []
+        traceparent = tracing.current_traceparent()  # the events' (build may run in the driver's thread)
 
         def build(last: int) -> tuple[list[dict], list[tuple]]:
             values, events = [], []
@@ -282,9 +284,9 @@ class ConversationStore:
                 events.append(envelope(events_pb2.MessageStored(
                     conversation_id=conversation_id, user_id=user_id, message_id=row["id"], role=new.role,
                     status=new.status, seq=row["seq"],
-                ), producer=PRODUCER))
+                ), producer=PRODUCER, traceparent=traceparent))
             if completion is not None:
-                events.append(envelope(completion, producer=PRODUCER))
+                events.append(envelope(completion, producer=PRODUCER, traceparent=traceparent))
             return values, [outbox_row(e, now) for e in events]
 
         try:

@@ -5,13 +5,17 @@ made them the conversation service's hottest code: through SQLAlchemy's async la
 call, the session, greenlets) they cost several times the CPU of the same statements on the driver (README,
 Performance). The rest of the store keeps SQLAlchemy. SQLite: one connection in one thread of its own, one hop per
 transaction, writers taking turns with the rest of the process (``writer``). PostgreSQL: an asyncpg pool of its own.
+Like SQLAlchemy's statements, each is timed into ``chatplane_db_query_duration_seconds`` and each transaction is a
+client span (named after its statement, with ``db.system`` and ``db.statement``) while tracing is on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,7 +23,11 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from opentelemetry.trace import SpanKind
+
+from chatplane.common import tracing
 from chatplane.common.db import writer
+from chatplane.common.metrics import DB_LATENCY
 from chatplane.common.outbox import OUTBOX_COLUMNS, committed
 
 MESSAGE_COLUMNS = ("id", "conversation_id", "seq", "role", "content", "status", "model", "prompt_tokens",
@@ -33,6 +41,14 @@ SEQ_OF = "SELECT seq FROM messages WHERE id = ?"
 INSERT_MESSAGE = (f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) "
                   f"VALUES ({', '.join('?' * len(MESSAGE_COLUMNS))})")
 INSERT_EVENT = f"INSERT INTO outbox ({', '.join(OUTBOX_COLUMNS)}) VALUES ({', '.join('?' * len(OUTBOX_COLUMNS))})"
+TRANSACTION = "; ".join((TOUCH, LAST_SEQ, INSERT_MESSAGE, INSERT_EVENT))
+
+
+@contextlib.contextmanager
+def _timed(operation: str) -> Iterator[None]:
+    started = time.perf_counter()
+    yield
+    DB_LATENCY.labels(operation).observe(time.perf_counter() - started)
 
 
 @dataclass(frozen=True)
@@ -66,7 +82,8 @@ class TurnSQL:
     async def context(self, user_id: str, conversation_id: str, limit: int
                       ) -> tuple[str, list[HistoryMessage]] | None:
         """The conversation's title and its last ``limit`` messages, oldest first (None: not the user's)."""
-        rows = await self._fetch(CONTEXT, (conversation_id, user_id, limit))
+        with self._span("SELECT conversations, messages", CONTEXT):
+            rows = await self._fetch(CONTEXT, (conversation_id, user_id, limit))
         if not rows:
             return None
         return rows[0][0], [HistoryMessage(*row[1:]) for row in reversed(rows) if row[1] is not None]
@@ -79,6 +96,10 @@ class TurnSQL:
 
     async def _fetch(self, sql: str, args: tuple) -> list[tuple]:
         raise NotImplementedError
+
+    def _span(self, name: str, statement: str):
+        return tracing.tracer().start_as_current_span(name, kind=SpanKind.CLIENT, attributes={
+            "db.system": self.engine.dialect.name, "db.statement": statement})
 
     async def close(self) -> None:
         return None
@@ -111,7 +132,11 @@ class _Sqlite(TurnSQL):
         return await asyncio.get_running_loop().run_in_executor(self._thread, lambda: work(self._connection()))
 
     async def _fetch(self, sql: str, args: tuple) -> list[tuple]:
-        return await self._run(lambda db: db.execute(sql, args).fetchall())
+        def read(db: sqlite3.Connection) -> list[tuple]:
+            with _timed("select"):
+                return db.execute(sql, args).fetchall()
+
+        return await self._run(read)
 
     async def append(self, user_id, conversation_id, now, build, after=None):
         stamp = _sqlite(now)
@@ -119,16 +144,21 @@ class _Sqlite(TurnSQL):
         def write(db: sqlite3.Connection):
             db.execute("BEGIN IMMEDIATE")
             try:
-                if db.execute(TOUCH, (stamp, conversation_id, user_id)).rowcount != 1:
+                with _timed("update"):
+                    touched = db.execute(TOUCH, (stamp, conversation_id, user_id)).rowcount
+                if touched != 1:
                     db.execute("ROLLBACK")
                     return None
-                last = db.execute(LAST_SEQ, (conversation_id,)).fetchone()[0] or 0
-                if after is not None and (db.execute(SEQ_OF, (after,)).fetchone() or (None,))[0] != last:
+                with _timed("select"):
+                    last = db.execute(LAST_SEQ, (conversation_id,)).fetchone()[0] or 0
+                    follows = (db.execute(SEQ_OF, (after,)).fetchone() or (None,))[0] if after is not None else last
+                if follows != last:
                     raise Moved(conversation_id)
                 messages, events = build(last)
-                db.executemany(INSERT_MESSAGE, [tuple(_sqlite(m[c]) for c in MESSAGE_COLUMNS) for m in messages])
-                if events:
-                    db.executemany(INSERT_EVENT, [(*e[:-1], stamp) for e in events])
+                with _timed("insert"):
+                    db.executemany(INSERT_MESSAGE, [tuple(_sqlite(m[c]) for c in MESSAGE_COLUMNS) for m in messages])
+                    if events:
+                        db.executemany(INSERT_EVENT, [(*e[:-1], stamp) for e in events])
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -137,7 +167,8 @@ class _Sqlite(TurnSQL):
             return messages
 
         async with writer(self.engine):
-            messages = await self._run(write)
+            with self._span("INSERT messages", TRANSACTION):
+                messages = await self._run(write)
         if messages:
             committed(self.engine)
         return messages
@@ -184,20 +215,28 @@ class _Postgres(TurnSQL):
 
     async def _fetch(self, sql: str, args: tuple) -> list[tuple]:
         pool = await self._connections()
-        return [tuple(r) for r in await pool.fetch(_numbered(sql), *args)]
+        with _timed("select"):
+            return [tuple(r) for r in await pool.fetch(_numbered(sql), *args)]
 
     async def append(self, user_id, conversation_id, now, build, after=None):
         pool = await self._connections()
-        async with pool.acquire() as conn, conn.transaction():
-            if await conn.execute(_numbered(TOUCH), now, conversation_id, user_id) != "UPDATE 1":
-                return None
-            last = await conn.fetchval(_numbered(LAST_SEQ), conversation_id) or 0
-            if after is not None and await conn.fetchval(_numbered(SEQ_OF), after) != last:
-                raise Moved(conversation_id)
-            messages, events = build(last)
-            await conn.executemany(_numbered(INSERT_MESSAGE), [tuple(m[c] for c in MESSAGE_COLUMNS) for m in messages])
-            if events:
-                await conn.executemany(_numbered(INSERT_EVENT), events)
+        with self._span("INSERT messages", TRANSACTION):
+            async with pool.acquire() as conn, conn.transaction():
+                with _timed("update"):
+                    touched = await conn.execute(_numbered(TOUCH), now, conversation_id, user_id)
+                if touched != "UPDATE 1":
+                    return None
+                with _timed("select"):
+                    last = await conn.fetchval(_numbered(LAST_SEQ), conversation_id) or 0
+                    follows = await conn.fetchval(_numbered(SEQ_OF), after) if after is not None else last
+                if follows != last:
+                    raise Moved(conversation_id)
+                messages, events = build(last)
+                with _timed("insert"):
+                    await conn.executemany(_numbered(INSERT_MESSAGE),
+                                           [tuple(m[c] for c in MESSAGE_COLUMNS) for m in messages])
+                    if events:
+                        await conn.executemany(_numbered(INSERT_EVENT), events)
         if events:
             committed(self.engine)
         return messages
