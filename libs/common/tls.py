@@ -10,7 +10,9 @@ With them, a gRPC server listens with TLS only and requires a client certificate
 caller cannot even complete the handshake), and :class:`AccessPolicy` refuses a method to any identity not listed for
 it (PERMISSION_DENIED). Client channels (:func:`chatplane.common.grpc_client.channel`) present the process's
 certificate and verify the server's. Without the files (unit tests of one service in-process) servers and channels
-are plaintext and no identity is checked; production refuses to start so.
+are plaintext and no identity is checked; production (``CHATPLANE_ENVIRONMENT=production``) refuses to start a
+server or open a channel so, unless ``CHATPLANE_TLS_ALLOW_PLAINTEXT=true`` says that something else (a service mesh)
+provides mutual TLS.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,11 @@ class TlsSettings(BaseSettings):
                                    "its common name is the process's identity.")
     key_file: Path | None = Field(None, description="The private key of CHATPLANE_TLS_CERT_FILE (PEM).")
     ca_file: Path | None = Field(None, description="The platform CA's certificate (PEM): peers must be signed by it.")
+    allow_plaintext: bool = Field(False, description="Production only: start gRPC servers and channels without "
+                                  "mutual TLS (only where something else, e.g. a service mesh, provides it). "
+                                  "Development allows plaintext anyway.")
+    environment: str = Field("development", validation_alias=AliasChoices("CHATPLANE_ENVIRONMENT",
+                                                                           "chatplane_environment"))
 
     @model_validator(mode="after")
     def _all_or_none(self) -> TlsSettings:
@@ -49,6 +56,9 @@ class TlsSettings(BaseSettings):
         for path in given:
             if not path.is_file():
                 raise ValueError(f"{path} is not a readable file")
+        if not given and self.environment == "production" and not self.allow_plaintext:
+            raise ValueError("production needs mutual TLS on every gRPC hop: set CHATPLANE_TLS_CERT_FILE, _KEY_FILE "
+                             "and _CA_FILE (or CHATPLANE_TLS_ALLOW_PLAINTEXT=true where a service mesh provides it)")
         return self
 
     @property
@@ -75,11 +85,6 @@ class TlsFiles:
     def channel_credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key,
                                             certificate_chain=self.cert)
-
-
-def require_tls_in_production(is_production: bool) -> None:
-    if is_production and not TlsSettings().enabled:
-        raise SystemExit("production needs mutual TLS: set CHATPLANE_TLS_CERT_FILE, _KEY_FILE and _CA_FILE")
 
 
 def peer_identity(context: grpc.aio.ServicerContext) -> str | None:
