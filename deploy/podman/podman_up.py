@@ -306,7 +306,9 @@ def pod_manifest(workload: Workload, pod_name: str, objects: Objects, publish: d
             volumes.append({"name": name, "persistentVolumeClaim": {
                 "claimName": claim_volume(f"{name}-{workload.name}-{ordinal}")}})
     for i, volume in enumerate(volumes):
-        if "persistentVolumeClaim" in volume and not volume["persistentVolumeClaim"]["claimName"].startswith(
+        if "secret" in volume:
+            volumes[i] = secret_volume(volume, objects, f"{workload.kind}/{workload.name}")
+        elif "persistentVolumeClaim" in volume and not volume["persistentVolumeClaim"]["claimName"].startswith(
             f"{RELEASE}-pvc-"
         ):
             volume["persistentVolumeClaim"] = {"claimName": claim_volume(volume["persistentVolumeClaim"]["claimName"])}
@@ -323,6 +325,23 @@ def pod_manifest(workload: Workload, pod_name: str, objects: Objects, publish: d
     if memory_volumes:
         pod[MEMORY_VOLUMES] = memory_volumes  # for play(), which makes them and takes the key out
     return pod
+
+
+def secret_volume(volume: dict[str, Any], objects: Objects, where: str) -> dict[str, Any]:
+    """A Secret volume as `podman kube play` (4.3) can mount it: a ConfigMap volume of the Secret's (resolved) data,
+    the `items` applied. Its files are readable by the pod's user, as the kubelet's are through fsGroup."""
+    source = volume["secret"]
+    name = source["secretName"]
+    if name not in objects.secrets:
+        raise UpError(f"{where}: Secret {name} is not rendered by the chart (the values name an existing one; "
+                      "podman-up has no cluster to read it from)")
+    data = objects.secrets[name]
+    if source.get("items"):
+        data = {item["path"]: data[item["key"]] for item in source["items"]}
+    configmap = f"{RELEASE}-secret-{name}-{hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]}"
+    objects.configmaps[configmap] = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": configmap},
+                                     "data": data}
+    return {"name": volume["name"], "configMap": {"name": configmap}}
 
 
 _QUANTITY = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,

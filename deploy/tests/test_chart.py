@@ -13,7 +13,7 @@ import yaml
 from chart_support import CHART, KUBE_VERSIONS, VALUE_SETS, component_of, env_of, load_values, render_chart, workloads
 
 # Custom resources whose CRDs kubernetes-validate has no schema for; their shape is checked by the policy tests.
-CUSTOM_KINDS = {"ScaledObject", "ServiceMonitor", "PrometheusRule", "HTTPRoute"}
+CUSTOM_KINDS = {"ScaledObject", "ServiceMonitor", "PrometheusRule", "HTTPRoute", "Certificate", "Issuer"}
 
 
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
@@ -80,7 +80,7 @@ def test_custom_resources_have_their_essential_fields(renders):
             if obj["kind"] in CUSTOM_KINDS:
                 seen.add(obj["kind"])
                 assert obj["apiVersion"] in {
-                    "keda.sh/v1alpha1", "monitoring.coreos.com/v1", "gateway.networking.k8s.io/v1"
+                    "keda.sh/v1alpha1", "monitoring.coreos.com/v1", "gateway.networking.k8s.io/v1", "cert-manager.io/v1"
                 }
                 assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", obj["metadata"]["name"])
                 assert isinstance(obj["spec"], dict) and obj["spec"]
@@ -131,7 +131,7 @@ def test_broken_values_get_a_schema_error(broken, where):
          'two pools are named "a"'),
         ({"inference": {"pools": [{"name": "a"}, {"name": "b"}]}}, 'two pools serve the model "SmolLM2-135M-Instruct"'),
         ({"inference": {"pools": [{"name": "a" * 30}]}, "fullnameOverride": "x" * 40}, "longer than 63 characters"),
-        ({"components": {"auth": {"secretEnv": {"X_KEY": "jwt"}}}, "jwt": {"existingSecret": ""}}, None),
+        ({"components": {"auth": {"secretFiles": {"X_KEY_FILE": "jwt"}}}, "jwt": {"existingSecret": ""}}, None),
     ],
 )
 def test_values_the_schema_cannot_judge_get_a_clear_render_error(broken, message):

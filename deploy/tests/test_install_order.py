@@ -121,14 +121,22 @@ def test_generated_secrets_change_between_renders_and_gitops_refuses_them():
     apply on each sync): `gitOps: true` refuses to generate them and names the value to set."""
     secret = re.compile(r"private-key\.pem: (\S+)")
     assert secret.search(render_text({}))[1] != secret.search(render_text({}))[1]
+    cert_manager = {"tls": {"certManager": {"enabled": True}}}
+    named = {"jwt": {"existingSecret": "jwt"}, "postgresql": {"existingSecret": "db"}, "redis": {"existingSecret": "r"}}
     for missing, value in (
-        ({}, "jwt.existingSecret"),
-        ({"jwt": {"existingSecret": "jwt"}}, "postgresql.existingSecret"),
-        ({"jwt": {"existingSecret": "jwt"}, "postgresql": {"existingSecret": "db"}}, "redis.existingSecret"),
+        (cert_manager, "jwt.existingSecret"),
+        ({**cert_manager, "jwt": {"existingSecret": "jwt"}}, "postgresql.existingSecret"),
+        ({**cert_manager, "jwt": {"existingSecret": "jwt"}, "postgresql": {"existingSecret": "db"}},
+         "redis.existingSecret"),
+        # the services' certificates: cert-manager's (made in the cluster) or existing Secrets, never generated
+        (named, "tls.existingSecrets"),
     ):
         with pytest.raises(helm_python.HelmRenderError) as exc:
             render_text({"gitOps": True, **missing})
         assert value in str(exc.value) and "gitOps" in str(exc.value)
+    identities = ["auth", "conversation", "gateway", "inference", "worker"]
+    existing = {"tls": {"existingSecrets": {i: f"tls-{i}" for i in identities}}}
+    assert "kind: Secret" not in render_text({"gitOps": True, **named, **existing})
 
 
 def fewest_replicas(rendered, deployment) -> int:

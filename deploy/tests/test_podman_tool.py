@@ -57,11 +57,18 @@ def test_pods_get_resolved_secrets_and_no_cluster_only_fields(objects, workloads
     pod = podman_up.pod_manifest(auth, "chatplane-auth-0", objects, {})
     (container,) = pod["spec"]["containers"]
     env = {e["name"]: e["value"] for e in container["env"]}
-    password = objects.secrets["chatplane-postgresql"]["password"]
+    password = objects.secrets["chatplane-postgresql"]["auth-password"]
     assert env["CHATPLANE_AUTH_DATABASE_URL"] == (
-        f"postgresql+asyncpg://chatplane:{password}@chatplane-postgresql.chatplane.svc.cluster.local:5432/auth")
-    assert env["CHATPLANE_AUTH_JWT_PRIVATE_KEY"].startswith("-----BEGIN PRIVATE KEY-----")
+        f"postgresql+asyncpg://auth:{password}@chatplane-postgresql.chatplane.svc.cluster.local:5432/auth")
     assert all("valueFrom" not in e for e in container["env"])
+    # Secret volumes (the signing key, the identity's certificate) become ConfigMap volumes of the resolved data.
+    assert env["CHATPLANE_AUTH_JWT_PRIVATE_KEY_FILE"] == "/etc/chatplane/secrets/jwt/private-key.pem"
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    jwt = objects.configmaps[volumes["secret-jwt"]["configMap"]["name"]]["data"]
+    assert list(jwt) == ["private-key.pem"] and jwt["private-key.pem"].startswith("-----BEGIN PRIVATE KEY-----")
+    tls = objects.configmaps[volumes["tls"]["configMap"]["name"]]["data"]
+    assert sorted(tls) == ["ca.crt", "tls.crt", "tls.key"]
+    assert env["CHATPLANE_TLS_CERT_FILE"] == "/etc/chatplane/tls/tls.crt"
     for field in ("startupProbe", "readinessProbe", "livenessProbe", "lifecycle"):
         assert field not in container, f"{field} is the tool's job, not podman's"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -73,10 +80,12 @@ def test_pods_get_resolved_secrets_and_no_cluster_only_fields(objects, workloads
 def test_args_expand_and_claims_become_volumes(objects, workloads):
     redis = workloads["chatplane-redis"]
     pod = podman_up.pod_manifest(redis, "chatplane-redis-0", objects, {})
-    args = pod["spec"]["containers"][0]["args"]
-    assert args[:3] == ["redis-server", "--requirepass", objects.secrets["chatplane-redis"]["password"]]
+    container = pod["spec"]["containers"][0]
+    # the password reaches redis through a configuration file, never a command line
+    assert objects.secrets["chatplane-redis"]["password"] not in str(container["args"] + container["command"])
+    assert "$REDIS_PASSWORD" in container["args"][0]
     claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v]
-    assert claims == ["chatplane-pvc-data-chatplane-redis-0"]
+    assert claims == ["chatplane-mem-chatplane-redis-0-config", "chatplane-pvc-data-chatplane-redis-0"]
 
 
 def test_the_gateway_is_published_and_services_resolve_by_every_name(objects, workloads):

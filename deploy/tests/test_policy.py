@@ -133,8 +133,15 @@ def test_auth_gets_its_key_and_database_from_secrets(default_render):
     auth = default_render.get("Deployment", fullname("auth"))["spec"]["template"]["spec"]["containers"][0]
     env = env_of(auth)
     assert env["CHATPLANE_ENVIRONMENT"]["value"] == "production"
-    assert env["CHATPLANE_AUTH_JWT_PRIVATE_KEY"]["valueFrom"]["secretKeyRef"]["name"] == fullname("jwt")
-    assert env["CHATPLANE_AUTH_DATABASE_URL"]["value"].startswith("postgresql+asyncpg://chatplane:$(")
+    # the signing key is a mounted file, never an environment variable
+    assert "CHATPLANE_AUTH_JWT_PRIVATE_KEY" not in env
+    path = env["CHATPLANE_AUTH_JWT_PRIVATE_KEY_FILE"]["value"]
+    spec = default_render.get("Deployment", fullname("auth"))["spec"]["template"]["spec"]
+    (mount,) = [m for m in auth["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    assert mount["readOnly"] and volume["secret"]["secretName"] == fullname("jwt")
+    assert volume["secret"]["defaultMode"] == 0o440
+    assert env["CHATPLANE_AUTH_DATABASE_URL"]["value"].startswith("postgresql+asyncpg://auth:$(")
     assert env["CHATPLANE_AUTH_HOST"]["value"] == "0.0.0.0"
 
 
@@ -281,7 +288,7 @@ def ingress_sources(policy) -> list[str]:
 
 def test_network_policies_let_each_service_hear_only_its_callers(default_render):
     policies = {p["metadata"]["name"]: p for p in default_render.of_kind("NetworkPolicy")}
-    assert policies["cp-chatplane-default-deny"]["spec"]["policyTypes"] == ["Ingress"]
+    assert policies["cp-chatplane-default-deny"]["spec"]["policyTypes"] == ["Ingress", "Egress"]
     assert ingress_sources(policies[fullname("gateway")]) == ["*"], "only the gateway is open"
     assert sorted(ingress_sources(policies[fullname("auth")])) == ["gateway"]
     assert sorted(ingress_sources(policies[fullname("inference-smollm2")])) == [
@@ -461,8 +468,10 @@ def test_side_processes_get_secrets_only_through_secret_key_refs(renders):
             for var, e in env.items():
                 if "valueFrom" in e:
                     assert set(e["valueFrom"]) == {"secretKeyRef"}, (rendered.name, name, var)
-            url = env[f"CHATPLANE_{name.split('-')[0].upper()}_DATABASE_URL"]["value"]
-            assert url.startswith("postgresql+asyncpg://chatplane:$(CHATPLANE_DB_PASSWORD)@"), rendered.name
+            service = name.split("-")[0]
+            url = env[f"CHATPLANE_{service.upper()}_DATABASE_URL"]["value"]
+            role = service if rendered.values["postgresql"]["enabled"] else "chatplane"  # in-chart: its own role
+            assert url.startswith(f"postgresql+asyncpg://{role}:$(CHATPLANE_DB_PASSWORD)@"), rendered.name
             assert "secretKeyRef" in env["CHATPLANE_DB_PASSWORD"]["valueFrom"]
     def main_env(name):
         return env_of(renders["default"].get("Deployment", fullname(name))["spec"]["template"]["spec"]["containers"][0])
@@ -471,10 +480,10 @@ def test_side_processes_get_secrets_only_through_secret_key_refs(renders):
     broker = worker["CHATPLANE_CONVERSATION_CELERY_BROKER_URL"]["value"]
     assert broker.startswith("redis://:$(CHATPLANE_REDIS_PASSWORD)@")
     assert json.loads(worker["CHATPLANE_INFERENCE_POOLS"]["value"])[0]["target"].startswith(f"dns:///{fullname('inference')}-")
-    assert "CHATPLANE_AUTH_JWT_PRIVATE_KEY" not in worker
+    assert not any(v.startswith("CHATPLANE_AUTH_JWT_PRIVATE_KEY") for v in worker)
     consumer = main_env("auth-usage-consumer")
     # only the auth server signs tokens: the consumer never holds the private key
-    assert "CHATPLANE_AUTH_JWT_PRIVATE_KEY" not in consumer
+    assert not any(v.startswith("CHATPLANE_AUTH_JWT_PRIVATE_KEY") for v in consumer)
     assert consumer["CHATPLANE_ENVIRONMENT"]["value"] == "production"
 
 

@@ -17,9 +17,12 @@
 {{- $minReplicas := ternary (int $c.autoscaling.minReplicas) (int $c.replicas) (eq $autoscaled true) -}}
 {{- $maxReplicas := ternary (int $c.autoscaling.maxReplicas) (int $c.replicas) (eq $autoscaled true) -}}
 {{- $callsInference := has "inference" ($c.upstreams | default list) -}}
+{{- $identity := include "chatplane.identityOf" (dict "name" $name "c" $c) -}}
+{{- $tlsCtx := dict "root" $root "identity" $identity -}}
+{{- $secretFiles := dict "root" $root "files" ($c.secretFiles | default dict) "where" (printf "components.%s.secretFiles" $name) -}}
 {{- $probe := dict -}}
 {{- if $grpc -}}
-{{- $probe = dict "grpc" (dict "port" (int $c.port)) -}}
+{{- $probe = dict "grpc" (dict "port" (int (include "chatplane.grpcProbePort" (dict "root" $root "port" $c.port)))) -}}
 {{- else if not $serves -}}
 {{- /* No port of its own: alive while its metrics endpoint answers (nothing routes requests to it). */ -}}
 {{- $probe = dict "httpGet" (dict "path" $c.metrics.path "port" "metrics") -}}
@@ -42,6 +45,8 @@ pod:
   annotations: {{ $c.podAnnotations | default dict | toJson }}
   volumes:
     {{- include "chatplane.scratchVolumes" $root | nindent 4 }}
+    {{- include "chatplane.tlsVolumes" $tlsCtx | nindent 4 }}
+    {{- include "chatplane.secretFiles" (merge (dict "part" "volumes") $secretFiles) | nindent 4 }}
   nodeSelector: {{ $c.nodeSelector | default dict | toJson }}
   tolerations: {{ $c.tolerations | default list | toJson }}
   affinity: {{ $c.affinity | default dict | toJson }}
@@ -61,6 +66,11 @@ container:
       containerPort: {{ $metricsPort }}
       protocol: TCP
     {{- end }}
+    {{- if and $grpc $root.Values.tls.enabled }}
+    - name: health
+      containerPort: {{ $root.Values.tls.healthPort }}
+      protocol: TCP
+    {{- end }}
   env:
     {{- include "chatplane.commonEnv" (dict "root" $root "name" $service "process" $name "metricsPort" $metricsPort "metricsEnv" $c.metrics.env "shutdownGraceSeconds" $c.shutdownGraceSeconds "kafka" $c.kafka) | nindent 4 }}
     {{- if $serves }}
@@ -69,7 +79,12 @@ container:
     {{- end }}
     {{- if $grpc }}
     {{- include "chatplane.connectionAgeEnv" (dict "prefix" $prefix "c" $c) | nindent 4 }}
+    {{- if $root.Values.tls.enabled }}
+    - name: {{ $prefix }}HEALTH_PORT
+      value: {{ $root.Values.tls.healthPort | quote }}
     {{- end }}
+    {{- end }}
+    {{- include "chatplane.tlsEnv" $tlsCtx | nindent 4 }}
     {{- range $up := $c.upstreams | default list }}
     {{- if eq $up "inference" }}
     {{- include "chatplane.inferencePoolsEnv" $root | nindent 4 }}
@@ -86,12 +101,7 @@ container:
       value: {{ and $root.Values.postgresql.enabled $root.Release.IsInstall | ternary "true" (not $root.Values.migrations.enabled | toString) | quote }}
     {{- end }}
     {{- end }}
-    {{- range $env, $which := $c.secretEnv | default dict }}
-    - name: {{ $env }}
-      valueFrom:
-        secretKeyRef:
-          {{- include "chatplane.chartSecretRef" (dict "root" $root "which" $which "where" (printf "components.%s.secretEnv.%s" $name $env)) | nindent 10 }}
-    {{- end }}
+    {{- include "chatplane.secretFiles" (merge (dict "part" "env") $secretFiles) | nindent 4 }}
     {{- with $c.redisEnv }}
     {{- include "chatplane.redisEnv" (dict "root" $root "envNames" .) | nindent 4 }}
     {{- end }}
@@ -141,6 +151,8 @@ container:
     {{- include "chatplane.containerSecurityContext" $root | nindent 4 }}
   volumeMounts:
     {{- include "chatplane.scratchVolumeMounts" $root | nindent 4 }}
+    {{- include "chatplane.tlsVolumeMounts" $tlsCtx | nindent 4 }}
+    {{- include "chatplane.secretFiles" (merge (dict "part" "mounts") $secretFiles) | nindent 4 }}
 {{- if or $serves $metricsPort }}
 service:
   {{- /* gRPC: headless, the callers balance per request; protocol none: only the metrics port, for scraping. */}}
@@ -191,7 +203,7 @@ pdb:
   value: {{ .c.maxConnectionAgeGraceSeconds | default 0 | quote }}
 {{- end }}
 
-{{/* `name` and `key` of a Secret the chart knows by a short name (components' secretEnv). Dict {root, which, where}. */}}
+{{/* `name` and `key` of a Secret the chart knows by a short name (components' secretFiles). Dict {root, which, where}. */}}
 {{- define "chatplane.chartSecretRef" -}}
 {{- if eq .which "jwt" -}}
 name: {{ include "chatplane.jwtSecretName" .root }}

@@ -146,11 +146,22 @@ securityContext:
 {{- if .Values.postgresql.enabled }}5432{{ else }}{{ .Values.postgresql.external.port }}{{ end -}}
 {{- end }}
 
+{{/* The role a service connects as and its password's key in the PostgreSQL Secret: in-chart, the role of its
+     database (it owns that database and nothing else); external, postgresql.username. Dict {root, database}; JSON. */}}
+{{- define "chatplane.databaseRole" -}}
+{{- if .root.Values.postgresql.enabled -}}
+{{ toJson (dict "user" .database "key" (printf "%s-password" .database)) }}
+{{- else -}}
+{{ toJson (dict "user" .root.Values.postgresql.username "key" .root.Values.postgresql.secretKey) }}
+{{- end -}}
+{{- end }}
+
 {{/* Environment of a service with a database: the password from its Secret, the URL built from it by Kubernetes'
      $(VAR) expansion, so that no password appears in the manifest. Dict {root, name, database}. */}}
 {{- define "chatplane.databaseEnv" -}}
 {{- $root := .root -}}
 {{- $prefix := printf "CHATPLANE_%s_" (upper .name) -}}
+{{- $role := include "chatplane.databaseRole" . | fromJson -}}
 {{- $params := "" -}}
 {{- if and (not $root.Values.postgresql.enabled) $root.Values.postgresql.external.params -}}
 {{- $params = printf "?%s" $root.Values.postgresql.external.params -}}
@@ -159,9 +170,16 @@ securityContext:
   valueFrom:
     secretKeyRef:
       name: {{ include "chatplane.postgresqlSecretName" $root }}
-      key: {{ $root.Values.postgresql.secretKey }}
+      key: {{ $role.key }}
 - name: {{ $prefix }}DATABASE_URL
-  value: {{ printf "postgresql+asyncpg://%s:$(CHATPLANE_DB_PASSWORD)@%s:%v/%s%s" $root.Values.postgresql.username (include "chatplane.postgresqlHost" $root) (include "chatplane.postgresqlPort" $root) .database $params | quote }}
+  value: {{ printf "postgresql+asyncpg://%s:$(CHATPLANE_DB_PASSWORD)@%s:%v/%s%s" $role.user (include "chatplane.postgresqlHost" $root) (include "chatplane.postgresqlPort" $root) .database $params | quote }}
+{{- end }}
+
+{{/* The databases of the in-chart PostgreSQL (one per service that has one), as a JSON list. */}}
+{{- define "chatplane.databases" -}}
+{{- $databases := list -}}
+{{- range $name, $c := .Values.components }}{{ if and $c.enabled $c.database }}{{ $databases = append $databases $c.database }}{{ end }}{{ end -}}
+{{ toJson (uniq $databases | sortAlpha) }}
 {{- end }}
 
 {{- define "chatplane.kafkaBootstrap" -}}

@@ -130,6 +130,7 @@ pod:
   annotations: {{ $p.podAnnotations | default dict | toJson }}
   volumes:
     {{- include "chatplane.scratchVolumes" $root | nindent 4 }}
+    {{- include "chatplane.tlsVolumes" (dict "root" $root "identity" "inference") | nindent 4 }}
     - name: shm
       emptyDir:
         medium: Memory
@@ -162,11 +163,21 @@ container:
       containerPort: {{ $metricsPort }}
       protocol: TCP
     {{- end }}
+    {{- if $root.Values.tls.enabled }}
+    - name: health
+      containerPort: {{ $root.Values.tls.healthPort }}
+      protocol: TCP
+    {{- end }}
   env:
     {{- include "chatplane.commonEnv" (dict "root" $root "name" "inference" "metricsPort" $metricsPort "shutdownGraceSeconds" $p.shutdownGraceSeconds "kafka" false) | nindent 4 }}
     - name: CHATPLANE_INFERENCE_PORT
       value: {{ $p.port | quote }}
     {{- include "chatplane.connectionAgeEnv" (dict "prefix" "CHATPLANE_INFERENCE_" "c" $p) | nindent 4 }}
+    {{- if $root.Values.tls.enabled }}
+    - name: CHATPLANE_INFERENCE_HEALTH_PORT
+      value: {{ $root.Values.tls.healthPort | quote }}
+    {{- end }}
+    {{- include "chatplane.tlsEnv" (dict "root" $root "identity" "inference") | nindent 4 }}
     - name: CHATPLANE_INFERENCE_MODEL_PATH
       value: {{ $model.path | quote }}
     - name: CHATPLANE_INFERENCE_SERVED_MODEL_NAME
@@ -216,15 +227,15 @@ container:
       value: {{ $v | toString | quote }}
     {{- end }}
   startupProbe:
-    grpc: {port: {{ $p.port }}}
+    grpc: {port: {{ include "chatplane.grpcProbePort" (dict "root" $root "port" $p.port) }}}
     periodSeconds: 10
     failureThreshold: {{ div (int $p.startupTimeoutSeconds) 10 }}
   readinessProbe:
-    grpc: {port: {{ $p.port }}}
+    grpc: {port: {{ include "chatplane.grpcProbePort" (dict "root" $root "port" $p.port) }}}
     periodSeconds: 5
     failureThreshold: 2
   livenessProbe:
-    grpc: {port: {{ $p.port }}}
+    grpc: {port: {{ include "chatplane.grpcProbePort" (dict "root" $root "port" $p.port) }}}
     periodSeconds: 15
     timeoutSeconds: 5
     failureThreshold: 4
@@ -238,6 +249,7 @@ container:
     {{- include "chatplane.containerSecurityContext" $root | nindent 4 }}
   volumeMounts:
     {{- include "chatplane.scratchVolumeMounts" $root | nindent 4 }}
+    {{- include "chatplane.tlsVolumeMounts" (dict "root" $root "identity" "inference") | nindent 4 }}
     - name: shm
       mountPath: /dev/shm
     {{- if ne $model.source "image" }}
