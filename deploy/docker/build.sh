@@ -43,8 +43,26 @@ torch_wheels() {
   done
 }
 
+# The Dockerfiles pin their base image by digest (ARG PYTHON_IMAGE=name:tag@sha256:...). Where that image is not here
+# and no registry can be reached (this project's machines), a local image of the same name:tag stands in: the one
+# ../shared/tools/podman-setup.sh builds from Debian's packages. It is used only when the pinned one is absent, and
+# said so; PYTHON_IMAGE=... chooses the base explicitly, REQUIRE_PINNED_BASE=1 refuses the stand-in.
+base_image_arg() {
+  local pinned
+  pinned=$(sed -n 's/^ARG PYTHON_IMAGE=//p' "$1" | head -n 1)
+  if [[ -n "${PYTHON_IMAGE:-}" ]]; then
+    echo "$PYTHON_IMAGE"
+  elif [[ "$pinned" == *@sha256:* ]] && ! "$engine" image inspect "$pinned" >/dev/null 2>&1 \
+      && [[ -z "${REQUIRE_PINNED_BASE:-}" ]] && "$engine" image inspect "${pinned%@*}" >/dev/null 2>&1; then
+    echo "== $1: $pinned is not here; building from the local ${pinned%@*} instead (unpinned stand-in)" >&2
+    echo "${pinned%@*}"
+  fi
+}
+
 for image in "$@"; do
   args=(-f "deploy/docker/$image.Dockerfile" -t "$prefix/$image:$tag")
+  base=$(base_image_arg "deploy/docker/$image.Dockerfile")
+  [[ -z "$base" ]] || args+=(--build-arg "PYTHON_IMAGE=$base")
   if [[ "$image" == inference-cpu ]]; then
     wheels=$(torch_wheels)
     if [[ -n "$wheels" ]]; then

