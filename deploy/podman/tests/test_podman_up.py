@@ -87,6 +87,39 @@ def test_every_workload_runs_from_our_images_with_the_chart_settings(platform):
     assert {"NetworkPolicy", "PodDisruptionBudget"} <= set(platform.skipped), "rendered, not executable here"
 
 
+def test_grpc_inside_is_mutual_tls_with_the_chart_certificates(platform):
+    """The chart's generated certificates in use: auth's gRPC port refuses a plaintext caller, its health-only port
+    (the probes') answers without TLS, the gateway's certificate gets auth's keys, another identity's is refused."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from chatplane.protos.auth.v1 import auth_pb2, auth_pb2_grpc
+
+    secrets = podman_up.load_state()["secrets"]
+    ip = podman_up.pod_ip(platform.pods["chatplane-auth"][0])
+
+    def tls_channel(identity: str) -> grpc.Channel:
+        files = secrets[f"chatplane-tls-{identity}"]
+        credentials = grpc.ssl_channel_credentials(files["ca.crt"].encode(), files["tls.key"].encode(),
+                                                   files["tls.crt"].encode())
+        return grpc.secure_channel(f"{ip}:50051", credentials, options=[
+            ("grpc.ssl_target_name_override", "chatplane-auth.chatplane.svc.cluster.local")])
+
+    with grpc.insecure_channel(f"{ip}:50051") as plain, pytest.raises(grpc.RpcError):
+        health_pb2_grpc.HealthStub(plain).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    with grpc.insecure_channel(f"{ip}:8081") as health:
+        reply = health_pb2_grpc.HealthStub(health).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as err:  # the health port serves nothing else
+            auth_pb2_grpc.AuthServiceStub(health).GetJwks(auth_pb2.GetJwksRequest(), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    with tls_channel("gateway") as chan:
+        assert auth_pb2_grpc.AuthServiceStub(chan).GetJwks(auth_pb2.GetJwksRequest(), timeout=10).json
+    with tls_channel("worker") as chan, pytest.raises(grpc.RpcError) as err:
+        auth_pb2_grpc.AuthServiceStub(chan).GetJwks(auth_pb2.GetJwksRequest(), timeout=10)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
 def test_the_web_app_and_the_health_of_every_backend(platform):
     with httpx.Client(base_url=platform.url, timeout=30) as http:
         assert http.get("/readyz").status_code == 200
