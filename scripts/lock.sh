@@ -52,5 +52,22 @@ for name in "${names[@]}"; do
     } >> "requirements/$name.txt"
     rm -rf "$dl"
   fi
+  if grep -q '^redis==' "requirements/$name.txt"; then
+    # redis-py needs async-timeout on Python < 3.11.3, which a lock compiled for 3.11.7 leaves out; Debian bookworm's
+    # Python is 3.11.2 (the base image's stand-in on this project's machines): added with its marker.
+    dl=$(mktemp -d)
+    "$PY" -m pip download -q --no-deps "async-timeout==5.0.1" -d "$dl"
+    "$PY" -m pip download -q --no-deps --no-binary :all: "async-timeout==5.0.1" -d "$dl"
+    {
+      echo "async-timeout==5.0.1 ; python_full_version < '3.11.3' \\"
+      hashes=("$dl"/*)
+      for i in "${!hashes[@]}"; do
+        sep=" \\"; [[ $i -eq $((${#hashes[@]} - 1)) ]] && sep=""
+        echo "    --hash=sha256:$(sha256sum "${hashes[$i]}" | cut -d' ' -f1)$sep"
+      done
+      echo "    # redis-py's on Python < 3.11.3 (Debian bookworm's 3.11.2: the base image's stand-in), added by scripts/lock.sh"
+    } >> "requirements/$name.txt"
+    rm -rf "$dl"
+  fi
   echo "requirements/$name.txt: $(grep -c '^[a-zA-Z]' "requirements/$name.txt") packages"
 done

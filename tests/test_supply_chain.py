@@ -76,8 +76,7 @@ def test_bootstrap_installs_from_the_lock_with_hashes():
 
 
 def test_the_image_locks_exist_for_every_image():
-    # The Dockerfiles still install their extra's pins from pyproject.toml (deploy/docker/requirements.py): moving
-    # them to these locks (and base images pinned by digest) is the next step (README, "Security notes").
+    # Each image installs its lock with --require-hashes --no-deps (deploy/tests/test_images_and_kind.py).
     for dockerfile in sorted((ROOT / "deploy" / "docker").glob("*.Dockerfile")):
         image = dockerfile.name.removesuffix(".Dockerfile")
         if image != "inference-gpu":
