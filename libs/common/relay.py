@@ -1,7 +1,7 @@
 """The outbox relay: publishes a service's outbox rows to Kafka, in order, at least once.
 
-An asyncio task inside the owning service's process. It wakes up after each commit that added events (and every
-``poll_interval`` seconds in any case), reads the unsent rows in id order, sends them with kafka-python
+An asyncio task inside the owning service's process. It wakes up after each commit that added events (``linger``
+seconds later, so that close commits go out together), and every ``poll_interval`` seconds in any case, reads the unsent rows in id order, sends them with kafka-python
 (``acks=all``, idempotent producer) in a worker thread, waits for the broker's acknowledgements and only then marks
 the acknowledged prefix sent. When the broker is down nothing is marked: the rows wait and the relay retries with
 exponential backoff, so events go out when the broker returns, still in id order (hence in order per key).
@@ -99,6 +99,7 @@ class OutboxRelay:
         max_backoff: float = 10.0,
         keep_sent_seconds: float = 24 * 3600,
         partitions: int = 3,
+        linger: float = 0.0,
     ) -> None:
         self.engine = engine
         self.bootstrap_servers = bootstrap_servers
@@ -109,6 +110,9 @@ class OutboxRelay:
         self.max_backoff = max_backoff
         self.keep_sent = timedelta(seconds=keep_sent_seconds)
         self.partitions = partitions
+        # Seconds to wait after a wake-up before reading: the commits of that time go out in one batch (one read,
+        # one send, one mark instead of one each per commit), for at most that much more latency.
+        self.linger = linger
         self.stats = RelayStats()
         self._lock_id = zlib.crc32(f"chatplane.outbox.{name}".encode())
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"relay-{name}")
@@ -178,6 +182,9 @@ class OutboxRelay:
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
             except TimeoutError:
                 pass
+            else:
+                if self.linger:
+                    await asyncio.sleep(self.linger)
             self._wake.clear()
 
     async def publish_once(self) -> int:

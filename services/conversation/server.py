@@ -55,7 +55,8 @@ class Assembly:
             settings, ConversationStore(engine), ExportStore(engine, settings.export_ttl_seconds), inference, jobs
         )
         relay = (
-            OutboxRelay(engine, settings.kafka_bootstrap_servers, name="conversation")
+            OutboxRelay(engine, settings.kafka_bootstrap_servers, name="conversation",
+                        linger=settings.outbox_linger_ms / 1000)
             if settings.kafka_bootstrap_servers
             else None
         )

@@ -309,3 +309,26 @@ async def test_a_batch_waits_for_another_writer_of_the_sqlite_file_instead_of_fa
         other.close()
         await engine.dispose()
     assert not [r for r in caplog.records if "one event at a time" in r.getMessage()]
+
+
+async def test_a_lingering_relay_sends_close_commits_in_one_batch(engine, kafka_broker):
+    producer = uuid.uuid4().hex
+    relay = OutboxRelay(engine, kafka_broker.bootstrap_servers, name=producer, poll_interval=30, linger=0.5)
+    sends: list[int] = []
+    send = relay._send
+
+    def counted(rows):
+        sends.append(len(rows))
+        return send(rows)
+
+    relay._send = counted
+    relay.start()
+    try:
+        await asyncio.sleep(0.3)  # its first read at start (nothing to send yet)
+        for _ in range(3):  # three commits, 0.1 s apart: all within the linger of the first
+            await write_events(engine, producer, ["k"], per_key=1)
+            await asyncio.sleep(0.1)
+        await wait_until(lambda: relay.stats.published >= 3, 30, "the events published")
+    finally:
+        await relay.stop()
+    assert sends == [3]
