@@ -191,6 +191,37 @@ async def test_a_reply_cut_off_mid_stream_continues_on_another_replica_as_if_not
         assert failovers("mid_stream") == before + 1
 
 
+async def test_a_fitted_reply_cut_off_mid_stream_continues_within_its_budget(replicas):
+    """A conversation's request (inference fits its history; the reply budget is the fit's default) continued
+    elsewhere keeps the partial reply with the new message and what is left of the budget."""
+    a, b = replicas(2, tokens_per_second=40)
+
+    def fitted() -> pb.GenerateRequest:
+        chat = pb.ChatMessages(messages=[
+            pb.ChatMessage(role="system", content="Be brief."), pb.ChatMessage(role="user", content="Hello"),
+            pb.ChatMessage(role="assistant", content="Hi there"), pb.ChatMessage(role="user", content="A story?"),
+        ])
+        return pb.GenerateRequest(chat=chat, sampling=pb.SamplingParams(seed=7), request_id="fit",
+                                  fit=pb.FitHistory(keep_first=1, keep_last=1, default_max_tokens=50))
+
+    async with client_for(f"{a.address},{b.address}") as client:
+        await all_serving(client, 2)
+        reference, ref_last = await collect(client.generate(fitted()))
+        gen = client.generate(fitted(), key="conversation:fitted")
+        first = await gen.read()
+        parts = [first.text]
+        while len("".join(parts).split()) < 12:
+            parts.append((await gen.read()).text)
+        victim = a if gen.replica.address == a.address else b
+        victim.kill()
+        rest, last = await collect(gen)
+        assert gen.replica.address != victim.address
+        assert first.prompt_tokens == ref_last.usage.prompt_tokens and first.dropped_messages == 0
+        assert "".join(parts) + rest == reference
+        assert (last.finish_reason, last.usage.completion_tokens) == ("length", 50)
+        assert last.usage.prompt_tokens == ref_last.usage.prompt_tokens
+
+
 async def test_a_draining_replica_finishes_its_streams_and_gets_no_new_ones(replicas):
     a, b = replicas(2, tokens_per_second=20)
     async with client_for(f"{a.address},{b.address}") as client:
