@@ -109,6 +109,18 @@ async def collect(gen) -> tuple[str, pb.GenerateResponse]:
     return "".join(parts), last
 
 
+async def cut_after(gen, parts: list[str], words: int, pair) -> tuple[str, pb.GenerateResponse]:
+    """Read into ``parts`` until ``words`` words came, kill the replica serving ``gen``, read the rest (which must
+    come from the other)."""
+    while len("".join(parts).split()) < words:
+        parts.append((await gen.read()).text)
+    victim = pair[0] if gen.replica.address == pair[0].address else pair[1]
+    victim.kill()
+    rest, last = await collect(gen)
+    assert gen.replica.address != victim.address
+    return rest, last
+
+
 def failovers(stage: str) -> float:
     return sum(
         s.value for m in client_metrics.FAILOVERS.collect() for s in m.samples
@@ -175,13 +187,8 @@ async def test_a_reply_cut_off_mid_stream_continues_on_another_replica_as_if_not
         reference, ref_last = await collect(client.generate(request(max_tokens=60, seed=5)))
         before = failovers("mid_stream")
         gen = client.generate(request(max_tokens=60, seed=5), key="conversation:cut")
-        parts = []
-        while len("".join(parts).split()) < 15:
-            parts.append((await gen.read()).text)
-        victim = a if gen.replica.address == a.address else b
-        victim.kill()
-        rest, last = await collect(gen)
-        assert gen.replica.address != victim.address
+        parts = [(await gen.read()).text]
+        rest, last = await cut_after(gen, parts, 15, (a, b))
         # The synthetic engine continues a prefix with the words the uninterrupted reply would have had: the client
         # read exactly the reply it would have read without the failure, with its usage.
         assert "".join(parts) + rest == reference
@@ -210,12 +217,7 @@ async def test_a_fitted_reply_cut_off_mid_stream_continues_within_its_budget(rep
         gen = client.generate(fitted(), key="conversation:fitted")
         first = await gen.read()
         parts = [first.text]
-        while len("".join(parts).split()) < 12:
-            parts.append((await gen.read()).text)
-        victim = a if gen.replica.address == a.address else b
-        victim.kill()
-        rest, last = await collect(gen)
-        assert gen.replica.address != victim.address
+        rest, last = await cut_after(gen, parts, 12, (a, b))
         assert first.prompt_tokens == ref_last.usage.prompt_tokens and first.dropped_messages == 0
         assert "".join(parts) + rest == reference
         assert (last.finish_reason, last.usage.completion_tokens) == ("length", 50)
