@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from chatplane.auth.errors import AuthError
 from chatplane.auth.keys import load_signing_key
 from chatplane.auth.server import migrate
 from chatplane.auth.service import AuthCore
 from chatplane.auth.settings import AuthSettings
 from chatplane.auth.tokens import TokenIssuer
 from chatplane.common import db
+from chatplane.common.errors import ServiceError
 
 
 async def make_admin(settings: AuthSettings, email: str, is_admin: bool = True) -> int:
@@ -23,7 +23,7 @@ async def make_admin(settings: AuthSettings, email: str, is_admin: bool = True) 
         core = AuthCore(settings, db.sessionmaker(engine), tokens)
         try:
             user_id = await core.set_admin(email, is_admin)
-        except AuthError as err:
+        except ServiceError as err:
             print(f"make-admin: {err.message}", file=sys.stderr)
             return 1
     finally:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from chatplane.auth.errors import ResourceExhausted
+from chatplane.common.errors import ResourceExhausted
 
 T = TypeVar("T")
 

@@ -21,13 +21,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chatplane.auth import apikeys, metering, validation
-from chatplane.auth.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from chatplane.auth.metering import QuotaState
 from chatplane.auth.models import ApiKey, Quota, UsageDaily, User
 from chatplane.auth.passwords import Passwords
 from chatplane.auth.settings import AuthSettings
 from chatplane.auth.tokens import TokenIssuer
 from chatplane.common.db import new_id, utcnow
+from chatplane.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from chatplane.common.events import envelope
 from chatplane.common.outbox import add_event
 from chatplane.protos.events.v1 import events_pb2

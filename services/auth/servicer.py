@@ -1,26 +1,18 @@
-"""gRPC adapter: converts messages and calls :class:`AuthCore`; domain errors become status codes."""
+"""gRPC adapter: converts messages and calls :class:`AuthCore`; :func:`chatplane.common.errors.handled` turns its
+errors into status codes."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable
 from datetime import datetime
-from typing import TypeVar
 
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from chatplane.auth.errors import AuthError
 from chatplane.auth.metering import QuotaState
 from chatplane.auth.models import PERIOD_DAY, PERIOD_MONTH
 from chatplane.auth.service import ApiKeyInfo, AuthCore, CredentialType, LimitsInfo
-from chatplane.common.errors import abort
+from chatplane.common import errors
 from chatplane.protos.auth.v1 import auth_pb2, auth_pb2_grpc
-
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 _CREDENTIAL_TYPES = {
     CredentialType.API_KEY: auth_pb2.CREDENTIAL_TYPE_API_KEY,
@@ -77,33 +69,30 @@ def _period(value: int) -> str:
     return _PERIOD_NAMES.get(value, "")
 
 
-async def _call(context: grpc.aio.ServicerContext, method: str, work: Awaitable[T]) -> T:
-    try:
-        return await work
-    except AuthError as err:
-        await abort(context, err.status, err.message, code=err.code, param=err.param)
-    except (OperationalError, InterfaceError, OSError, TimeoutError):
-        log.exception("database unavailable", extra={"method": method})
-        await abort(context, grpc.StatusCode.UNAVAILABLE, "the auth database is unavailable, retry later")
-    except Exception:
-        log.exception("internal error", extra={"method": method})
-        await abort(context, grpc.StatusCode.INTERNAL, "internal error")
+# The auth database unreachable: UNAVAILABLE (the gateway answers 503), not an internal error.
+handled = errors.handled(
+    unavailable=(OperationalError, InterfaceError, OSError, TimeoutError),
+    unavailable_message="the auth database is unavailable, retry later",
+)
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     def __init__(self, core: AuthCore) -> None:
         self.core = core
 
+    @handled
     async def SignUp(self, request: auth_pb2.SignUpRequest, context) -> auth_pb2.User:  # noqa: N802
-        user = await _call(context, "SignUp", self.core.sign_up(request.email, request.password))
+        user = await self.core.sign_up(request.email, request.password)
         return auth_pb2.User(id=user.id, email=user.email, created_at=_ts(user.created_at))
 
+    @handled
     async def Login(self, request: auth_pb2.LoginRequest, context) -> auth_pb2.Token:  # noqa: N802
-        token = await _call(context, "Login", self.core.login(request.email, request.password))
+        token = await self.core.login(request.email, request.password)
         return auth_pb2.Token(access_token=token.access_token, token_type="bearer", expires_in=token.expires_in)
 
+    @handled
     async def Authenticate(self, request: auth_pb2.AuthenticateRequest, context) -> auth_pb2.Principal:  # noqa: N802
-        principal = await _call(context, "Authenticate", self.core.authenticate(request.credential))
+        principal = await self.core.authenticate(request.credential)
         return auth_pb2.Principal(
             user_id=principal.user_id,
             email=principal.email,
@@ -113,33 +102,39 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             limits=_limits(principal.limits),
         )
 
+    @handled
     async def GetJwks(self, request: auth_pb2.GetJwksRequest, context) -> auth_pb2.Jwks:  # noqa: N802
         jwks, issuer, audience = self.core.jwks()
         return auth_pb2.Jwks(json=jwks, issuer=issuer, audience=audience)
 
+    @handled
     async def CreateApiKey(  # noqa: N802
         self, request: auth_pb2.CreateApiKeyRequest, context
     ) -> auth_pb2.CreatedApiKey:
-        created = await _call(context, "CreateApiKey", self.core.create_api_key(request.user_id, request.name))
+        created = await self.core.create_api_key(request.user_id, request.name)
         return auth_pb2.CreatedApiKey(api_key=_api_key(created.api_key), key=created.key)
 
+    @handled
     async def ListApiKeys(  # noqa: N802
         self, request: auth_pb2.ListApiKeysRequest, context
     ) -> auth_pb2.ListApiKeysResponse:
-        keys = await _call(context, "ListApiKeys", self.core.list_api_keys(request.user_id))
+        keys = await self.core.list_api_keys(request.user_id)
         return auth_pb2.ListApiKeysResponse(api_keys=[_api_key(k) for k in keys])
 
+    @handled
     async def RevokeApiKey(self, request: auth_pb2.RevokeApiKeyRequest, context) -> auth_pb2.ApiKey:  # noqa: N802
-        info = await _call(context, "RevokeApiKey", self.core.revoke_api_key(request.user_id, request.api_key_id))
+        info = await self.core.revoke_api_key(request.user_id, request.api_key_id)
         return _api_key(info)
 
+    @handled
     async def GetLimits(self, request: auth_pb2.GetLimitsRequest, context) -> auth_pb2.Limits:  # noqa: N802
-        info = await _call(context, "GetLimits", self.core.limits(request.user_id, request.api_key_id))
+        info = await self.core.limits(request.user_id, request.api_key_id)
         return _limits(info)
 
+    @handled
     async def GetUsage(self, request: auth_pb2.GetUsageRequest, context) -> auth_pb2.GetUsageResponse:  # noqa: N802
         user_id = None if request.all_users else request.user_id
-        rows = await _call(context, "GetUsage", self.core.usage(user_id, request.start_date, request.end_date))
+        rows = await self.core.usage(user_id, request.start_date, request.end_date)
         return auth_pb2.GetUsageResponse(
             rows=[
                 auth_pb2.UsageRow(
@@ -155,39 +150,33 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             ]
         )
 
+    @handled
     async def SetQuota(self, request: auth_pb2.SetQuotaRequest, context) -> auth_pb2.Quota:  # noqa: N802
-        state = await _call(
-            context,
-            "SetQuota",
-            self.core.set_quota(request.user_id, request.api_key_id, _period(request.period), request.token_limit),
+        state = await self.core.set_quota(
+            request.user_id, request.api_key_id, _period(request.period), request.token_limit
         )
         return _quota(state)
 
+    @handled
     async def DeleteQuota(  # noqa: N802
         self, request: auth_pb2.DeleteQuotaRequest, context
     ) -> auth_pb2.DeleteQuotaResponse:
-        await _call(
-            context, "DeleteQuota", self.core.delete_quota(request.user_id, request.api_key_id, _period(request.period))
-        )
+        await self.core.delete_quota(request.user_id, request.api_key_id, _period(request.period))
         return auth_pb2.DeleteQuotaResponse()
 
+    @handled
     async def ListQuotas(  # noqa: N802
         self, request: auth_pb2.ListQuotasRequest, context
     ) -> auth_pb2.ListQuotasResponse:
-        states = await _call(context, "ListQuotas", self.core.list_quotas(request.user_id))
+        states = await self.core.list_quotas(request.user_id)
         return auth_pb2.ListQuotasResponse(quotas=[_quota(q) for q in states])
 
+    @handled
     async def SetRateLimits(  # noqa: N802
         self, request: auth_pb2.SetRateLimitsRequest, context
     ) -> auth_pb2.RateLimits:
-        row = await _call(
-            context,
-            "SetRateLimits",
-            self.core.set_rate_limits(
-                request.api_key_id,
-                request.rate_limits.requests_per_minute,
-                request.rate_limits.tokens_per_minute,
-            ),
+        row = await self.core.set_rate_limits(
+            request.api_key_id, request.rate_limits.requests_per_minute, request.rate_limits.tokens_per_minute
         )
         return auth_pb2.RateLimits(
             requests_per_minute=row.requests_per_minute or 0, tokens_per_minute=row.tokens_per_minute or 0

@@ -6,7 +6,7 @@ import re
 
 from email_validator import EmailNotValidError, validate_email
 
-from chatplane.auth.errors import InvalidArgument
+from chatplane.common.errors import InvalidArgument
 from chatplane.common.limits import (
     MAX_API_KEY_NAME_CHARS,
     MAX_CREDENTIAL_CHARS,

@@ -1,10 +1,10 @@
-"""Errors of the conversation core, as gRPC status codes plus an OpenAI-style code and param (see common.errors)."""
+"""The conversation core's errors: :class:`chatplane.common.errors.ServiceError` with this service's messages."""
 
 from __future__ import annotations
 
 import grpc
 
-from chatplane.common.errors import ServiceError
+from chatplane.common.errors import InvalidArgument, NotFound, ServiceError
 
 __all__ = ["ServiceError", "from_inference", "invalid", "not_found"]
 
@@ -22,11 +22,11 @@ _PASS_THROUGH = {
 
 def not_found() -> ServiceError:
     """The same answer for a missing, ill-formed or another user's conversation: existence is not disclosed."""
-    return ServiceError(grpc.StatusCode.NOT_FOUND, NOT_FOUND_MESSAGE)
+    return NotFound(NOT_FOUND_MESSAGE)
 
 
 def invalid(message: str, param: str, code: str | None = None) -> ServiceError:
-    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message, code=code, param=param)
+    return InvalidArgument(message, code=code, param=param)
 
 
 def from_inference(err: ServiceError) -> ServiceError:

@@ -1,13 +1,9 @@
-"""The gRPC adapter: converts messages and statuses, and calls the domain core. No logic of its own."""
+"""The gRPC adapter: converts messages and calls the domain core; :func:`~chatplane.common.errors.handled` turns its
+errors into statuses. No logic of its own."""
 
 from __future__ import annotations
 
-from typing import NoReturn
-
-import grpc
-
-from chatplane.common.errors import abort
-from chatplane.conversation.errors import ServiceError
+from chatplane.common.errors import handled
 from chatplane.conversation.models import (
     EXPORT_COMPLETED,
     EXPORT_FAILED,
@@ -109,70 +105,57 @@ def event_pb(event: Event) -> pb.SendMessageEvent:
     raise TypeError(f"unknown event {event!r}")
 
 
-async def _fail(context: grpc.aio.ServicerContext, err: ServiceError) -> NoReturn:
-    await abort(context, err.status, err.message, code=err.code, param=err.param)
-
-
 class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
     def __init__(self, core: ConversationCore) -> None:
         self.core = core
 
+    @handled
     async def CreateConversation(self, request: pb.CreateConversationRequest, context) -> pb.Conversation:  # noqa: N802
-        try:
-            row = await self.core.create_conversation(request.user_id, request.title)
-        except ServiceError as err:
-            await _fail(context, err)
+        row = await self.core.create_conversation(request.user_id, request.title)
         return conversation_pb(row)
 
+    @handled
     async def ListConversations(  # noqa: N802
         self, request: pb.ListConversationsRequest, context
     ) -> pb.ListConversationsResponse:
-        try:
-            rows, cursor = await self.core.list_conversations(
-                request.user_id,
-                limit=request.limit,
-                cursor=request.cursor,
-                include_archived=request.include_archived,
-            )
-        except ServiceError as err:
-            await _fail(context, err)
+        rows, cursor = await self.core.list_conversations(
+            request.user_id,
+            limit=request.limit,
+            cursor=request.cursor,
+            include_archived=request.include_archived,
+        )
         return pb.ListConversationsResponse(conversations=[conversation_pb(r) for r in rows], next_cursor=cursor)
 
+    @handled
     async def GetConversation(  # noqa: N802
         self, request: pb.GetConversationRequest, context
     ) -> pb.ConversationWithMessages:
-        try:
-            row, messages, cursor = await self.core.get_conversation(
-                request.user_id, request.conversation_id, message_limit=request.message_limit,
-                messages_cursor=request.messages_cursor,
-            )
-        except ServiceError as err:
-            await _fail(context, err)
+        row, messages, cursor = await self.core.get_conversation(
+            request.user_id, request.conversation_id, message_limit=request.message_limit,
+            messages_cursor=request.messages_cursor,
+        )
         return pb.ConversationWithMessages(
             conversation=conversation_pb(row), messages=[message_pb(m) for m in messages], next_messages_cursor=cursor
         )
 
+    @handled
     async def UpdateConversation(self, request: pb.UpdateConversationRequest, context) -> pb.Conversation:  # noqa: N802
-        try:
-            row = await self.core.update_conversation(
-                request.user_id,
-                request.conversation_id,
-                title=request.title if request.HasField("title") else None,
-                archived=request.archived if request.HasField("archived") else None,
-            )
-        except ServiceError as err:
-            await _fail(context, err)
+        row = await self.core.update_conversation(
+            request.user_id,
+            request.conversation_id,
+            title=request.title if request.HasField("title") else None,
+            archived=request.archived if request.HasField("archived") else None,
+        )
         return conversation_pb(row)
 
+    @handled
     async def DeleteConversation(  # noqa: N802
         self, request: pb.DeleteConversationRequest, context
     ) -> pb.DeleteConversationResponse:
-        try:
-            await self.core.delete_conversation(request.user_id, request.conversation_id)
-        except ServiceError as err:
-            await _fail(context, err)
+        await self.core.delete_conversation(request.user_id, request.conversation_id)
         return pb.DeleteConversationResponse()
 
+    @handled
     async def SendMessage(self, request: pb.SendMessageRequest, context) -> None:  # noqa: N802
         # Written with context.write (not as a generator) so that a client cancellation lands inside the core, which
         # then cancels inference and stores the partial reply.
@@ -189,11 +172,9 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
             api_key_id=request.api_key_id,
             request_id=request.request_id,
         )
-        try:
-            await self.core.send_message(send, emit)
-        except ServiceError as err:
-            await _fail(context, err)
+        await self.core.send_message(send, emit)
 
+    @handled
     async def Respond(self, request: pb.RespondRequest, context) -> None:  # noqa: N802
         async def emit(event: Event) -> None:
             await context.write(event_pb(event))
@@ -219,33 +200,24 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
             api_key_id=request.api_key_id,
             request_id=request.request_id,
         )
-        try:
-            await self.core.respond(respond, emit)
-        except ServiceError as err:
-            await _fail(context, err)
+        await self.core.respond(respond, emit)
 
+    @handled
     async def GetResponse(self, request: pb.GetResponseRequest, context) -> pb.StoredResponse:  # noqa: N802
-        try:
-            found = await self.core.get_response(request.user_id, request.response_id)
-        except ServiceError as err:
-            await _fail(context, err)
+        found = await self.core.get_response(request.user_id, request.response_id)
         return pb.StoredResponse(
             conversation_id=found.conversation.id, message=message_pb(found.message),
             previous_response_id=found.previous_reply_id,
         )
 
+    @handled
     async def CreateExport(self, request: pb.CreateExportRequest, context) -> pb.Export:  # noqa: N802
-        try:
-            row = await self.core.create_export(
-                request.user_id, request.conversation_id, _EXPORT_FORMAT_NAME.get(request.format, "")
-            )
-        except ServiceError as err:
-            await _fail(context, err)
+        row = await self.core.create_export(
+            request.user_id, request.conversation_id, _EXPORT_FORMAT_NAME.get(request.format, "")
+        )
         return export_pb(row)
 
+    @handled
     async def GetExport(self, request: pb.GetExportRequest, context) -> pb.Export:  # noqa: N802
-        try:
-            row = await self.core.get_export(request.user_id, request.conversation_id, request.export_id)
-        except ServiceError as err:
-            await _fail(context, err)
+        row = await self.core.get_export(request.user_id, request.conversation_id, request.export_id)
         return export_pb(row)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -17,14 +16,13 @@ from chatplane.gateway.api_models import check_max_tokens, model_not_found
 from chatplane.gateway.deps import BackendsDep, CurrentPrincipal
 from chatplane.gateway.backends import Backends
 from chatplane.gateway.admission import Ticket
-from chatplane.gateway.errors import APIError, invalid, upstream
+from chatplane.gateway.errors import APIError, invalid, stream_failure, upstream
 from chatplane.gateway.metering import MeteredGeneration, rough_tokens
 from chatplane.gateway.observability import observe
 from chatplane.gateway.schemas import ChatCompletionRequest, ChatMessageIn, NamedToolChoice
 from chatplane.gateway.sse import DONE, SLOT, TextEvent, answer, event, first_reply
 from chatplane.protos.inference.v1 import inference_pb2
 
-log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/chat", tags=["chat"])
 
 # Parameters OpenAI knows that this server does not support, with the value that means "not used".
@@ -433,11 +431,7 @@ async def _stream(
                 "usage": usage,
             })
         yield DONE
-    except APIError as err:
-        # The status line is gone already: the error travels as an event, then the stream ends.
-        yield event(err.body())
-    except Exception:
-        log.exception("chat completion stream failed", extra={"request_id": completion_id})
-        yield event(APIError(500, "The server had an error while streaming the response.", type="server_error").body())
+    except Exception as exc:  # noqa: BLE001 - the status line is gone already: the error travels as an event
+        yield event(stream_failure(exc, "chat completion", completion_id).body())
     finally:
         call.cancel()

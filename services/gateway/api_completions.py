@@ -7,7 +7,6 @@ Admitted, metered and cancelled exactly as chat completions.
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -29,14 +28,13 @@ from chatplane.gateway.api_models import check_max_tokens, model_not_found
 from chatplane.gateway.backends import Backends
 from chatplane.gateway.deps import BackendsDep, CurrentPrincipal
 from chatplane.gateway.admission import Ticket
-from chatplane.gateway.errors import APIError, invalid, upstream
+from chatplane.gateway.errors import invalid, stream_failure, upstream
 from chatplane.gateway.metering import MeteredGeneration
 from chatplane.gateway.observability import observe
 from chatplane.gateway.schemas import CompletionRequest
 from chatplane.gateway.sse import DONE, answer, event, first_reply
 from chatplane.protos.inference.v1 import inference_pb2
 
-log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["completions"])
 LEAD_CHARS = 2000  # the beginning of a prompt that keeps requests sharing it on one replica (affinity)
 
@@ -249,12 +247,8 @@ class _Answer:
             if include_usage:
                 yield event(self._object([], usage=usage))
             yield DONE
-        except APIError as err:
-            yield event(err.body())
-        except Exception:
-            log.exception("completion stream failed", extra={"request_id": self.id})
-            yield event(APIError(500, "The server had an error while streaming the response.",
-                                 type="server_error").body())
+        except Exception as exc:  # noqa: BLE001 - the status line is gone already: the error travels as an event
+            yield event(stream_failure(exc, "completion", self.id).body())
         finally:
             call.cancel()
 

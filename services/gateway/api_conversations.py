@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -14,7 +13,7 @@ from chatplane.common import limits
 from chatplane.gateway import convert
 from chatplane.gateway.api_models import check_max_tokens
 from chatplane.gateway.deps import BackendsDep, ConversationStub, CurrentPrincipal, SettingsDep
-from chatplane.gateway.errors import APIError, from_grpc, upstream
+from chatplane.gateway.errors import APIError, stream_failure, upstream
 from chatplane.gateway.metering import MeteredConversationReply, rough_tokens
 from chatplane.gateway.observability import observe
 from chatplane.gateway.schemas import (
@@ -30,7 +29,6 @@ from chatplane.gateway.schemas import (
 from chatplane.gateway.sse import DONE, SLOT, TextEvent, answer, event, first_reply
 from chatplane.protos.conversation.v1 import conversation_pb2
 
-log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
 
 ConversationId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]
@@ -147,10 +145,8 @@ async def delete_conversation(
 
 
 async def _read(call: Any) -> conversation_pb2.SendMessageEvent | None:
-    try:
+    with upstream("conversation"):
         reply = await call.read()
-    except grpc.aio.AioRpcError as err:
-        raise from_grpc(err, "conversation") from None
     return None if reply is grpc.aio.EOF else reply
 
 
@@ -277,10 +273,7 @@ async def _stream(call: Any, reply: conversation_pb2.SendMessageEvent | None, re
                 return
             reply = await _read(call)
         raise _broken()
-    except APIError as err:
-        yield event(err.body())
-    except Exception:
-        log.exception("conversation stream failed", extra={"request_id": request_id})
-        yield event(APIError(500, "The server had an error while streaming the response.", type="server_error").body())
+    except Exception as exc:  # noqa: BLE001 - the status line is gone already: the error travels as an event
+        yield event(stream_failure(exc, "conversation", request_id).body())
     finally:
         call.cancel()

@@ -16,7 +16,6 @@ Streaming sends OpenAI's typed events (``response.created``, ``response.in_progr
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
 import uuid
@@ -30,7 +29,7 @@ from chatplane.gateway import generation
 from chatplane.gateway.api_conversations import _read
 from chatplane.gateway.api_models import check_max_tokens, model_not_found
 from chatplane.gateway.deps import BackendsDep, ConversationStub, CurrentPrincipal, SettingsDep
-from chatplane.gateway.errors import APIError, invalid, upstream
+from chatplane.gateway.errors import APIError, invalid, stream_failure, upstream
 from chatplane.gateway.metering import MeteredConversationReply, rough_tokens
 from chatplane.gateway.observability import observe
 from chatplane.gateway.schemas import ResponsesRequest, ResponseToolChoiceFunction
@@ -38,7 +37,6 @@ from chatplane.gateway.sse import answer, first_reply
 from chatplane.protos.conversation.v1 import conversation_pb2
 from chatplane.protos.inference.v1 import inference_pb2
 
-log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/responses", tags=["responses"])
 
 PREFIX = "resp_"
@@ -442,12 +440,9 @@ async def _stream(call: Any, response: _Response, request_id: str) -> AsyncItera
                 return
             reply = await _read(call)
         raise APIError(502, "The conversation service ended the response unexpectedly.", type="server_error")
-    except APIError as err:
+    except Exception as exc:  # noqa: BLE001 - the status line is gone already: the error travels as an event
+        err = stream_failure(exc, "response", request_id)
         yield ev("error", code=err.code or err.type, message=err.message, param=err.param)
-    except Exception:
-        log.exception("response stream failed", extra={"request_id": request_id})
-        yield ev("error", code="server_error", message="The server had an error while streaming the response.",
-                 param=None)
     finally:
         call.cancel()
 

@@ -16,7 +16,7 @@ import jwt
 from cachetools import TLRUCache
 
 from chatplane.common import limits
-from chatplane.gateway.errors import APIError, from_grpc, unauthenticated, unavailable
+from chatplane.gateway.errors import APIError, unauthenticated, unavailable, upstream
 from chatplane.protos.auth.v1 import auth_pb2, auth_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,8 @@ MISSING_MESSAGE = (
 )
 INCORRECT_MESSAGE = "Incorrect API key provided. You can create a new API key at POST /v1/api-keys."
 INVALID_TOKEN_MESSAGE = "Invalid or expired access token provided. Log in again at POST /v1/auth/login."
+# What auth answers for a credential it does not accept (cached as such, briefly): the gateway's 401.
+_REFUSED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,15 +106,15 @@ class Authenticator:
         return entry.principal
 
     async def _ask_auth(self, credential: str) -> _Entry:
-        try:
-            reply = await self._stub.Authenticate(
-                auth_pb2.AuthenticateRequest(credential=credential), timeout=self._timeout
-            )
-        except grpc.aio.AioRpcError as err:
-            if err.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT,
-                              grpc.StatusCode.NOT_FOUND):
-                return _Entry(None, self._negative_ttl)
-            raise from_grpc(err, "auth") from None
+        with upstream("auth"):
+            try:
+                reply = await self._stub.Authenticate(
+                    auth_pb2.AuthenticateRequest(credential=credential), timeout=self._timeout
+                )
+            except grpc.aio.AioRpcError as err:
+                if err.code() not in _REFUSED:
+                    raise
+                return _Entry(None, self._negative_ttl)  # an unknown or revoked credential
         kind = "jwt" if reply.credential_type == auth_pb2.CREDENTIAL_TYPE_JWT else "api_key"
         if reply.HasField("limits") and self._on_limits is not None:
             self._on_limits(reply.user_id, reply.api_key_id, reply.limits)
@@ -178,14 +180,15 @@ class Authenticator:
         return self._jwks
 
     async def _fetch_jwks(self) -> None:
-        try:
-            reply = await self._stub.GetJwks(auth_pb2.GetJwksRequest(), timeout=self._timeout)
-        except grpc.aio.AioRpcError as err:
-            if self._jwks is not None:  # keep verifying with the keys we have
+        with upstream("auth"):
+            try:
+                reply = await self._stub.GetJwks(auth_pb2.GetJwksRequest(), timeout=self._timeout)
+            except grpc.aio.AioRpcError as err:
+                if self._jwks is None:
+                    raise
                 log.warning("jwks refresh failed", extra={"grpc_status": err.code().name})
-                self._jwks_fetched_at = time.monotonic()
+                self._jwks_fetched_at = time.monotonic()  # keep verifying with the keys we have
                 return
-            raise from_grpc(err, "auth") from None
         try:
             jwks = jwt.PyJWKSet.from_dict(json.loads(reply.json))
         except (ValueError, jwt.PyJWTError):

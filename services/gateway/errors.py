@@ -168,6 +168,15 @@ def upstream(service: str) -> Iterator[None]:
         raise from_grpc(err, service) from None
 
 
+def stream_failure(exc: Exception, stream: str, request_id: str) -> APIError:
+    """What a stream tells its client when it fails after the status line went out (as an event, then it ends): an
+    :class:`APIError` as itself; anything else is logged and told as a 500 without details."""
+    if isinstance(exc, APIError):
+        return exc
+    log.error(f"{stream} stream failed", extra={"request_id": request_id}, exc_info=exc)
+    return APIError(500, "The server had an error while streaming the response.", type=SERVER_ERROR)
+
+
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "bytes"}
 
 

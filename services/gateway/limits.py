@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import time
 
-import grpc
 from cachetools import TLRUCache
 
 from chatplane.gateway.authn import Principal
-from chatplane.gateway.errors import from_grpc
+from chatplane.gateway.errors import upstream
 from chatplane.protos.auth.v1 import auth_pb2, auth_pb2_grpc
 
 
@@ -37,13 +36,11 @@ class LimitsProvider:
         cached = self._cache.get(key)
         if cached is not None:
             return cached
-        try:
+        with upstream("auth"):
             limits = await self._auth.GetLimits(
                 auth_pb2.GetLimitsRequest(user_id=principal.user_id, api_key_id=principal.api_key_id),
                 timeout=self._timeout,
             )
-        except grpc.aio.AioRpcError as err:
-            raise from_grpc(err, "auth") from None
         self._cache[key] = limits
         return limits
 

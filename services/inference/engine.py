@@ -15,18 +15,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
+from chatplane.common.errors import InvalidArgument
 from chatplane.inference.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
-
-
-class EngineInputError(ValueError):
-    """The request cannot be served as asked (prompt too long, bad parameter). ``param`` names the field."""
-
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -339,11 +331,11 @@ class VllmEngine:
         plan = self._tools.plan(tools if messages is not None else None, structured)
         ids = self._prompt_ids(messages, prompt, tools, continue_final)
         if not ids:
-            raise EngineInputError("the prompt is empty", param="messages" if messages is not None else "prompt")
+            raise InvalidArgument("the prompt is empty", param="messages" if messages is not None else "prompt")
         room = self.max_model_len - len(ids)
         max_tokens = sampling.max_tokens if sampling.max_tokens is not None else room
         if max_tokens < 1 or len(ids) + max_tokens > self.max_model_len:
-            raise EngineInputError(
+            raise InvalidArgument(
                 f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
                 f"{len(ids) + max(max_tokens, 0)} tokens ({len(ids)} in the messages, {max_tokens} in the completion). "
                 "Please reduce the length of the messages or completion.",
@@ -484,14 +476,14 @@ def _finite(logprob: float) -> float:
     return max(logprob, -9999.0)
 
 
-def _input_error(exc: Exception) -> EngineInputError:
+def _input_error(exc: Exception) -> InvalidArgument:
     """vLLM's refusal of a request (its checks of the parameters, a grammar that does not compile)."""
     param = getattr(exc, "parameter", None)
     message = str(exc).split(" (parameter=")[0]
     names = {"logit_bias": "logit_bias", "logprobs": "top_logprobs", "n": "n", "structured_outputs": "response_format"}
     if param is None and ("grammar" in message.lower() or "schema" in message.lower()):
         param = "response_format"
-    return EngineInputError(message[:1000], param=names.get(param, param))
+    return InvalidArgument(message[:1000], param=names.get(param, param))
 
 
 def create_engine(settings: InferenceSettings) -> Engine:

@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from chatplane.common.chat import group_turns
-from chatplane.inference.engine import EngineInputError, Turn
+from chatplane.common.errors import InvalidArgument
+from chatplane.inference.engine import Turn
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ def fit(
     max_model_len: int,
     count: Callable[[Sequence[Turn]], int],
 ) -> Fitted:
-    """The chat to generate from and its reply budget; :class:`EngineInputError` (context_length_exceeded) when
+    """The chat to generate from and its reply budget; :class:`InvalidArgument` (context_length_exceeded) when
     nothing fits. ``max_tokens``: the caller's explicit budget (None: ``default_max_tokens``, 0 meaning the room
     left, shrunk to the room left when needed)."""
     keep_first = min(keep_first, len(messages))
@@ -62,7 +63,7 @@ def fit(
     everything = len(turns)
     least = tokens(everything)
     if least >= limit:
-        raise EngineInputError(
+        raise InvalidArgument(
             f"This model's maximum context length is {limit} tokens, but the message needs {least} tokens "
             "without any history. Please shorten the message.",
             param="messages", code="context_length_exceeded",
@@ -73,7 +74,7 @@ def fit(
             return fitted(0, limit - counted[0])
     if least + budget > limit:
         if max_tokens is not None:
-            raise EngineInputError(
+            raise InvalidArgument(
                 f"This model's maximum context length is {limit} tokens. However, you requested {least + budget} "
                 f"tokens ({least} in the messages, {budget} in the completion). Please reduce max_tokens.",
                 param="max_tokens", code="context_length_exceeded",

@@ -1,4 +1,5 @@
-"""gRPC adapter: converts messages and calls the engine."""
+"""gRPC adapter: checks and converts messages and calls the engine; :func:`~chatplane.common.errors.handled` turns
+its errors (a bad request, the engine's :class:`~chatplane.common.errors.InvalidArgument`) into statuses."""
 
 from __future__ import annotations
 
@@ -10,16 +11,13 @@ import logging
 import math
 import re
 
-import grpc
-
 from chatplane.common import limits
-from chatplane.common.errors import abort
+from chatplane.common.errors import InvalidArgument, NotFound, Unavailable, handled
 from chatplane.common.streams import ReadAhead
 from chatplane.inference import fitting
 from chatplane.inference.engine import (
     Chunk,
     Engine,
-    EngineInputError,
     Function,
     Messages,
     Sampling,
@@ -55,161 +53,149 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self.stream_interval = stream_interval  # seconds between two messages of a stream after its first
         self._stopped = asyncio.Event()  # ends the stats watches
 
-    async def _check_ready(self, context) -> None:
+    def _check_ready(self) -> None:
         if self.draining:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, "this replica is shutting down")
+            raise Unavailable("this replica is shutting down")
         if not self.ready:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, "the model engine is starting")
+            raise Unavailable("the model engine is starting")
 
     def stop_watches(self) -> None:
         self._stopped.set()
 
-    async def _check_model(self, model: str, context) -> None:
+    def _check_model(self, model: str) -> None:
         if model and model != self.engine.model_name:
-            await abort(
-                context,
-                grpc.StatusCode.NOT_FOUND,
+            raise NotFound(
                 f"The model `{model}` does not exist or you do not have access to it.",
                 code="model_not_found",
                 param="model",
             )
 
-    async def _input(self, request, context, continue_final: bool = False) -> tuple[Messages | None, str | None]:
+    def _input(self, request, continue_final: bool = False) -> tuple[Messages | None, str | None]:
         which = request.WhichOneof("input")
         if which == "chat":
             msgs = request.chat.messages
             if not msgs:
-                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "messages must not be empty", param="messages")
+                raise InvalidArgument("messages must not be empty", param="messages")
             if len(msgs) > limits.MAX_MESSAGES:
-                await abort(
-                    context, grpc.StatusCode.INVALID_ARGUMENT,
-                    f"at most {limits.MAX_MESSAGES} messages", param="messages",
-                )
+                raise InvalidArgument(f"at most {limits.MAX_MESSAGES} messages", param="messages")
             turns = []
             for i, m in enumerate(msgs):
-                turns.append(await self._turn(m, i, context))
+                turns.append(self._turn(m, i))
             if continue_final and msgs[-1].role != "assistant":
-                await abort(
-                    context, grpc.StatusCode.INVALID_ARGUMENT,
-                    "continue_final_message needs an assistant message last", param="continue_final_message",
+                raise InvalidArgument(
+                    "continue_final_message needs an assistant message last", param="continue_final_message"
                 )
             return turns, None
         if continue_final:
-            await abort(
-                context, grpc.StatusCode.INVALID_ARGUMENT,
-                "continue_final_message needs chat messages", param="continue_final_message",
-            )
+            raise InvalidArgument("continue_final_message needs chat messages", param="continue_final_message")
         if which == "prompt":
             if not request.prompt or len(request.prompt) > limits.MAX_MESSAGE_CHARS * 4:
-                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "prompt is empty or too long", param="prompt")
+                raise InvalidArgument("prompt is empty or too long", param="prompt")
             return None, request.prompt
-        await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "messages or prompt is required", param="messages")
+        raise InvalidArgument("messages or prompt is required", param="messages")
 
-    async def _turn(self, m: pb.ChatMessage, i: int, context) -> Turn:
+    def _turn(self, m: pb.ChatMessage, i: int) -> Turn:
         def bad(param: str, message: str):
-            return abort(context, grpc.StatusCode.INVALID_ARGUMENT, message, param=f"messages[{i}]{param}")
+            raise InvalidArgument(message, param=f"messages[{i}]{param}")
 
         if m.role not in ROLES:
-            await bad(".role", f"messages[{i}].role must be one of system, user, assistant, tool")
+            bad(".role", f"messages[{i}].role must be one of system, user, assistant, tool")
         if len(m.content) > limits.MAX_MESSAGE_CHARS:
-            await bad(".content", f"messages[{i}].content is longer than {limits.MAX_MESSAGE_CHARS} characters")
+            bad(".content", f"messages[{i}].content is longer than {limits.MAX_MESSAGE_CHARS} characters")
         if m.tool_calls and m.role != "assistant":
-            await bad(".tool_calls", "only assistant messages have tool_calls")
+            bad(".tool_calls", "only assistant messages have tool_calls")
         if len(m.tool_calls) > limits.MAX_TOOL_CALLS:
-            await bad(".tool_calls", f"at most {limits.MAX_TOOL_CALLS} tool calls in one message")
+            bad(".tool_calls", f"at most {limits.MAX_TOOL_CALLS} tool calls in one message")
         if m.role == "tool" and not m.tool_call_id:
-            await bad(".tool_call_id", "a tool message needs the tool_call_id of the call it answers")
+            bad(".tool_call_id", "a tool message needs the tool_call_id of the call it answers")
         calls = []
         for j, c in enumerate(m.tool_calls):
             if not TOOL_NAME.match(c.name):
-                await bad(f".tool_calls[{j}].function.name", "a function name has 1 to 64 letters, digits, _ or -")
+                bad(f".tool_calls[{j}].function.name", "a function name has 1 to 64 letters, digits, _ or -")
             if len(c.arguments) > limits.MAX_MESSAGE_CHARS or len(c.id) > 256:
-                await bad(f".tool_calls[{j}]", "tool call too long")
+                bad(f".tool_calls[{j}]", "tool call too long")
             calls.append(ToolCall(c.id, c.name, c.arguments))
         if len(m.tool_call_id) > 256 or len(m.name) > 256:
-            await bad(".tool_call_id", "tool_call_id and name have at most 256 characters")
+            bad(".tool_call_id", "tool_call_id and name have at most 256 characters")
         return Turn(m.role, m.content, tuple(calls), m.tool_call_id, m.name)
 
-    async def _tools(self, request, context) -> ToolUse | None:
+    def _tools(self, request) -> ToolUse | None:
         """The functions offered and the choice among them; None when there are none."""
         def bad(param: str, message: str):
-            return abort(context, grpc.StatusCode.INVALID_ARGUMENT, message, param=param)
+            raise InvalidArgument(message, param=param)
 
         generating = isinstance(request, pb.GenerateRequest)  # CountTokens has the tools only
         tool_choice = request.tool_choice if generating else pb.ToolChoice()
         choice = _CHOICES.get(tool_choice.mode)
         if choice is None:
-            await bad("tool_choice", "unknown tool_choice mode")
+            bad("tool_choice", "unknown tool_choice mode")
         if not request.tools:
             if choice in ("required", "function"):
-                await bad("tool_choice", f"tool_choice {choice!r} needs tools")
+                bad("tool_choice", f"tool_choice {choice!r} needs tools")
             return None
         if len(request.tools) > limits.MAX_TOOLS:
-            await bad("tools", f"at most {limits.MAX_TOOLS} tools")
+            bad("tools", f"at most {limits.MAX_TOOLS} tools")
         functions = []
         for i, t in enumerate(request.tools):
             if not TOOL_NAME.match(t.name):
-                await bad(f"tools[{i}].function.name", "a function name has 1 to 64 letters, digits, _ or -")
+                bad(f"tools[{i}].function.name", "a function name has 1 to 64 letters, digits, _ or -")
             if len(t.description) > limits.MAX_MESSAGE_CHARS:
-                await bad(f"tools[{i}].function.description", "description too long")
+                bad(f"tools[{i}].function.description", "description too long")
             parameters = None
             if t.parameters_json:
-                parameters = await self._schema(t.parameters_json, f"tools[{i}].function.parameters", context)
+                parameters = self._schema(t.parameters_json, f"tools[{i}].function.parameters")
             functions.append(Function(t.name, t.description, parameters, t.strict))
         names = [f.name for f in functions]
         if len(set(names)) != len(names):
-            await bad("tools", "two tools have the same name")
+            bad("tools", "two tools have the same name")
         if choice == "function" and tool_choice.function not in names:
-            await bad("tool_choice", f"tool_choice names the function {tool_choice.function!r}, which is not in tools")
+            bad("tool_choice", f"tool_choice names the function {tool_choice.function!r}, which is not in tools")
         parallel = request.parallel_tool_calls if generating and request.HasField("parallel_tool_calls") else None
         return ToolUse(tuple(functions), choice, tool_choice.function if choice == "function" else "", parallel)
 
-    async def _schema(self, text: str, param: str, context) -> dict:
+    def _schema(self, text: str, param: str) -> dict:
         if len(text) > limits.MAX_SCHEMA_CHARS:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{param} is longer than "
-                        f"{limits.MAX_SCHEMA_CHARS} characters", param=param)
+            raise InvalidArgument(f"{param} is longer than {limits.MAX_SCHEMA_CHARS} characters", param=param)
         try:
             schema = json.loads(text)
         except ValueError:
             schema = None
         if not isinstance(schema, dict):
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{param} must be a JSON Schema object",
-                        param=param)
+            raise InvalidArgument(f"{param} must be a JSON Schema object", param=param)
         return schema
 
-    async def _structured(self, request, context) -> Structured | None:
+    def _structured(self, request) -> Structured | None:
         which = request.structured_output.WhichOneof("format")
         if which == "json_schema":
-            return Structured(json_schema=await self._schema(request.structured_output.json_schema,
-                                                             "response_format", context))
+            return Structured(json_schema=self._schema(request.structured_output.json_schema, "response_format"))
         if which == "json_object" and request.structured_output.json_object:
             return Structured(json_object=True)
         return None
 
-    async def _sampling(self, p: pb.SamplingParams, context) -> Sampling:
+    def _sampling(self, p: pb.SamplingParams) -> Sampling:
         def bad(param: str, message: str):
-            return abort(context, grpc.StatusCode.INVALID_ARGUMENT, message, param=param)
+            raise InvalidArgument(message, param=param)
 
         if p.HasField("max_tokens") and p.max_tokens < 1:
-            await bad("max_tokens", "max_tokens must be at least 1")
+            bad("max_tokens", "max_tokens must be at least 1")
         if p.HasField("temperature") and not (0.0 <= p.temperature <= 2.0 and math.isfinite(p.temperature)):
-            await bad("temperature", "temperature must be between 0 and 2")
+            bad("temperature", "temperature must be between 0 and 2")
         if p.HasField("top_p") and not (0.0 < p.top_p <= 1.0):
-            await bad("top_p", "top_p must be greater than 0 and at most 1")
+            bad("top_p", "top_p must be greater than 0 and at most 1")
         if len(p.stop) > limits.MAX_STOP_SEQUENCES or any(not s or len(s) > limits.MAX_STOP_CHARS for s in p.stop):
-            await bad("stop", f"stop takes up to {limits.MAX_STOP_SEQUENCES} non-empty sequences")
+            bad("stop", f"stop takes up to {limits.MAX_STOP_SEQUENCES} non-empty sequences")
         for name in ("presence_penalty", "frequency_penalty"):
             if p.HasField(name) and not -2.0 <= getattr(p, name) <= 2.0:
-                await bad(name, f"{name} must be between -2 and 2")
+                bad(name, f"{name} must be between -2 and 2")
         if len(p.logit_bias) > limits.MAX_LOGIT_BIAS:
-            await bad("logit_bias", f"logit_bias takes at most {limits.MAX_LOGIT_BIAS} tokens")
+            bad("logit_bias", f"logit_bias takes at most {limits.MAX_LOGIT_BIAS} tokens")
         if any(not -100.0 <= v <= 100.0 for v in p.logit_bias.values()):
-            await bad("logit_bias", "logit_bias values must be between -100 and 100")
+            bad("logit_bias", "logit_bias values must be between -100 and 100")
         for name, param in (("logprobs", "top_logprobs"), ("prompt_logprobs", "logprobs")):
             if p.HasField(name) and getattr(p, name) > limits.MAX_TOP_LOGPROBS:
-                await bad(param, f"{param} must be between 0 and {limits.MAX_TOP_LOGPROBS}")
+                bad(param, f"{param} must be between 0 and {limits.MAX_TOP_LOGPROBS}")
         if p.n > limits.MAX_N:
-            await bad("n", f"n must be between 1 and {limits.MAX_N}")
+            bad("n", f"n must be between 1 and {limits.MAX_N}")
         return Sampling(
             max_tokens=p.max_tokens if p.HasField("max_tokens") else None,
             temperature=p.temperature if p.HasField("temperature") else None,
@@ -224,15 +210,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             n=p.n or 1,
         )
 
+    @handled
     async def Generate(self, request: pb.GenerateRequest, context):  # noqa: N802 - gRPC naming
-        await self._check_ready(context)
-        await self._check_model(request.model, context)
-        messages, prompt = await self._input(request, context, request.continue_final_message)
-        sampling = await self._sampling(request.sampling, context)
-        tools = await self._tools(request, context)
-        structured = await self._structured(request, context)
+        self._check_ready()
+        self._check_model(request.model)
+        messages, prompt = self._input(request, request.continue_final_message)
+        sampling = self._sampling(request.sampling)
+        tools = self._tools(request)
+        structured = self._structured(request)
         if tools is not None and messages is None:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "tools need chat messages", param="tools")
+            raise InvalidArgument("tools need chat messages", param="tools")
         extras = {}
         if tools is not None:
             extras["tools"] = tools
@@ -242,7 +229,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             extras["continue_final"] = True
         dropped = 0
         if request.HasField("fit") and messages is not None:
-            messages, sampling, dropped = await self._fit(request, messages, sampling, tools, context)
+            messages, sampling, dropped = self._fit(request, messages, sampling, tools)
         stream = self.engine.generate(
             messages=messages, prompt=prompt, sampling=sampling, request_id=request.request_id, **extras
         )
@@ -292,41 +279,35 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     return
                 if interval:
                     await ahead.hold(interval)
-        except EngineInputError as e:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e), code=e.code, param=e.param)
         finally:
             # Cancelled RPC (client gone): stopping the reader aborts the request in the engine.
             await ahead.close()
 
-    async def _fit(self, request: pb.GenerateRequest, messages: Messages, sampling: Sampling, tools, context):
+    def _fit(self, request: pb.GenerateRequest, messages: Messages, sampling: Sampling, tools):
         """The chat fitted to the context window (``request.fit``), its reply budget and the messages left out."""
         spec = request.fit
         tool_use = {"tools": tools} if tools is not None else {}
-        try:
-            fitted = fitting.fit(
-                messages, keep_first=spec.keep_first, keep_last=max(spec.keep_last, 1),
-                max_tokens=sampling.max_tokens, default_max_tokens=spec.default_max_tokens,
-                max_model_len=self.engine.max_model_len,
-                count=lambda chat: self.engine.count_tokens(
-                    messages=chat, continue_final=request.continue_final_message, **tool_use),
-            )
-        except EngineInputError as e:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e), code=e.code, param=e.param)
+        fitted = fitting.fit(
+            messages, keep_first=spec.keep_first, keep_last=max(spec.keep_last, 1),
+            max_tokens=sampling.max_tokens, default_max_tokens=spec.default_max_tokens,
+            max_model_len=self.engine.max_model_len,
+            count=lambda chat: self.engine.count_tokens(
+                messages=chat, continue_final=request.continue_final_message, **tool_use),
+        )
         return fitted.messages, dataclasses.replace(sampling, max_tokens=fitted.max_tokens), fitted.dropped_messages
 
+    @handled
     async def CountTokens(self, request: pb.CountTokensRequest, context):  # noqa: N802
-        await self._check_ready(context)
-        await self._check_model(request.model, context)
-        messages, prompt = await self._input(request, context)
-        tools = await self._tools(request, context) if request.tools else None
-        try:
-            count = self.engine.count_tokens(messages=messages, prompt=prompt, **({"tools": tools} if tools else {}))
-        except EngineInputError as e:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e), code=e.code, param=e.param)
+        self._check_ready()
+        self._check_model(request.model)
+        messages, prompt = self._input(request)
+        tools = self._tools(request) if request.tools else None
+        count = self.engine.count_tokens(messages=messages, prompt=prompt, **({"tools": tools} if tools else {}))
         return pb.CountTokensResponse(token_count=count, max_model_len=self.engine.max_model_len)
 
+    @handled
     async def ListModels(self, request, context):  # noqa: N802
-        await self._check_ready(context)
+        self._check_ready()
         e = self.engine
         return pb.ListModelsResponse(
             models=[pb.Model(id=e.model_name, max_model_len=e.max_model_len, created=e.created, owned_by="chatplane")]

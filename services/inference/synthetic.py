@@ -23,9 +23,9 @@ import re
 import time
 from collections.abc import AsyncIterator
 
+from chatplane.common.errors import InvalidArgument
 from chatplane.inference.engine import (
     Chunk,
-    EngineInputError,
     EngineLoad,
     Messages,
     Sampling,
@@ -85,12 +85,12 @@ class SyntheticEngine:
     def _budget(self, prompt_tokens: int, sampling: Sampling, chat: bool, given: int = 0) -> int:
         """max_tokens as vLLM would check it (same errors), with ``synthetic_reply_tokens`` when none is given."""
         if prompt_tokens == 0:
-            raise EngineInputError("the prompt is empty", param="messages" if chat else "prompt")
+            raise InvalidArgument("the prompt is empty", param="messages" if chat else "prompt")
         room = self.max_model_len - prompt_tokens
         asked = sampling.max_tokens
         if room < 1 or (asked is not None and prompt_tokens + asked > self.max_model_len):
             requested = prompt_tokens + (asked if asked is not None else max(room, 0))
-            raise EngineInputError(
+            raise InvalidArgument(
                 f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
                 f"{requested} tokens ({prompt_tokens} in the messages, {requested - prompt_tokens} in the completion). "
                 "Please reduce the length of the messages or completion.",
@@ -116,7 +116,7 @@ class SyntheticEngine:
                             ("logprobs", sampling.prompt_logprobs is not None), ("tools", tools is not None),
                             ("response_format", structured is not None)):
             if used:
-                raise EngineInputError(f"the synthetic engine does not support {param}", param=param)
+                raise InvalidArgument(f"the synthetic engine does not support {param}", param=param)
         prompt_tokens = self.count_tokens(messages=messages, prompt=prompt, continue_final=continue_final)
         # A continued reply goes on with the same words the uninterrupted one would have had (same seed): the words
         # already given are skipped, so a stream continued on another replica reads exactly like one that was not.

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chatplane.inference.engine import EngineInputError, Structured, ToolCallDelta, ToolUse, Turn
+from chatplane.common.errors import InvalidArgument
+from chatplane.inference.engine import Structured, ToolCallDelta, ToolUse, Turn
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ class ToolSupport:
         if tools is None or not tools.functions or tools.choice == "none":
             return Plan(structured_outputs(structured))
         if self.parser_cls is None:
-            raise EngineInputError(
+            raise InvalidArgument(
                 "This model has no tool-call parser configured (CHATPLANE_INFERENCE_TOOL_CALL_PARSER), so it cannot "
                 "call tools.", param="tools",
             )
@@ -206,7 +207,7 @@ class ToolSupport:
             })
         except ValidationError as exc:
             first = exc.errors()[0] if exc.errors() else {}
-            raise EngineInputError(str(first.get("msg", exc))[:500], param="tool_choice") from None
+            raise InvalidArgument(str(first.get("msg", exc))[:500], param="tool_choice") from None
         request.structured_outputs = structured_outputs(structured)
         request = self.parser_cls(self.tokenizer, request.tools).adjust_request(request)
         return Plan(

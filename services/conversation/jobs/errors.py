@@ -1,23 +1,10 @@
-"""Which failures of a job are worth retrying."""
+"""Which failures of a job are worth retrying: a :class:`~chatplane.common.errors.ServiceError` that is
+``transient`` (an inference replica away or busy) is retried; :class:`PermanentJobError` never is."""
 
 from __future__ import annotations
 
-import grpc
-
-from chatplane.common.errors import ServiceError
-
-_TRANSIENT = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.CANCELLED,
-    grpc.StatusCode.ABORTED,
-}
+from chatplane.common.errors import FailedPrecondition
 
 
-class PermanentJobError(Exception):
+class PermanentJobError(FailedPrecondition):
     """The job can never succeed (retrying would not help): it is logged and dropped."""
-
-
-def transient_inference(err: ServiceError) -> bool:
-    return err.status in _TRANSIENT

@@ -11,7 +11,7 @@ import re
 
 from chatplane.common.errors import ServiceError
 from chatplane.conversation.jobs.context import JobContext
-from chatplane.conversation.jobs.errors import PermanentJobError, transient_inference
+from chatplane.conversation.jobs.errors import PermanentJobError
 from chatplane.conversation.models import ROLE_ASSISTANT, ROLE_USER
 from chatplane.conversation.validation import DEFAULT_TITLE
 from chatplane.protos.inference.v1 import inference_pb2
@@ -75,7 +75,7 @@ async def ask_model(ctx: JobContext, user_text: str, assistant_text: str) -> str
         ):
             parts.append(chunk.text)
     except ServiceError as err:
-        if transient_inference(err):
+        if err.transient:
             raise  # retried with backoff
         log.warning("the model could not write a title", extra={"status": err.status.name})
         return ""

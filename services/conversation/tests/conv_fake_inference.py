@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import grpc
 
-from chatplane.common.errors import abort
-from chatplane.inference.engine import EngineInputError, Turn
+from chatplane.common.errors import InvalidArgument, abort
+from chatplane.inference.engine import Turn
 from chatplane.inference.fitting import fit
 from chatplane.protos.inference.v1 import inference_pb2 as pb
 from chatplane.protos.inference.v1 import inference_pb2_grpc
@@ -76,7 +76,7 @@ class FakeInferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     def _fit(self, request: pb.GenerateRequest) -> tuple[pb.GenerateRequest, int]:
         """The request as fitted (inference's own fitting, with this double's token counts) and the messages left
-        out; raises EngineInputError when nothing fits."""
+        out; raises InvalidArgument when nothing fits."""
         turns = [Turn(m.role, m.content) for m in request.chat.messages]
         spec = request.fit
         fitted = fit(
@@ -103,7 +103,7 @@ class FakeInferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         if request.HasField("fit"):
             try:
                 request, dropped = self._fit(request)
-            except EngineInputError as e:
+            except InvalidArgument as e:
                 await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e), code=e.code, param=e.param)
         self.generate_requests.append(request)
         first = {"prompt_tokens": chat_tokens(self.chat(request)), "dropped_messages": dropped}

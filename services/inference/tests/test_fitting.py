@@ -7,7 +7,8 @@ import random
 import pytest
 
 from chatplane.common.chat import group_turns
-from chatplane.inference.engine import EngineInputError, Turn
+from chatplane.common.errors import InvalidArgument
+from chatplane.inference.engine import Turn
 from chatplane.inference.fitting import fit
 
 
@@ -42,7 +43,7 @@ def test_keeps_the_most_recent_whole_turns_that_fit():
         try:
             fitted = fit([system, *past, new], keep_first=1, keep_last=1, max_tokens=budget, default_max_tokens=99,
                          max_model_len=limit, count=counter(calls))
-        except EngineInputError as err:
+        except InvalidArgument as err:
             assert tokens([system, new]) + budget > limit and err.code == "context_length_exceeded"
             continue
         # Reference: drop whole turns from the front, one at a time, until it fits.
@@ -65,11 +66,11 @@ def test_default_budget_shrinks_to_the_room_left():
 
 
 def test_nothing_fits():
-    with pytest.raises(EngineInputError) as err:
+    with pytest.raises(InvalidArgument) as err:
         fit([Turn("system", "sys"), Turn("user", " ".join(["w"] * 20))], keep_first=1, keep_last=1,
             max_tokens=None, default_max_tokens=5, max_model_len=20, count=counter([]))
     assert (err.value.param, err.value.code) == ("messages", "context_length_exceeded")
-    with pytest.raises(EngineInputError) as err:
+    with pytest.raises(InvalidArgument) as err:
         fit([Turn("user", "short")], keep_first=0, keep_last=1, max_tokens=50, default_max_tokens=5,
             max_model_len=20, count=counter([]))
     assert err.value.param == "max_tokens"

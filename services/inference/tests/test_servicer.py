@@ -9,7 +9,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from chatplane.inference.engine import Chunk, EngineInputError, EngineLoad, Sampling
+from chatplane.common.errors import InvalidArgument
+from chatplane.inference.engine import Chunk, EngineLoad, Sampling
 from chatplane.inference.server import build
 from chatplane.protos.inference.v1 import inference_pb2 as pb
 from chatplane.protos.inference.v1 import inference_pb2_grpc
@@ -40,7 +41,7 @@ class FakeEngine:
     ) -> AsyncIterator[Chunk]:
         self.seen.append((messages, prompt, sampling))
         if sampling.max_tokens and sampling.max_tokens > self.max_model_len:
-            raise EngineInputError("too long", param="max_tokens", code="context_length_exceeded")
+            raise InvalidArgument("too long", param="max_tokens", code="context_length_exceeded")
         self.load.running += 1
         try:
             for w in self.words:

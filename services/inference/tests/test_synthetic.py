@@ -8,7 +8,8 @@ import time
 import grpc
 import pytest
 
-from chatplane.inference.engine import EngineInputError, Function, Sampling, Structured, ToolUse, create_engine
+from chatplane.common.errors import InvalidArgument
+from chatplane.inference.engine import Function, Sampling, Structured, ToolUse, create_engine
 from chatplane.inference.server import build
 from chatplane.inference.settings import InferenceSettings
 from chatplane.inference.synthetic import SyntheticEngine, count_text
@@ -77,11 +78,11 @@ async def test_counts_tokens_with_a_simple_tokenizer_and_the_chat_template():
 
 async def test_rejects_what_does_not_fit_like_vllm():
     engine = await started(max_model_len=16)
-    with pytest.raises(EngineInputError) as err:
+    with pytest.raises(InvalidArgument) as err:
         await run(engine, Sampling(max_tokens=6))  # 11 + 6 > 16
     assert (err.value.code, err.value.param) == ("context_length_exceeded", "max_tokens")
     assert "maximum context length is 16 tokens" in str(err.value)
-    with pytest.raises(EngineInputError) as err:
+    with pytest.raises(InvalidArgument) as err:
         await run(engine, Sampling(), messages=[("user", "word " * 20)])
     assert err.value.param == "messages"
     assert len(await run(engine, Sampling(max_tokens=5))) == 5
@@ -236,7 +237,7 @@ async def test_a_stream_interval_groups_tokens_but_never_holds_the_first_or_the_
 async def test_features_it_cannot_fake_are_refused(extra, param):
     engine = await started()
     args = {"messages": HELLO, "prompt": None, "sampling": Sampling(), "request_id": "r", **extra}
-    with pytest.raises(EngineInputError) as err:
+    with pytest.raises(InvalidArgument) as err:
         async for _ in engine.generate(**args):
             pass
     assert err.value.param == param
