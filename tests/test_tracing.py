@@ -52,15 +52,13 @@ async def test_one_trace_from_the_gateway_to_the_kafka_consumer(spans, kafka_bro
     await engine.start()
     inference, servicer = build(engine)
     inference_port = await inference.start("127.0.0.1:0")
-    servicer.ready = True
-    await inference.set_serving(True)
+    await inference.grpc.set_serving(True)
 
     auth_settings = AuthSettings(port=0, data_dir=tmp_path, database_url=f"sqlite+aiosqlite:///{tmp_path}/auth.db",
                                  kafka_bootstrap_servers=kafka, consumer_session_timeout_ms=6000)
     auth = AuthServer(auth_settings)
-    auth_port = await auth.grpc.start("127.0.0.1:0")
-    await auth.wait_ready()
-    await auth.grpc.set_serving(True)
+    auth_port = await auth.runtime.start("127.0.0.1:0")
+    await auth.runtime.prepare()
     # The usage consumer's handler in a group of its own: the run's shared broker may have the stack's consumers.
     group = f"trace-test-{uuid.uuid4().hex[:8]}"
     consumer = EventConsumer(kafka, group, metering.USAGE_TOPICS, db.sessionmaker(auth.engine), metering.apply_event,
@@ -109,8 +107,7 @@ async def test_one_trace_from_the_gateway_to_the_kafka_consumer(spans, kafka_bro
         consumer.stop()
         await asyncio.wait_for(consuming, 10)
         await consumer.close()
-        await auth.grpc.stop(1)
-        await auth.close()
+        await auth.runtime.stop(1)
         await inference.stop(1)
         await engine.stop()
 

@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chatplane.common.db import UTCDateTime, utcnow
-from chatplane.common import metrics, tracing
+from chatplane.common import metrics, retry, tracing
 from chatplane.common.events import EventEnvelope, decode, topic_of
 from chatplane.common.outbox import PROCESSED_EVENTS
 from chatplane.common.relay import ensure_topics
@@ -102,23 +102,26 @@ class EventConsumer:
         return consumer
 
     async def run(self) -> None:
-        """Consume until :meth:`stop` (or cancellation). Reconnects with backoff while the broker is unreachable."""
-        backoff = 0.5
+        """Consume until :meth:`stop` (or cancellation). While the broker or the database is unreachable, reconnects
+        by the one retry policy (:mod:`chatplane.common.retry`)."""
         while not self._stopping:
-            try:
-                if self._consumer is None:
-                    self._consumer = await self._in_thread(self._open)
-                    log.info("consumer started", extra={"group": self.group_id, "topics": self.topics})
-                batch = await self._in_thread(self._poll)
-                if batch:
-                    await self.apply_batch([record.value for record in batch])
-                    await self._in_thread(self._consumer.commit)
-                backoff = 0.5
-            except Exception as exc:  # noqa: BLE001 - broker or database unreachable: reconnect with backoff
-                log.warning("consumer error, retrying", extra={"group": self.group_id, "error": repr(exc)[:300]})
-                await self._in_thread(self._close)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+            await retry.until_success(self._poll_once, maximum=10.0, on_failure=self._failed)
+
+    async def _poll_once(self) -> None:
+        if self._stopping:
+            return
+        if self._consumer is None:
+            self._consumer = await self._in_thread(self._open)
+            log.info("consumer started", extra={"group": self.group_id, "topics": self.topics})
+        batch = await self._in_thread(self._poll)
+        if batch:
+            await self.apply_batch([record.value for record in batch])
+            await self._in_thread(self._consumer.commit)
+
+    async def _failed(self, exc: BaseException, delay: float) -> None:
+        log.warning("consumer error, retrying",
+                    extra={"group": self.group_id, "retry_in_s": round(delay, 2), "error": repr(exc)[:300]})
+        await self._in_thread(self._close)
 
     def _poll(self) -> list[Any]:
         records = self._consumer.poll(timeout_ms=self.poll_timeout_ms)

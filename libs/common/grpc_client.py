@@ -15,15 +15,33 @@ from chatplane.common import tracing
 from chatplane.common.grpc_server import MAX_MESSAGE_BYTES
 from chatplane.common.tls import TlsSettings
 
+# The reads of auth and conversation that change nothing: tried again (gRPC's own retries, before any answer came)
+# when a replica was unavailable, e.g. one stopping under a rolling update; round_robin takes another. Writes and
+# streams are never retried here (the inference client fails over by itself).
+IDEMPOTENT_READS = {
+    "chatplane.auth.v1.AuthService": ("Authenticate", "GetJwks", "GetLimits", "ListApiKeys", "GetUsage", "ListQuotas"),
+    "chatplane.conversation.v1.ConversationService": (
+        "ListConversations", "GetConversation", "GetResponse", "GetExport",
+    ),
+}
+READ_RETRY_POLICY = {
+    "maxAttempts": 3,
+    "initialBackoff": "0.1s",
+    "maxBackoff": "1s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
 _SERVICE_CONFIG = json.dumps(
     {
         "loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [
+            {"name": [{}], "waitForReady": False},
             {
-                # Idempotent reads may be retried when a replica is briefly unavailable; streams are not retried.
-                "name": [{}],
+                "name": [{"service": service, "method": method}
+                         for service, methods in IDEMPOTENT_READS.items() for method in methods],
                 "waitForReady": False,
-            }
+                "retryPolicy": READ_RETRY_POLICY,
+            },
         ],
     }
 )

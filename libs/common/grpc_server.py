@@ -1,12 +1,10 @@
-"""The grpc.aio server bootstrap every gRPC service uses: standard health service, graceful drain on SIGTERM."""
+"""The grpc.aio server every gRPC service uses: the standard health service, readiness, the drain. A service's life
+around it (prepare, background work, signals, close) is :class:`chatplane.common.runtime.ServiceRuntime`'s."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
-from collections.abc import Awaitable, Callable, Coroutine
-from contextlib import suppress
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import grpc
@@ -46,8 +44,8 @@ def server_options(settings: GrpcServiceSettings | None) -> list[tuple[str, int]
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
-    """Run a service's main coroutine on uvloop: the event loop in C costs about half the CPU of asyncio's for each
-    callback, and a streamed gRPC message is several (README, "Performance")."""
+    """Run a service's main coroutine on uvloop: its event loop in C costs less CPU per callback than asyncio's, and a
+    streamed gRPC message is several (README, "Performance")."""
     import uvloop
 
     return uvloop.run(main)
@@ -57,7 +55,9 @@ class GrpcService:
     """A running grpc.aio server with its health servicer.
 
     ``service_names`` are the fully qualified gRPC service names reported through ``grpc.health.v1``; the overall
-    status ("") follows them. Start NOT_SERVING until :meth:`set_serving` says the service is ready.
+    status ("") follows them. Start NOT_SERVING until :meth:`set_serving` says the service is ready. :attr:`state`
+    (``starting``, ``serving``, ``draining``) is the service's one readiness: what health reports and what a servicer
+    that refuses work while not serving reads.
 
     ``access`` lists the identities allowed per method (:class:`chatplane.common.tls.AccessPolicy`). With the
     CHATPLANE_TLS_* files the server listens with mutual TLS only and enforces it; the settings' ``health_port`` then adds a
@@ -84,6 +84,7 @@ class GrpcService:
         self.service_names = ["", *service_names]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port: int | None = None
+        self.state = "starting"
         self._health_server: grpc.aio.Server | None = None
 
     async def start(self, address: str) -> int:
@@ -106,6 +107,7 @@ class GrpcService:
         return self.port
 
     async def set_serving(self, serving: bool = True) -> None:
+        self.state = "serving" if serving else "starting"
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in self.service_names:
             await self.health.set(name, status)
@@ -114,53 +116,10 @@ class GrpcService:
         """Drain: report NOT_SERVING (clients watching the health service move away at once), let the calls under
         way finish for at most ``grace`` seconds, then close (watch streams, which never end by themselves, and
         whatever did not finish are cancelled)."""
+        self.state = "draining"
         await self.health.enter_graceful_shutdown()
         if not await self.active.wait_idle(grace):
             log.warning("drain grace over with calls still running", extra={"calls": self.active.count})
         await self.server.stop(WATCHES_CLOSE_SECONDS)
         if self._health_server is not None:
             await self._health_server.stop(0)
-
-
-async def run_until_signal(
-    service: GrpcService,
-    address: str,
-    *,
-    grace: float,
-    on_ready: Callable[[], Awaitable[None]] | None = None,
-    on_drain: Callable[[], None] | None = None,
-    on_stop: Callable[[], Awaitable[None]] | None = None,
-) -> None:
-    """Serve until SIGTERM or SIGINT, then drain. ``on_ready`` runs after the port is open, before SERVING;
-    ``on_drain`` when the drain begins (refuse new work that others can take); ``on_stop`` after the server stopped."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    port = await service.start(address)
-    log.info("listening", extra={"address": address, "port": port})
-    ready_task = None
-    try:
-        if on_ready is not None:
-            ready_task = asyncio.create_task(on_ready())
-            waiter = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait({ready_task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            if ready_task in done:
-                ready_task.result()
-        if not stop.is_set():
-            await service.set_serving(True)
-            log.info("serving")
-            await stop.wait()
-        log.info("draining", extra={"grace_seconds": grace})
-    finally:
-        if ready_task is not None and not ready_task.done():
-            ready_task.cancel()
-            with suppress(asyncio.CancelledError):
-                await ready_task
-        if on_drain is not None:
-            on_drain()
-        await service.stop(grace)
-        if on_stop is not None:
-            await on_stop()
-        log.info("stopped")

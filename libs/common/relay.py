@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import BigInteger, LargeBinary, String, column, delete, func, select, table, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from chatplane.common import metrics, outbox
+from chatplane.common import metrics, outbox, retry
 from chatplane.common.db import UTCDateTime, utcnow, writer
 from chatplane.common.events import TOPICS, decode
 
@@ -159,23 +159,10 @@ class OutboxRelay:
     # -- the loop --------------------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        backoff = self.initial_backoff
         while True:
-            try:
-                count = await self.publish_once()
-                backoff = self.initial_backoff
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - broker or database down: retry later, nothing is lost
-                self.stats.failures += 1
-                metrics.PUBLISH_FAILURES.inc()
-                log.warning(
-                    "outbox publish failed, retrying", extra={"relay": self.name, "retry_in_s": round(backoff, 2),
-                                                              "error": repr(exc)[:300]}
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
-                continue
+            # Broker or database down: retried by the one policy, nothing is lost.
+            count = await retry.until_success(self.publish_once, first=self.initial_backoff,
+                                              maximum=self.max_backoff, on_failure=self._failed)
             if count >= self.batch_size:
                 continue  # more rows are waiting
             try:
@@ -186,6 +173,12 @@ class OutboxRelay:
                 if self.linger:
                     await asyncio.sleep(self.linger)
             self._wake.clear()
+
+    def _failed(self, exc: BaseException, delay: float) -> None:
+        self.stats.failures += 1
+        metrics.PUBLISH_FAILURES.inc()
+        log.warning("outbox publish failed, retrying",
+                    extra={"relay": self.name, "retry_in_s": round(delay, 2), "error": repr(exc)[:300]})
 
     async def publish_once(self) -> int:
         """Publish one batch of unsent rows; returns how many rows were read (0: nothing to do)."""

@@ -92,6 +92,11 @@ class GrpcServiceSettings(ServiceSettings):
     max_connection_age_grace_seconds: float = Field(
         30.0, ge=0, description="Calls under way on a connection closed for its age get this long to finish."
     )
+    prepare_retry_max_seconds: float = Field(
+        10.0, gt=0, description="Preparing to serve (auth, conversation: the database reachable and migrated) is "
+        "retried after 0.5 s, the wait doubling up to this, until it succeeds; NOT_SERVING meanwhile. (Inference's "
+        "engine start is not retried.)",
+    )
     health_port: int = Field(
         0, ge=0, le=65535, description="With mutual TLS on: a plaintext port serving only grpc.health.v1, for "
         "Kubernetes' gRPC probes (which cannot speak TLS). 0: none."

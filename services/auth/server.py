@@ -1,8 +1,8 @@
-"""Wires the auth service together: signing key, database, core, gRPC servicer, health."""
+"""Wires the auth service together: signing key, database, core, gRPC servicer, and its runtime (health, the outbox
+relay and monitor, the database made ready under the one retry policy)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -17,9 +17,7 @@ from chatplane.auth.servicer import AuthServicer
 from chatplane.auth.settings import AuthSettings
 from chatplane.auth.tokens import TokenIssuer
 from chatplane.common import db
-from chatplane.common.grpc_server import GrpcService, run_until_signal
-from chatplane.common.metrics import OutboxMonitor
-from chatplane.common.relay import OutboxRelay
+from chatplane.common.runtime import ServiceRuntime
 from chatplane.protos.auth.v1 import auth_pb2, auth_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -44,11 +42,12 @@ async def migrate(settings: AuthSettings) -> None:
 
 async def serve(settings: AuthSettings) -> None:
     """Build the server inside the running event loop (grpc.aio binds to it) and serve until a signal."""
-    await AuthServer(settings).serve()
+    await AuthServer(settings).runtime.serve()
 
 
 class AuthServer:
-    """The auth service in one object; ``serve()`` for the process, ``start()``/``wait_ready()`` for tests."""
+    """The auth service in one object: its core and its :class:`~chatplane.common.runtime.ServiceRuntime`
+    (``runtime.serve()`` for the process; ``runtime.start()``, ``prepare()`` and ``stop()`` for tests)."""
 
     def __init__(self, settings: AuthSettings, *, clock: Callable[[], datetime] = db.utcnow) -> None:
         self.settings = settings
@@ -61,53 +60,19 @@ class AuthServer:
             ttl_seconds=settings.access_token_ttl_seconds,
         )
         self.core = AuthCore(settings, db.sessionmaker(self.engine), tokens, clock=clock)
-        # Publishes the outbox to Kafka; None when events are disabled (they then wait in the outbox).
-        self.relay = (
-            OutboxRelay(self.engine, settings.kafka_bootstrap_servers, name="auth")
-            if settings.kafka_bootstrap_servers
-            else None
-        )
-        self.grpc = GrpcService([SERVICE_NAME], settings=settings, access=ACCESS)
-        auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(self.core), self.grpc.server)
+        self.runtime = ServiceRuntime("auth", [SERVICE_NAME], settings, access=ACCESS)
+        auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(self.core), self.runtime.server)
+        self.runtime.on_prepare(self._database_ready)
+        self.runtime.outbox(self.engine, settings.kafka_bootstrap_servers)
+        self.runtime.on_close(self._close)
 
-    async def wait_ready(self, max_delay: float = 10.0) -> None:
-        """Migrate (when auto_migrate) and check the schema is reachable; retry until it is. Then SERVING is true."""
-        delay = 0.5
-        while True:
-            try:
-                if self.settings.auto_migrate:
-                    await migrate(self.settings)
-                async with db.sessionmaker(self.engine)() as session:
-                    await session.execute(select(User.id).limit(1))
-                if self.relay is not None:
-                    self.relay.start()
-                return
-            except Exception as exc:  # noqa: BLE001 - any failure means not ready yet; keep NOT_SERVING and retry
-                log.warning("database not ready", extra={"error": f"{type(exc).__name__}: {exc}"[:500]})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, max_delay)
+    async def _database_ready(self) -> None:
+        """Migrate (when auto_migrate) and check that the schema is reachable."""
+        if self.settings.auto_migrate:
+            await migrate(self.settings)
+        async with db.sessionmaker(self.engine)() as session:
+            await session.execute(select(User.id).limit(1))
 
-    async def close(self) -> None:
+    async def _close(self) -> None:
         self.core.passwords.close()
-        if self.relay is not None:
-            await self.relay.stop()
         await self.engine.dispose()
-
-    async def serve(self) -> None:
-        outbox = OutboxMonitor(self.engine)  # the outbox backlog and age gauges
-
-        async def ready() -> None:
-            await self.wait_ready()
-            outbox.start()
-
-        async def stop() -> None:
-            await outbox.stop()
-            await self.close()
-
-        await run_until_signal(
-            self.grpc,
-            self.settings.listen_address(),
-            grace=self.settings.shutdown_grace_seconds,
-            on_ready=ready,
-            on_stop=stop,
-        )

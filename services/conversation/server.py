@@ -1,4 +1,6 @@
-"""Assembling the gRPC server around the core; also the in-process entry point for tests of other services."""
+"""Assembling the conversation service: the core and what it works with, the gRPC servicer, and the service's runtime
+(health, the outbox relay and monitor, prepare under the one retry policy, the drain); also the in-process entry
+point for tests of other services."""
 
 from __future__ import annotations
 
@@ -10,10 +12,8 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chatplane.common.db import make_engine
-from chatplane.common.grpc_server import GrpcService, run_until_signal
 from chatplane.common.inference import InferenceClient
-from chatplane.common.metrics import OutboxMonitor
-from chatplane.common.relay import OutboxRelay
+from chatplane.common.runtime import ServiceRuntime
 from chatplane.conversation.jobs.queue import JobQueue
 from chatplane.conversation.service import ConversationCore, migrate_database
 from chatplane.conversation.servicer import ConversationServicer
@@ -32,15 +32,13 @@ log = logging.getLogger(__name__)
 @dataclass
 class Assembly:
     """The core and what it works with, built here from the settings and handed to it: the database engine and the
-    stores on it, the inference client, the job queue, and the relay that publishes the outbox to Kafka (None when
-    events are disabled: they then wait in the outbox)."""
+    stores on it, the inference client, the job queue. (The outbox relay is the runtime's.)"""
 
     settings: ConversationSettings
     core: ConversationCore
     engine: AsyncEngine
     inference: InferenceClient
     jobs: JobQueue
-    relay: OutboxRelay | None
 
     @classmethod
     def build(cls, settings: ConversationSettings) -> Assembly:
@@ -54,78 +52,53 @@ class Assembly:
         core = ConversationCore(
             settings, ConversationStore(engine), ExportStore(engine, settings.export_ttl_seconds), inference, jobs
         )
-        relay = (
-            OutboxRelay(engine, settings.kafka_bootstrap_servers, name="conversation",
-                        linger=settings.outbox_linger_ms / 1000)
-            if settings.kafka_bootstrap_servers
-            else None
-        )
-        return cls(settings, core, engine, inference, jobs, relay)
+        return cls(settings, core, engine, inference, jobs)
 
     async def prepare(self) -> None:
-        """Make the service ready: discovery of inference replicas, migrations (``auto_migrate``), the relay."""
+        """Make the service ready: discovery of inference replicas, migrations (``auto_migrate``)."""
         self.inference.start()
         if self.settings.auto_migrate:
             await migrate_database(self.settings.database_url)
             log.info("database migrated")
-        if self.relay is not None:
-            self.relay.start()
 
     async def close(self) -> None:
-        """Finish the core's protected writes (partial replies), then stop the relay and close the rest."""
-        await self.core.close()
-        if self.relay is not None:
-            await self.relay.stop()
         await self.inference.close()
         await self.core.store.close()
         await self.engine.dispose()
         await self.jobs.close()
 
 
-async def create_server(settings: ConversationSettings) -> tuple[GrpcService, Assembly]:
-    """The server (not started, NOT_SERVING) and its assembly. Call ``assembly.prepare()`` (migrations) before
-    SERVING and ``assembly.close()`` after stopping; :func:`running` does all of that."""
+async def create_server(settings: ConversationSettings) -> tuple[ServiceRuntime, Assembly]:
+    """The service's runtime (not started: NOT_SERVING until prepared) and its assembly. The runtime prepares it
+    (migrations, under the retry policy), runs the outbox relay and monitor, and closes it after the drain."""
     assembly = Assembly.build(settings)
-    service = GrpcService([SERVICE_NAME], settings=settings, access=ACCESS)
-    conversation_pb2_grpc.add_ConversationServiceServicer_to_server(ConversationServicer(assembly.core), service.server)
-    return service, assembly
+    runtime = ServiceRuntime("conversation", [SERVICE_NAME], settings, access=ACCESS)
+    conversation_pb2_grpc.add_ConversationServiceServicer_to_server(ConversationServicer(assembly.core), runtime.server)
+    runtime.on_prepare(assembly.prepare)
+    # The core's protected writes (partial replies) and queued jobs finish before the relay's last publish.
+    runtime.on_stopped(assembly.core.close)
+    runtime.outbox(assembly.engine, settings.kafka_bootstrap_servers, linger=settings.outbox_linger_ms / 1000)
+    runtime.on_close(assembly.close)
+    return runtime, assembly
 
 
 @dataclass(frozen=True)
 class RunningServer:
-    service: GrpcService
+    runtime: ServiceRuntime
     core: ConversationCore
     address: str  # host:port actually listened on
 
 
 @asynccontextmanager
 async def running(settings: ConversationSettings) -> AsyncIterator[RunningServer]:
-    """Start in-process on ``settings.listen_address()`` (port 0: a free port), migrate, report SERVING; stop and
+    """Start in-process on ``settings.listen_address()`` (port 0: a free port), prepare, report SERVING; stop and
     close on exit."""
-    service, assembly = await create_server(settings)
-    try:
-        port = await service.start(settings.listen_address())
-        await assembly.prepare()
-        await service.set_serving(True)
-        yield RunningServer(service, assembly.core, f"{settings.host}:{port}")
-    finally:
-        await service.stop(grace=1.0)
-        await assembly.close()
+    runtime, assembly = await create_server(settings)
+    async with runtime.running() as port:
+        yield RunningServer(runtime, assembly.core, f"{settings.host}:{port}")
 
 
 async def serve(settings: ConversationSettings) -> None:
     """Serve until SIGTERM/SIGINT: NOT_SERVING until migrated, graceful drain on stop."""
-    service, assembly = await create_server(settings)
-    outbox = OutboxMonitor(assembly.engine)  # the outbox backlog and age gauges
-
-    async def ready() -> None:
-        await assembly.prepare()
-        outbox.start()
-
-    async def stop() -> None:
-        await outbox.stop()
-        await assembly.close()
-
-    await run_until_signal(
-        service, settings.listen_address(), grace=settings.shutdown_grace_seconds, on_ready=ready, on_stop=stop,
-    )
+    runtime, _ = await create_server(settings)
+    await runtime.serve()

@@ -13,6 +13,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from chatplane.common import retry
+
 log = logging.getLogger(__name__)
 
 Forget = Callable[[str], None]
@@ -58,28 +60,28 @@ class Invalidations:
             self._task = asyncio.create_task(self._listen(), name="invalidations")
 
     async def _listen(self) -> None:
-        delay = 0.2
-        while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self._channel)
-                self.subscribed.set()
-                delay = 0.2
-                async for message in pubsub.listen():
-                    data = message.get("data")
-                    if isinstance(data, bytes):
-                        kind, _, ident = data.decode(errors="replace").partition(":")
-                        self._apply(kind, ident)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - Redis away: subscribe again with backoff
-                self.subscribed.clear()
-                log.warning("invalidation subscription lost, retrying", extra={"error": repr(exc)[:300]})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+        # Redis away: subscribed again by the one retry policy (0.2 s doubling up to 5 s).
+        await retry.until_success(self._subscription, first=0.2, maximum=5.0, on_failure=self._lost)
+
+    async def _subscription(self) -> None:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self._channel)
+            self.subscribed.set()
+            async for message in pubsub.listen():
+                data = message.get("data")
+                if isinstance(data, bytes):
+                    kind, _, ident = data.decode(errors="replace").partition(":")
+                    self._apply(kind, ident)
+            raise ConnectionError("the subscription ended")
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    def _lost(self, exc: BaseException, delay: float) -> None:
+        self.subscribed.clear()
+        log.warning("invalidation subscription lost, retrying",
+                    extra={"retry_in_s": round(delay, 2), "error": repr(exc)[:300]})
 
     async def close(self) -> None:
         if self._task is not None:

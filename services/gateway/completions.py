@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
+from chatplane.common import retry
 from chatplane.gateway.observability import COMPLETION_RECORDS_DROPPED
 from chatplane.protos.events.v1 import events_pb2
 
@@ -93,7 +94,6 @@ class CompletionBatcher:
         COMPLETION_RECORDS_DROPPED.labels(reason=reason).inc(count)
 
     async def _run(self) -> None:
-        delay = self.backoff
         while True:
             await self._queued.wait()
             if not self._queue:
@@ -105,13 +105,22 @@ class CompletionBatcher:
                 # Wait for a full batch, at most max_delay after the first record.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self.max_delay)
-            batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
-            if len(self._queue) < self.batch_size and not self._closing:
-                self._full.clear()
-            if await self._send(batch):
-                delay = self.backoff
-                continue
-            # Not written: back to the front of the queue (oldest first), and wait before retrying.
+            # Not written: tried again by the one retry policy (the batch back at the front of the queue meanwhile).
+            await retry.until_success(self._write_next, first=self.backoff, maximum=self.max_backoff,
+                                      on_failure=self._not_written)
+
+    async def _write_next(self) -> None:
+        """Write the next batch; when that fails, it goes back to the front of the queue (oldest first) and this
+        raises."""
+        batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
+        if len(self._queue) < self.batch_size and not self._closing:
+            self._full.clear()
+        if not batch:
+            return
+        started = time.monotonic()
+        try:
+            await self.sink(batch)
+        except Exception:
             room = self.max_buffer - len(self._queue)
             if room < len(batch):
                 self._drop("buffer_full", len(batch) - max(room, 0))
@@ -119,18 +128,12 @@ class CompletionBatcher:
                           extra={"dropped_total": self.dropped})
                 batch = batch[len(batch) - max(room, 0):]
             self._queue.extendleft(reversed(batch))
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.max_backoff)
-
-    async def _send(self, batch: list[Record]) -> bool:
-        """True when the batch is written, False when it should be retried."""
-        started = time.monotonic()
-        try:
-            await self.sink(batch)
-        except Exception as exc:  # noqa: BLE001 - kept and retried: a completion's usage is never given up lightly
-            log.error("completion records not written, will retry", extra={"count": len(batch),
-                                                                           "error": repr(exc)[:300]})
-            return False
+            raise
         log.debug("completion records written", extra={"count": len(batch),
                                                       "ms": round((time.monotonic() - started) * 1000, 2)})
-        return True
+
+    @staticmethod
+    def _not_written(exc: BaseException, delay: float) -> None:
+        # Kept and retried: a completion's usage is never given up lightly.
+        log.error("completion records not written, will retry",
+                  extra={"retry_in_s": round(delay, 2), "error": repr(exc)[:300]})

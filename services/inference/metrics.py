@@ -12,14 +12,14 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from chatplane.common.grpc_server import GrpcService
 from chatplane.inference.engine import Engine
-from chatplane.inference.servicer import InferenceServicer
 
 
 class InferenceCollector(Collector):
-    def __init__(self, engine: Engine, servicer: InferenceServicer) -> None:
+    def __init__(self, engine: Engine, service: GrpcService) -> None:
         self.engine = engine
-        self.servicer = servicer
+        self.service = service
 
     def collect(self) -> Iterator[Metric]:
         model = [self.engine.model_name]
@@ -31,7 +31,7 @@ class InferenceCollector(Collector):
             return family
 
         yield gauge("chatplane_inference_engine_ready", "1 when the model engine is up and serving, else 0.",
-                    1.0 if self.servicer.ready else 0.0)
+                    1.0 if self.service.state == "serving" else 0.0)
         yield gauge("chatplane_inference_requests_running", "Requests the engine is generating for now.", load.running)
         yield gauge("chatplane_inference_requests_waiting", "Requests waiting in the engine's queue.", load.waiting)
         yield gauge("chatplane_inference_kv_cache_usage_ratio", "Share of the KV cache in use (0 to 1).",
@@ -45,7 +45,7 @@ class InferenceCollector(Collector):
         yield aborted
 
 
-def register_collector(engine: Engine, servicer: InferenceServicer) -> InferenceCollector:
-    collector = InferenceCollector(engine, servicer)
+def register_collector(engine: Engine, service: GrpcService) -> InferenceCollector:
+    collector = InferenceCollector(engine, service)
     REGISTRY.register(collector)
     return collector

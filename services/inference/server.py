@@ -1,10 +1,10 @@
-"""Assembles the inference gRPC server: engine, servicer, health."""
+"""Assembles the inference gRPC service: engine, servicer, and its runtime (NOT_SERVING while the engine loads)."""
 
 from __future__ import annotations
 
 from prometheus_client import REGISTRY
 
-from chatplane.common.grpc_server import GrpcService, run_until_signal
+from chatplane.common.runtime import ServiceRuntime
 from chatplane.inference.engine import Engine, create_engine
 from chatplane.inference.metrics import register_collector
 from chatplane.inference.servicer import InferenceServicer
@@ -16,43 +16,30 @@ SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].ful
 ACCESS = {f"/{SERVICE_NAME}/*": {"gateway", "conversation", "worker"}}
 
 
-def build(engine: Engine, settings: InferenceSettings | None = None) -> tuple[GrpcService, InferenceServicer]:
-    service = GrpcService([SERVICE_NAME], settings=settings, access=ACCESS)
-    if settings is None:  # tests: the defaults
-        interval_ms = InferenceSettings.model_fields["stream_interval_ms"].default
-    else:
-        interval_ms = settings.stream_interval_ms
-    servicer = InferenceServicer(engine, stream_interval=interval_ms / 1000)
-    inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, service.server)
-    return service, servicer
+def build(engine: Engine, settings: InferenceSettings | None = None) -> tuple[ServiceRuntime, InferenceServicer]:
+    """The runtime (not started) serving ``engine``. Its readiness (the runtime's, ``runtime.grpc.state``) is the
+    servicer's: generations are refused until it is SERVING and once it drains."""
+    settings = settings if settings is not None else InferenceSettings()
+    runtime = ServiceRuntime("inference", [SERVICE_NAME], settings, access=ACCESS)
+    servicer = InferenceServicer(engine, runtime.grpc, stream_interval=settings.stream_interval_ms / 1000)
+    inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, runtime.server)
+    return runtime, servicer
 
 
 async def serve(settings: InferenceSettings) -> None:
     engine = create_engine(settings)
-    service, servicer = build(engine, settings)
-    collector = register_collector(engine, servicer)  # engine ready, load and aborts on /metrics
+    runtime, servicer = build(engine, settings)
+    collector = register_collector(engine, runtime.grpc)  # engine ready, load and aborts on /metrics
+    # The port is open (health answers NOT_SERVING) while the engine loads; SERVING once it is up. An engine that
+    # fails to start is not retried: the process ends with its error.
+    runtime.on_prepare(engine.start, retry=False)
+    # Draining: NOT_SERVING, new generations refused (clients take them elsewhere), the stats watches end; the
+    # streams under way finish within the grace period.
+    runtime.on_drain(servicer.stop_watches)
+    runtime.on_close(engine.stop)
 
-    async def start_engine() -> None:
-        # The port is open (health answers NOT_SERVING) while the engine loads; SERVING only once it is up.
-        await engine.start()
-        servicer.ready = True
-
-    def drain() -> None:
-        # Health says NOT_SERVING from now on (the server's drain); new generations are refused so that clients
-        # take them elsewhere, the streams under way finish within the grace period.
-        servicer.draining = True
-        servicer.stop_watches()
-
-    async def stop_engine() -> None:
-        servicer.ready = False
-        await engine.stop()
+    async def unregister() -> None:
         REGISTRY.unregister(collector)
 
-    await run_until_signal(
-        service,
-        settings.listen_address(),
-        grace=settings.shutdown_grace_seconds,
-        on_ready=start_engine,
-        on_drain=drain,
-        on_stop=stop_engine,
-    )
+    runtime.on_close(unregister)
+    await runtime.serve()

@@ -13,6 +13,7 @@ import re
 
 from chatplane.common import limits
 from chatplane.common.errors import InvalidArgument, NotFound, Unavailable, handled
+from chatplane.common.grpc_server import GrpcService
 from chatplane.common.streams import ReadAhead
 from chatplane.inference import fitting
 from chatplane.inference.engine import (
@@ -46,17 +47,23 @@ _CHOICES = {
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, engine: Engine, *, stream_interval: float) -> None:
+    def __init__(self, engine: Engine, service: GrpcService, *, stream_interval: float) -> None:
         self.engine = engine
-        self.ready = False
-        self.draining = False  # stopping: streams under way finish, new work goes to other replicas
+        # The service's readiness (its one place: service.state): work is refused until it is serving, and once it
+        # drains (the streams under way finish, new work goes to other replicas).
+        self.service = service
         self.stream_interval = stream_interval  # seconds between two messages of a stream after its first
         self._stopped = asyncio.Event()  # ends the stats watches
 
+    @property
+    def ready(self) -> bool:
+        return self.service.state == "serving"
+
     def _check_ready(self) -> None:
-        if self.draining:
+        state = self.service.state
+        if state == "draining":
             raise Unavailable("this replica is shutting down")
-        if not self.ready:
+        if state != "serving":
             raise Unavailable("the model engine is starting")
 
     def stop_watches(self) -> None:
@@ -319,7 +326,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             running=load.running,
             waiting=load.waiting,
             kv_cache_usage=load.kv_cache_usage,
-            ready=self.ready and not self.draining,
+            ready=self.ready,
             aborted_total=load.aborted_total,
         )
 

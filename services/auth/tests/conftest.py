@@ -88,15 +88,13 @@ def fails():
 
 async def _start(settings: AuthSettings, clock: MovableClock | None = None) -> tuple[AuthServer, str]:
     server = AuthServer(settings, clock=clock or MovableClock())
-    port = await server.grpc.start("127.0.0.1:0")
-    await server.wait_ready()
-    await server.grpc.set_serving(True)
+    port = await server.runtime.start("127.0.0.1:0")
+    await server.runtime.prepare()
     return server, f"127.0.0.1:{port}"
 
 
 async def _stop(server: AuthServer) -> None:
-    await server.grpc.stop(0)
-    await server.close()
+    await server.runtime.stop(0)
 
 
 @pytest.fixture

@@ -24,26 +24,25 @@ async def health(address: str, service: str = "") -> int:
 
 async def test_serving_only_once_the_database_is_migrated(database_url, tmp_path, ed25519_pem):
     settings = AuthSettings(
-        data_dir=tmp_path, database_url=database_url, jwt_private_key=ed25519_pem, auto_migrate=False
+        data_dir=tmp_path, database_url=database_url, jwt_private_key=ed25519_pem, auto_migrate=False,
+        prepare_retry_max_seconds=0.2,
     )
     server = AuthServer(settings)
-    port = await server.grpc.start("127.0.0.1:0")
+    port = await server.runtime.start("127.0.0.1:0")
     address = f"127.0.0.1:{port}"
-    ready = asyncio.create_task(server.wait_ready(max_delay=0.2))
+    ready = asyncio.create_task(server.runtime.prepare())
     try:
         await asyncio.sleep(0.7)
-        assert not ready.done()  # no schema yet
+        assert not ready.done()  # no schema yet: retried
         assert await health(address) == health_pb2.HealthCheckResponse.NOT_SERVING
 
         await migrate(settings)
         await asyncio.wait_for(ready, 5)
-        await server.grpc.set_serving(True)
         for service in ["", SERVICE_NAME]:
             assert await health(address, service) == health_pb2.HealthCheckResponse.SERVING
     finally:
         ready.cancel()
-        await server.grpc.stop(0)
-        await server.close()
+        await server.runtime.stop(0)
 
 
 def test_python_m_chatplane_auth_migrates_and_serves(tmp_path):
@@ -97,7 +96,7 @@ async def test_unreachable_database_is_unavailable_not_internal(tmp_path, ed2551
     """A request while the database is down gets UNAVAILABLE (callers may retry), with no details leaked."""
     url = f"postgresql+asyncpg://auth:hunter2@127.0.0.1:{free_port()}/auth"
     server = AuthServer(AuthSettings(data_dir=tmp_path, database_url=url, jwt_private_key=ed25519_pem))
-    port = await server.grpc.start("127.0.0.1:0")
+    port = await server.runtime.start("127.0.0.1:0")
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = auth_pb2_grpc.AuthServiceStub(channel)
@@ -105,5 +104,4 @@ async def test_unreachable_database_is_unavailable_not_internal(tmp_path, ed2551
         assert failure.code == grpc.StatusCode.UNAVAILABLE
         assert "hunter2" not in failure.message and "127.0.0.1" not in failure.message
     finally:
-        await server.grpc.stop(0)
-        await server.close()
+        await server.runtime.stop(0)

@@ -128,7 +128,7 @@ async def test_development_key_survives_a_restart(tmp_path, sqlite_database_url,
         await stub.SignUp(auth_pb2.SignUpRequest(email="restart@example.com", password="a long password"))
         token = (await stub.Login(auth_pb2.LoginRequest(email="restart@example.com", password="a long password")))
         first_jwks = (await stub.GetJwks(auth_pb2.GetJwksRequest())).json
-    await first.grpc.stop(0)
+    await first.runtime.stop(0)
     pem_before = key_file.read_bytes()
 
     second, address = await start_auth(AuthSettings(data_dir=tmp_path, database_url=sqlite_database_url))

@@ -45,20 +45,18 @@ async def test_health_reports_serving(sqlite_conv: Harness):
 
 async def test_not_serving_until_migrated(database_url, tmp_path):
     settings = ConversationSettings(database_url=database_url, port=0, data_dir=tmp_path)
-    service, assembly = await create_server(settings)
-    port = await service.start("127.0.0.1:0")
+    runtime, _ = await create_server(settings)
+    port = await runtime.start("127.0.0.1:0")
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as chan:
             assert not await is_serving(chan)
-            await assembly.prepare()
-            await service.set_serving(True)
+            await runtime.prepare()
             assert await is_serving(chan, SERVICE_NAME)
             stub = conversation_pb2_grpc.ConversationServiceStub(chan)
             created = await stub.CreateConversation(pb.CreateConversationRequest(user_id="u", title="t"))
             assert created.title == "t"
     finally:
-        await service.stop(0)
-        await assembly.close()
+        await runtime.stop(0)
 
 
 def test_runs_as_a_process(tmp_path):

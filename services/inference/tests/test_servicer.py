@@ -79,14 +79,13 @@ async def test_not_serving_until_the_engine_is_ready(running):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.ListModels(pb.ListModelsRequest())
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-    servicer.ready = True
-    await service.set_serving(True)
+    await service.grpc.set_serving(True)
     assert (await health.Check(health_pb2.HealthCheckRequest())).status == health_pb2.HealthCheckResponse.SERVING
 
 
 async def test_streams_deltas_then_usage(running):
     engine, service, servicer, chan = running
-    servicer.ready = True
+    await service.grpc.set_serving(True)
     stub = inference_pb2_grpc.InferenceServiceStub(chan)
     msgs = [m async for m in stub.Generate(pb.GenerateRequest(chat=chat("hi there"), sampling=pb.SamplingParams(
         max_tokens=5, temperature=0.5, top_p=0.9, stop=["x"], seed=3)))]
@@ -100,7 +99,7 @@ async def test_streams_deltas_then_usage(running):
 
 async def test_engine_input_error_becomes_invalid_argument(running):
     engine, service, servicer, chan = running
-    servicer.ready = True
+    await service.grpc.set_serving(True)
     stub = inference_pb2_grpc.InferenceServiceStub(chan)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         async for _ in stub.Generate(pb.GenerateRequest(chat=chat("hi"), sampling=pb.SamplingParams(max_tokens=99))):
@@ -111,7 +110,7 @@ async def test_engine_input_error_becomes_invalid_argument(running):
 
 async def test_oversized_message_is_rejected(running):
     engine, service, servicer, chan = running
-    servicer.ready = True
+    await service.grpc.set_serving(True)
     stub = inference_pb2_grpc.InferenceServiceStub(chan)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.CountTokens(pb.CountTokensRequest(chat=chat("x" * 70_000)))
@@ -120,7 +119,7 @@ async def test_oversized_message_is_rejected(running):
 
 async def test_cancel_closes_the_engine_stream(running):
     engine, service, servicer, chan = running
-    servicer.ready = True
+    await service.grpc.set_serving(True)
     engine.words = ["w"] * 100
     stub = inference_pb2_grpc.InferenceServiceStub(chan)
     call = stub.Generate(pb.GenerateRequest(chat=chat("hi")))
@@ -137,8 +136,7 @@ async def test_cancel_closes_the_engine_stream(running):
 
 async def test_stop_drains_in_flight_streams(running):
     engine, service, servicer, chan = running
-    servicer.ready = True
-    await service.set_serving(True)
+    await service.grpc.set_serving(True)
     stub = inference_pb2_grpc.InferenceServiceStub(chan)
     call = stub.Generate(pb.GenerateRequest(chat=chat("hi")))
     first = await call.read()
@@ -153,7 +151,7 @@ async def test_stop_drains_in_flight_streams(running):
 
 async def test_generate_fits_and_says_what_it_left_out(running):
     engine, service, servicer, chan = running
-    servicer.ready = True
+    await service.grpc.set_serving(True)
     stub = inference_pb2_grpc.InferenceServiceStub(chan)
     words = " ".join(["w"] * 20)  # the FakeEngine counts words; its window is 64 tokens
     chat = pb.ChatMessages(messages=[

@@ -141,8 +141,8 @@ async def test_closing_the_stream_frees_the_slot_and_counts_an_abort():
 async def synthetic_stub():
     engine = await started(synthetic_tokens_per_second=100)
     service, servicer = build(engine)
-    servicer.ready = True
     port = await service.start("127.0.0.1:0")
+    await service.grpc.set_serving(True)
     chan = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     yield engine, inference_pb2_grpc.InferenceServiceStub(chan)
     await chan.close()
@@ -172,8 +172,8 @@ async def test_behind_the_grpc_service(synthetic_stub):
 async def test_by_default_a_stream_of_20_tokens_a_second_goes_token_by_token():
     engine = await started(synthetic_tokens_per_second=20)  # a token every 50 ms, more than the default interval
     service, servicer = build(engine)
-    servicer.ready = True
     port = await service.start("127.0.0.1:0")
+    await service.grpc.set_serving(True)
     chan = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
         stub = inference_pb2_grpc.InferenceServiceStub(chan)
@@ -202,8 +202,8 @@ async def test_cancelled_rpc_aborts_the_synthetic_request(synthetic_stub):
 async def test_a_stream_interval_groups_tokens_but_never_holds_the_first_or_the_end():
     engine = await started(synthetic_tokens_per_second=200)  # a token every 5 ms: 40 tokens in about 200 ms
     service, servicer = build(engine, settings(stream_interval_ms=300))
-    servicer.ready = True
     port = await service.start("127.0.0.1:0")
+    await service.grpc.set_serving(True)
     chan = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     request = pb.GenerateRequest(chat=chat("Hi"), sampling=pb.SamplingParams(max_tokens=40))
     try:
