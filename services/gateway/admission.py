@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,6 @@ from chatplane.protos.auth.v1 import auth_pb2
 
 log = logging.getLogger(__name__)
 
-HEADERS_STATE = "ratelimit_headers"  # request.state attribute read by RateLimitHeadersMiddleware
 _PERIOD_NAMES = {auth_pb2.QUOTA_PERIOD_DAY: "day", auth_pb2.QUOTA_PERIOD_MONTH: "month"}
 
 
@@ -36,7 +36,18 @@ class Ticket:
     estimate: int
     token_buckets: list[Bucket]
     counters: list[QuotaCounter]
+    headers: dict[str, str] = field(default_factory=dict)  # OpenAI's x-ratelimit-*, for the call's response
     settled: bool = False
+
+    @contextmanager
+    def headed(self) -> Iterator[None]:
+        """An :class:`APIError` raised inside (the call failed, its answer could not be made) carries the rate-limit
+        headers too: every answer to an admitted call has them."""
+        try:
+            yield
+        except APIError as err:
+            err.headers = {**self.headers, **(err.headers or {})} or None
+            raise
 
 
 def _headers(requests: list[tuple[Bucket, float]], tokens: list[tuple[Bucket, float]]) -> dict[str, str]:
@@ -84,14 +95,13 @@ class Admitter:
     async def admit(
         self,
         principal: Principal,
-        state: Any,
         *,
         prompt_tokens: Callable[[bool], Awaitable[int]],
         reserve: int,
     ) -> Ticket:
         """Charge the estimate or raise a 429 (rate limit or quota). ``prompt_tokens(exact)`` counts the prompt:
-        exactly (a tokenizer call) only when a quota applies, roughly otherwise. The rate-limit headers are left in
-        ``state`` for the response."""
+        exactly (a tokenizer call) only when a quota applies, roughly otherwise. The ticket carries the rate-limit
+        headers for the response (a refusal carries them itself)."""
         limits = await self.limits.get(principal)
         now = time.time()
         counters = [
@@ -107,11 +117,11 @@ class Admitter:
         estimate = await prompt_tokens(bool(counters)) + reserve
         requests, tokens = self.rate_buckets(principal, limits)
         takes = [(b, 1) for b in requests] + [(b, estimate) for b in tokens]
+        headers: dict[str, str] = {}
         if takes:
             taken: Taken = await self._guard(self.limiter.take(takes))
             levels = dict(zip([b.key for b, _ in takes], taken.levels, strict=True))
             headers = _headers([(b, levels[b.key]) for b in requests], [(b, levels[b.key]) for b in tokens])
-            setattr(state, HEADERS_STATE, headers)
             if not taken.allowed:
                 raise self._refusal(requests, tokens, levels, estimate, headers)
         if counters:
@@ -127,9 +137,9 @@ class Admitter:
                     f"{quota.limit} tokens for this period does not have them left.",
                     type="insufficient_quota",
                     code="insufficient_quota",
-                    headers=getattr(state, HEADERS_STATE, None),
+                    headers=headers or None,
                 )
-        return Ticket(estimate, tokens, counters)
+        return Ticket(estimate, tokens, counters, headers)
 
     @staticmethod
     def _refusal(

@@ -247,7 +247,7 @@ def _rough_prompt_tokens(generate: inference_pb2.GenerateRequest) -> int:
 
 
 async def _admit(
-    backends: Backends, principal: Any, request: Request, generate: inference_pb2.GenerateRequest
+    backends: Backends, principal: Any, generate: inference_pb2.GenerateRequest
 ) -> tuple[Ticket, int]:
     """Rate limits and quotas for this request (429 when over); returns the admission and the prompt estimate."""
     counted = 0
@@ -265,7 +265,7 @@ async def _admit(
     sampling = generate.sampling
     reserve = sampling.max_tokens if sampling.HasField("max_tokens") else backends.settings.estimated_completion_tokens
     reserve *= max(sampling.n, 1)  # every choice may use all of it
-    ticket = await backends.admission.admit(principal, request.state, prompt_tokens=prompt_tokens, reserve=reserve)
+    ticket = await backends.admission.admit(principal, prompt_tokens=prompt_tokens, reserve=reserve)
     return ticket, counted
 
 
@@ -291,20 +291,22 @@ async def create_chat_completion(
     observation = observe()
     observation.model = body.model  # a served model: a bounded metrics label
     observation.request_id = completion_id  # the access log line names the call
-    ticket, prompt_estimate = await _admit(backends, principal, request, generate)
+    ticket, prompt_estimate = await _admit(backends, principal, generate)
     call = MeteredGeneration(
         backends.inference.generate(generate, key=affinity_key(request, body.user, chat_lead(body))),
         backends.admission, ticket, backends.recorder, principal, completion_id, body.model, prompt_estimate,
     )
-    watch, first = await first_reply(request.receive, call, _read)
-    created = int(time.time())
-    n = generate.sampling.n or 1
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await answer(
-        call, watch, stream=bool(body.stream),
-        events=lambda: _stream(call, first, completion_id, created, body.model, include_usage, bool(body.logprobs), n),
-        whole=lambda: _complete(call, first, completion_id, created, body.model, n, bool(body.logprobs)),
-    )
+    with ticket.headed():
+        watch, first = await first_reply(request.receive, call, _read)
+        created = int(time.time())
+        n = generate.sampling.n or 1
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return await answer(
+            call, watch, stream=bool(body.stream), headers=ticket.headers,
+            events=lambda: _stream(call, first, completion_id, created, body.model, include_usage, bool(body.logprobs),
+                                   n),
+            whole=lambda: _complete(call, first, completion_id, created, body.model, n, bool(body.logprobs)),
+        )
 
 
 async def _complete(
@@ -392,6 +394,7 @@ async def _stream(
         started.add(index)
         return first_role if index == 0 else chunk({"role": "assistant", "content": ""}, index=index)
 
+    observation = observe()  # told of each token event once it is sent
     try:
         usage = convert.usage(0, 0)
         while reply is not None:
@@ -399,6 +402,7 @@ async def _stream(
             if _plain(reply):
                 if reply.text:
                     yield role(0) + content(reply.text)
+                    observation.token()
             elif reply.text or reply.tool_calls or reply.logprobs:
                 delta: dict[str, Any] = {}
                 if reply.text:
@@ -410,12 +414,14 @@ async def _stream(
                     if logprobs else None
                 )
                 yield role(index) + chunk(delta, index=index, tokens=tokens)
+                if reply.text or reply.tool_calls:
+                    observation.token()
             if reply.finish_reason:  # this choice's last reply; the stream's last one has the usage
                 finished.add(index)
                 yield role(index) + chunk({}, _finish_reason(reply), index=index)
                 if reply.HasField("usage"):
                     usage = convert.usage(reply.usage.prompt_tokens, reply.usage.completion_tokens)
-                    observe().tokens(model, reply.usage.prompt_tokens, reply.usage.completion_tokens)
+                    observation.tokens(model, reply.usage.prompt_tokens, reply.usage.completion_tokens)
             reply = await _read(call)
         for index in range(n):
             if index not in finished:

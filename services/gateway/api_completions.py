@@ -92,7 +92,7 @@ def build_requests(
 
 
 async def _admit(
-    backends: Backends, principal: Any, request: Request, generates: list[inference_pb2.GenerateRequest]
+    backends: Backends, principal: Any, generates: list[inference_pb2.GenerateRequest]
 ) -> tuple[Ticket, int]:
     """As chat completions' admission, for every prompt of the request together."""
     counted = 0
@@ -112,7 +112,7 @@ async def _admit(
     sampling = generates[0].sampling
     reserve = sampling.max_tokens if sampling.HasField("max_tokens") else backends.settings.estimated_completion_tokens
     reserve *= max(sampling.n, 1) * len(generates)
-    ticket = await backends.admission.admit(principal, request.state, prompt_tokens=prompt_tokens, reserve=reserve)
+    ticket = await backends.admission.admit(principal, prompt_tokens=prompt_tokens, reserve=reserve)
     return ticket, counted
 
 
@@ -135,7 +135,7 @@ async def create_completion(
     observation = observe()
     observation.model = body.model
     observation.request_id = completion_id
-    ticket, prompt_estimate = await _admit(backends, principal, request, generates)
+    ticket, prompt_estimate = await _admit(backends, principal, generates)
     n = generates[0].sampling.n or 1
     calls = [backends.inference.generate(g, key=affinity_key(request, body.user, g.prompt[:LEAD_CHARS]))
              for g in generates]
@@ -144,12 +144,14 @@ async def create_completion(
         backends.admission, ticket, backends.recorder, principal, completion_id, body.model, prompt_estimate,
         path="completions",
     )
-    watch, first = await first_reply(request.receive, call, _read)
-    out = _Answer(completion_id, int(time.time()), body.model, [g.prompt for g in generates], n,
-                  body.logprobs is not None, bool(body.echo))
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await answer(call, watch, stream=bool(body.stream), events=lambda: out.stream(call, first, include_usage),
-                        whole=lambda: out.complete(call, first))
+    with ticket.headed():
+        watch, first = await first_reply(request.receive, call, _read)
+        out = _Answer(completion_id, int(time.time()), body.model, [g.prompt for g in generates], n,
+                      body.logprobs is not None, bool(body.echo))
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return await answer(call, watch, stream=bool(body.stream), headers=ticket.headers,
+                            events=lambda: out.stream(call, first, include_usage),
+                            whole=lambda: out.complete(call, first))
 
 
 class _Answer:
@@ -220,6 +222,7 @@ class _Answer:
             offsets[index] = len(prompt)
             return chunk(index, prompt, tokens)
 
+        observation = observe()  # told of each token event once it is sent
         try:
             usage = convert.usage(0, 0)
             while reply is not None:
@@ -240,6 +243,8 @@ class _Answer:
                         observe().tokens(self.model, reply.usage.prompt_tokens, reply.usage.completion_tokens)
                 if head or body:
                     yield head + body
+                    if reply.text:
+                        observation.token()
                 reply = await _read(call)
             for index in range(len(self.prompts) * self.n):
                 if index not in finished:

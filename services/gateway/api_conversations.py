@@ -193,16 +193,18 @@ async def send_message(
         return rough_tokens(len(body.content)) + 4
 
     reserve = body.max_tokens if body.max_tokens is not None else backends.settings.estimated_completion_tokens
-    ticket = await backends.admission.admit(principal, request.state, prompt_tokens=prompt_tokens, reserve=reserve)
+    ticket = await backends.admission.admit(principal, prompt_tokens=prompt_tokens, reserve=reserve)
     call = MeteredConversationReply(
         backends.conversation.SendMessage(send, timeout=backends.settings.stream_timeout_seconds),
         backends.admission,
         ticket,
     )
-    # `started`, or an ordinary HTTP error (404 conversation, 400 too long, ...).
-    watch, first = await first_reply(request.receive, call, _read, _started)
-    return await answer(call, watch, stream=body.stream, events=lambda: _stream(call, first, request_id),
-                        whole=lambda: _complete(call, first), status_code=status.HTTP_201_CREATED)
+    with ticket.headed():
+        # `started`, or an ordinary HTTP error (404 conversation, 400 too long, ...).
+        watch, first = await first_reply(request.receive, call, _read, _started)
+        return await answer(call, watch, stream=body.stream, events=lambda: _stream(call, first, request_id),
+                            whole=lambda: _complete(call, first), status_code=status.HTTP_201_CREATED,
+                            headers=ticket.headers)
 
 
 def _started(first: conversation_pb2.SendMessageEvent | None) -> None:
@@ -250,6 +252,7 @@ _delta = TextEvent(event({"type": "message.delta", "delta": SLOT}))  # the per-t
 
 
 async def _stream(call: Any, reply: conversation_pb2.SendMessageEvent | None, request_id: str) -> AsyncIterator[bytes]:
+    observation = observe()  # told of each token event once it is sent
     try:
         while reply is not None:
             kind = reply.WhichOneof("event")
@@ -259,9 +262,10 @@ async def _stream(call: Any, reply: conversation_pb2.SendMessageEvent | None, re
             elif kind == "delta":
                 if reply.delta.text:
                     yield _delta(reply.delta.text)
+                    observation.token()
             elif kind == "done":
                 done = reply.done
-                observe().tokens("", done.prompt_tokens, done.completion_tokens)
+                observation.tokens("", done.prompt_tokens, done.completion_tokens)
                 yield event({
                     "type": "message.done",
                     "user_message_id": done.user_message_id,

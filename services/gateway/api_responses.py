@@ -304,16 +304,18 @@ async def create_response(
         return _estimate(respond)
 
     reserve = body.max_output_tokens or backends.settings.estimated_completion_tokens
-    ticket = await backends.admission.admit(principal, request.state, prompt_tokens=prompt_tokens, reserve=reserve)
+    ticket = await backends.admission.admit(principal, prompt_tokens=prompt_tokens, reserve=reserve)
     call = MeteredConversationReply(
         backends.conversation.Respond(respond, timeout=backends.settings.stream_timeout_seconds),
         backends.admission, ticket,
     )
-    watch, first = await first_reply(request.receive, call, _read, _started)
-    response = _Response(body, int(time.time()), first.started.model or body.model, respond.store)
-    response.id = PREFIX + first.started.reply_id
-    return await answer(call, watch, stream=bool(body.stream), events=lambda: _stream(call, response, request_id),
-                        whole=lambda: _complete(call, response))
+    with ticket.headed():
+        watch, first = await first_reply(request.receive, call, _read, _started)
+        response = _Response(body, int(time.time()), first.started.model or body.model, respond.store)
+        response.id = PREFIX + first.started.reply_id
+        return await answer(call, watch, stream=bool(body.stream), headers=ticket.headers,
+                            events=lambda: _stream(call, response, request_id),
+                            whole=lambda: _complete(call, response))
 
 
 def _started(first: conversation_pb2.SendMessageEvent | None) -> None:
@@ -386,6 +388,7 @@ async def _stream(call: Any, response: _Response, request_id: str) -> AsyncItera
                    arguments=arguments, name=c["name"])
                 + ev("response.output_item.done", output_index=c["index"], item=done))
 
+    observation = observe()  # told of each token event once it is sent
     try:
         yield (ev("response.created", response=response.object("in_progress", []))
                + ev("response.in_progress", response=response.object("in_progress", [])))
@@ -427,6 +430,8 @@ async def _stream(call: Any, response: _Response, request_id: str) -> AsyncItera
                                   output_index=c["index"], delta=piece.arguments)
                 if out:
                     yield out
+                    if delta.text or any(piece.arguments for piece in delta.tool_calls):
+                        observation.token()
             elif kind == "done":
                 done = reply.done
                 observe().tokens(response.model, done.prompt_tokens, done.completion_tokens)

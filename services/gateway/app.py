@@ -23,7 +23,7 @@ from chatplane.gateway import (
 )
 from chatplane.gateway.backends import Backends
 from chatplane.gateway.errors import ERROR_RESPONSES, install_handlers
-from chatplane.gateway.middleware import BodyLimitMiddleware, RateLimitHeadersMiddleware
+from chatplane.gateway.middleware import BodyLimitMiddleware
 from chatplane.gateway.observability import MetricsMiddleware, instrument_tracing
 from chatplane.gateway.settings import GatewaySettings
 
@@ -52,7 +52,6 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     for module in (api_health, api_auth, api_keys, api_models, api_chat, api_completions, api_responses,
                    api_conversations, api_exports, api_usage):
         app.include_router(module.router)
-    app.add_middleware(RateLimitHeadersMiddleware)
     # Outermost first: CORS answers preflights; the body limit runs before anything reads the body.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     if settings.cors_origins:

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatplane.common.errors import ServiceError, error_details
+from chatplane.gateway.observability import observe
 from chatplane.gateway.sse import ClientGone
 
 log = logging.getLogger(__name__)
@@ -234,6 +235,8 @@ def validation_error(exc: RequestValidationError) -> APIError:
 
 async def _api_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, APIError)
+    if exc.status == 429:
+        observe().reject(exc.code or "")
     return exc.response()
 
 

@@ -18,7 +18,6 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatplane.gateway.errors import APIError
-from chatplane.gateway.admission import HEADERS_STATE
 
 
 def _too_large(limit: int) -> APIError:
@@ -133,27 +132,3 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
-
-
-class RateLimitHeadersMiddleware:
-    """Adds the ``x-ratelimit-*`` headers a rate-limited route left in ``request.state`` to its response, whatever
-    the response is (a stream, JSON, an error)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = scope.get("state", {}).get(HEADERS_STATE)
-                if headers:
-                    present = {name.lower() for name, _ in message.get("headers", ())}
-                    extra = [(k.encode(), v.encode()) for k, v in headers.items() if k.encode() not in present]
-                    message = {**message, "headers": [*message.get("headers", ()), *extra]}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)

@@ -1,9 +1,10 @@
 """The gateway's metrics: an ASGI middleware that sees every request as the client does (served on the metrics port).
 
 What the client sees is measured on the bytes leaving the app: a request's status and duration (a stream: until its
-last byte), the time to the first token and between tokens of server-sent event streams (a token event is a
-``message.delta`` event or a chat-completion chunk with content), streams in flight, clients that went away first,
-and 429 rejections by their error code (rate limit or quota).
+last byte), streams in flight, clients that went away first. What only the routes know they report to the request's
+:class:`Observation`: each stream generator calls :meth:`Observation.token` right after it sent an event with
+generated content (text or a tool call's piece), which gives the time to the first token and between tokens; the
+error handler calls :meth:`Observation.reject` with a 429's error code (rate limit or quota).
 
 Labels stay bounded: ``route`` is the route's path template (``/v1/conversations/{conversation_id}``, never the
 path itself; unmatched paths are ``other``), ``model`` is set by the routes only once the model is known to be one
@@ -13,11 +14,11 @@ authentication). Routes add to the request's :class:`Observation` through :func:
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -83,8 +84,6 @@ COMPLETION_RECORDS_DROPPED = Counter(
 
 access_log = logging.getLogger("chatplane.gateway.access")
 
-_TOKEN_MARKERS = (b'"type":"message.delta"', b'"delta":{"content":"')
-_EMPTY_CONTENT = b'"delta":{"content":""'
 _REJECTION_REASONS = {"rate_limit_exceeded", "insufficient_quota"}
 
 
@@ -96,10 +95,34 @@ class Observation:
     api_key: str = ""
     user_id: str = ""
     request_id: str = ""  # a model call's id (chatcmpl-..., msg-...), in the access log line
+    rejection: str = ""  # a 429's error code
+    scope: Any = field(default=None, repr=False)  # the request's (None: a detached observation, nothing measured)
+    started: float = 0.0  # time.perf_counter() at the request's arrival
+    _last_token: float | None = None
+    _itl: Any = None  # the inter-token latency histogram's child of this request, looked up once
 
     def principal(self, api_key_id: str, user_id: str = "") -> None:
         self.api_key = api_key_id or "jwt"
         self.user_id = user_id
+
+    def token(self) -> None:
+        """A stream just sent an event with generated content: the first is the time to first token, each later
+        one an inter-token latency (one clock read and one histogram observation: the per-token hot path)."""
+        if self.scope is None:
+            return
+        now = time.perf_counter()
+        if self._last_token is None:
+            route = _route(self.scope)
+            TTFT.labels(route, self.model, self.api_key).observe(now - self.started)
+            tracing.annotate(**{"chatplane.time_to_first_token_s": now - self.started})
+            self._itl = ITL.labels(route, self.model)
+        else:
+            self._itl.observe(now - self._last_token)
+        self._last_token = now
+
+    def reject(self, reason: str) -> None:
+        """The request is answered 429 for ``reason`` (its error code: rate_limit_exceeded, insufficient_quota)."""
+        self.rejection = reason
 
     def tokens(self, model: str, prompt: int, completion: int) -> None:
         """A generation finished with this usage (``model``: the served model that produced it)."""
@@ -126,19 +149,6 @@ def _route(scope: Scope) -> str:
     return path if isinstance(path, str) else "other"
 
 
-def _is_token_event(body: bytes) -> bool:
-    conversation, chat = _TOKEN_MARKERS
-    return (chat in body or conversation in body) and _EMPTY_CONTENT not in body
-
-
-def _rejection_reason(body: bytes) -> str:
-    try:
-        code = json.loads(body)["error"]["code"]
-    except (ValueError, KeyError, TypeError):
-        return "other"
-    return code if code in _REJECTION_REASONS else "other"
-
-
 class MetricsMiddleware:
     """Outermost middleware: every request, with the timings of what is sent; and its access log line (one JSON
     line per request, with the route, status, duration, API key id, user id and model call id), unless
@@ -153,14 +163,12 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        observation = Observation()
+        observation = Observation(scope=scope, started=started)
         token = _current.set(observation)
         status = 500
         stream = False
         complete = False
         gone = False
-        last_token: float | None = None
-        rejected_body = b""
 
         async def receive_watch() -> Message:
             nonlocal gone
@@ -169,26 +177,9 @@ class MetricsMiddleware:
                 gone = True
             return message
 
-        itl = None  # the inter-token latency histogram's child of this request, looked up once
-
         async def send_watch(message: Message) -> None:
-            nonlocal status, stream, complete, last_token, rejected_body, itl
+            nonlocal status, stream, complete
             if message["type"] == "http.response.body":
-                if stream:
-                    # Per streamed event: a few substring checks and, for a token event, one clock read and one
-                    # histogram observation; nothing else.
-                    body = message.get("body", b"")
-                    if _is_token_event(body):
-                        now = time.perf_counter()
-                        if last_token is None:
-                            TTFT.labels(_route(scope), observation.model, observation.api_key).observe(now - started)
-                            tracing.annotate(**{"chatplane.time_to_first_token_s": now - started})
-                            itl = ITL.labels(_route(scope), observation.model)
-                        else:
-                            itl.observe(now - last_token)
-                        last_token = now
-                elif status == 429 and len(rejected_body) < 4096:
-                    rejected_body += message.get("body", b"")
                 if not message.get("more_body", False):
                     complete = True
             elif message["type"] == "http.response.start":
@@ -215,7 +206,8 @@ class MetricsMiddleware:
             if observation.api_key:
                 TENANT_REQUESTS.labels(observation.api_key, f"{code[0]}xx").inc()
             if status == 429:
-                REJECTIONS.labels(_rejection_reason(rejected_body), observation.api_key).inc()
+                reason = observation.rejection if observation.rejection in _REJECTION_REASONS else "other"
+                REJECTIONS.labels(reason, observation.api_key).inc()
             if self.access_log and access_log.isEnabledFor(logging.INFO):
                 access_log.info("request", extra={
                     "method": scope["method"], "path": scope["path"], "route": route, "status": status,

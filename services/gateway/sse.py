@@ -100,8 +100,12 @@ class ClientWatch:
 class EventStream(StreamingResponse):
     body_iterator: AsyncIterator[bytes]
 
-    def __init__(self, content: AsyncIterator[bytes], watch: ClientWatch, status_code: int = 200) -> None:
-        super().__init__(content, status_code=status_code, headers=SSE_HEADERS, media_type="text/event-stream")
+    def __init__(
+        self, content: AsyncIterator[bytes], watch: ClientWatch, status_code: int = 200,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(content, status_code=status_code, headers={**SSE_HEADERS, **(headers or {})},
+                         media_type="text/event-stream")
         self.watch = watch
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -153,13 +157,15 @@ async def answer(
     events: Callable[[], AsyncIterator[bytes]],
     whole: Callable[[], Awaitable[Any]],
     status_code: int = 200,
+    headers: dict[str, str] | None = None,
 ) -> Response:
-    """A model call's answer: its events as SSE (the stream's generator cancels the call at its end), or the whole
-    answer as JSON once it is put together (the call cancelled and the watch stopped either way)."""
+    """A model call's answer, with ``headers`` (its rate-limit headers): its events as SSE (the stream's generator
+    cancels the call at its end), or the whole answer as JSON once it is put together (the call cancelled and the
+    watch stopped either way)."""
     if stream:
-        return EventStream(events(), watch)
+        return EventStream(events(), watch, headers=headers)
     try:
-        return JSONResponse(await watch.guard(whole()), status_code=status_code)
+        return JSONResponse(await watch.guard(whole()), status_code=status_code, headers=headers)
     finally:
         watch.stop()
         call.cancel()
