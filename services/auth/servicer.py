@@ -10,7 +10,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from chatplane.auth.metering import QuotaState
 from chatplane.auth.models import PERIOD_DAY, PERIOD_MONTH
-from chatplane.auth.service import ApiKeyInfo, AuthCore, CredentialType, LimitsInfo
+from chatplane.auth.limits import LimitsInfo
+from chatplane.auth.service import ApiKeyInfo, AuthCore, CredentialType
 from chatplane.common import errors
 from chatplane.protos.auth.v1 import auth_pb2, auth_pb2_grpc
 

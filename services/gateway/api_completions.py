@@ -21,9 +21,9 @@ from chatplane.gateway.api_chat import (
     _finish_reason,
     _read,
     _rough_prompt_tokens,
-    _stop,
     affinity_key,
 )
+from chatplane.gateway.chat_request import stop_sequences
 from chatplane.gateway.api_models import check_max_tokens, model_not_found
 from chatplane.gateway.backends import Backends
 from chatplane.gateway.deps import BackendsDep, CurrentPrincipal
@@ -50,11 +50,7 @@ def _prompts(body: CompletionRequest) -> list[str]:
                           code="unsupported_value")
         if not prompt:
             raise invalid(f"'{param}' must not be empty.", param)
-        if len(prompt) > limits.MAX_MESSAGE_CHARS:
-            raise invalid(f"'{param}' is too long: at most {limits.MAX_MESSAGE_CHARS} characters.", param,
-                          code="string_above_max_length")
-        if "\x00" in prompt:
-            raise invalid(f"'{param}' must not contain NUL (\\u0000) characters.", param)
+        generation.check_text(prompt, param)
     return prompts
 
 
@@ -69,12 +65,10 @@ def build_requests(
     if body.stream_options is not None and not body.stream:
         raise invalid("The 'stream_options' parameter is only allowed when 'stream' is enabled.", "stream_options")
     prompts = _prompts(body)
-    sampling = inference_pb2.SamplingParams(stop=_stop(body))
+    sampling = inference_pb2.SamplingParams(stop=stop_sequences(body))
     if body.max_tokens is not None:
         sampling.max_tokens = body.max_tokens
-    for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"):
-        if getattr(body, name) is not None:
-            setattr(sampling, name, getattr(body, name))
+    generation.copy_given(body, sampling)
     sampling.logit_bias.update(generation.logit_bias(body.logit_bias))
     if body.logprobs is not None:
         sampling.logprobs = body.logprobs

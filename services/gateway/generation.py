@@ -30,6 +30,27 @@ def unsupported(param: str) -> APIError:
     )
 
 
+SAMPLING_FIELDS = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty")
+
+
+def copy_given(source: Any, target: Any, names: tuple[str, ...] = SAMPLING_FIELDS) -> None:
+    """Set each of ``names`` on ``target`` (a message) that the request ``source`` gives (is not None)."""
+    for name in names:
+        value = getattr(source, name)
+        if value is not None:
+            setattr(target, name, value)
+
+
+def check_text(text: str, param: str) -> str:
+    """A text parameter within the limits: at most ``MAX_MESSAGE_CHARS`` characters, no NUL; 400 naming it."""
+    if len(text) > limits.MAX_MESSAGE_CHARS:
+        raise invalid(f"'{param}' is too long: at most {limits.MAX_MESSAGE_CHARS} characters.", param,
+                      code="string_above_max_length")
+    if "\x00" in text:
+        raise invalid(f"'{param}' must not contain NUL (\\u0000) characters.", param)
+    return text
+
+
 def check_schema(schema: Any, param: str) -> str:
     """A JSON Schema as JSON text; 400 naming ``param`` when it is not a valid JSON Schema."""
     import jsonschema
