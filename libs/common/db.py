@@ -106,8 +106,8 @@ def writer(engine: AsyncEngine) -> contextlib.AbstractAsyncContextManager[Any]:
     """Hold it around a write transaction: on SQLite, this process's writers then take turns in order.
 
     SQLite lets one transaction write at a time; the others get "database is locked" and its busy handler retries
-    them after sleeps that grow to 100 ms, which made the p99 of concurrent conversation messages hundreds of ms. An
-    asyncio lock per engine queues them instead.
+    them after sleeps that grow to 100 ms, which made the tail latency of concurrent conversation messages long
+    (README, "Performance"). An asyncio lock per engine queues them instead.
     PostgreSQL locks rows, not the database: no lock there. Other processes on the same file still meet the busy
     handler.
     """
