@@ -18,6 +18,14 @@ except ModuleNotFoundError as exc:
         "`.venv/bin/python -m pip install --no-deps -e libs/dev`"
     ) from exc
 
+try:  # the one retry policy (chatplane.common.retry) since tenacity joined the dependencies
+    import tenacity  # noqa: F401
+except ModuleNotFoundError as exc:
+    raise pytest.UsageError(
+        "tenacity is not installed in this environment: run `make install`, or "
+        "`.venv/bin/python -m pip install --no-deps tenacity==9.2.1` (its hashes are in requirements/dev.txt)"
+    ) from exc
+
 PG_ADMIN_DSN = os.environ.get("CHATPLANE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 # Services built in-process by tests publish no events unless a test hands them the test broker (kafka_broker).
 os.environ.setdefault("CHATPLANE_KAFKA_BOOTSTRAP_SERVERS", "")

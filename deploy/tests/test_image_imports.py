@@ -56,6 +56,16 @@ STARTS = {
 REPO = Path(__file__).resolve().parents[2]
 
 
+def requires(name: str) -> list[str]:
+    """A distribution's requirements; chatplane's from pyproject.toml, the source of truth (installed metadata goes
+    stale: an old chatplane.egg-info in the checkout shadows the environment's and misses a new dependency)."""
+    if canonicalize_name(name) != "chatplane":
+        return md.distribution(name).requires or []
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    optional = [f"{r}; extra == '{e}'" for e, reqs in project["optional-dependencies"].items() for r in reqs]
+    return [*project["dependencies"], *optional]
+
+
 def closure(extra: str) -> set[str]:
     """Canonical names of the distributions `pip install .[extra]` installs (markers evaluated here)."""
     seen: set[tuple[str, frozenset[str]]] = set()
@@ -65,11 +75,11 @@ def closure(extra: str) -> set[str]:
         if (canonicalize_name(name), extras) in seen:
             continue
         try:
-            dist = md.distribution(name)
+            texts = requires(name)
         except md.PackageNotFoundError:  # a dependency for another platform or Python
             continue
         seen.add((canonicalize_name(name), extras))
-        for text in dist.requires or []:
+        for text in texts:
             req = Requirement(text)
             environments = [{"extra": e} for e in extras] or [{"extra": ""}]
             if req.marker is None or any(req.marker.evaluate(env) for env in environments):
