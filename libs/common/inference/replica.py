@@ -1,5 +1,8 @@
-"""One inference replica as a client sees it: its channel, its health and its load, kept current by two watch
-streams (``grpc.health.v1`` Watch and ``WatchEngineStats``) while the replica is part of a pool."""
+"""The replicas of a pool as a client sees them.
+
+:class:`Replica`: one replica's channel, health and load, kept current by two watch streams (``grpc.health.v1``
+Watch and ``WatchEngineStats``) while it is part of a pool. :class:`Pool`: the replicas of one model, kept current
+by discovery, and the policy that picks among them (:mod:`.pools` parses the setting that describes the pools)."""
 
 from __future__ import annotations
 
@@ -12,8 +15,12 @@ from collections.abc import Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from chatplane.common.errors import ServiceError
 from chatplane.common.grpc_client import channel
 from chatplane.common.inference import metrics
+from chatplane.common.inference.discovery import Discoverer
+from chatplane.common.inference.pools import PoolSpec
+from chatplane.common.inference.routing import Picker
 from chatplane.protos.inference.v1 import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -24,6 +31,11 @@ RETRY_FIRST_SECONDS = 0.2  # reconnecting a watch: first wait, doubled up to RET
 RETRY_MAX_SECONDS = 5.0
 FAILED_SKIP_SECONDS = 1.0  # a replica whose call just failed is passed over this long (its health may lag)
 MODELS_TIMEOUT_SECONDS = 5.0
+WAIT_FOR_REPLICA_SECONDS = 10.0  # a request waits this long at most for a serving replica (start-up, restarts)
+
+
+def unavailable(message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.UNAVAILABLE, message)
 
 
 class Replica:
@@ -155,3 +167,88 @@ class Replica:
             self.engine_running = self.engine_waiting = 0  # unknown: the client's own in-flight count stands
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_SECONDS)
+
+
+class Pool:
+    """The replicas of one model, kept current by discovery, and the policy that picks among them."""
+
+    def __init__(self, spec: PoolSpec, discovery_interval: float) -> None:
+        self.spec = spec
+        self.replicas: dict[str, Replica] = {}
+        self.picker = Picker(spec.policy, spec.bound)
+        self._changed = asyncio.Event()
+        self._discoverer = Discoverer(spec.target, self._update, discovery_interval)
+        metrics.start_pool(spec.name, spec.policy.value)
+
+    def models(self) -> list[inference_pb2.Model]:
+        """The pool's models: the configured one, else what its replicas report (none until one answered)."""
+        found: dict[str, inference_pb2.Model] = {}
+        for replica in self.replicas.values():
+            for model in replica.models:
+                found.setdefault(model.id, model)
+        if self.spec.model:
+            return [found.get(self.spec.model) or inference_pb2.Model(id=self.spec.model, owned_by="chatplane")]
+        return list(found.values())
+
+    @property
+    def model(self) -> str:
+        """The pool's (first) model, "" while unknown."""
+        models = self.models()
+        return models[0].id if models else ""
+
+    def start(self) -> None:
+        self._discoverer.start()
+
+    async def close(self) -> None:
+        await self._discoverer.stop()
+        replicas, self.replicas = list(self.replicas.values()), {}
+        await asyncio.gather(*(r.close() for r in replicas))
+        self._count()
+
+    def _update(self, addresses: set[str]) -> None:
+        for address in addresses - self.replicas.keys():
+            replica = Replica(self.spec.name, address, self._notify, lambda a=address: self._forget(a))
+            self.replicas[address] = replica
+            replica.start()
+            log.info("inference replica joined", extra={"pool": self.spec.name, "replica": address})
+        for address in self.replicas.keys() - addresses:
+            self.replicas.pop(address).leave()
+            log.info("inference replica left", extra={"pool": self.spec.name, "replica": address})
+        self._notify()
+
+    def _forget(self, address: str) -> None:
+        if address not in self.replicas:  # gone for good (not back under the same address meanwhile)
+            metrics.forget_replica(self.spec.name, address)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._count()
+
+    def _count(self) -> None:
+        serving = sum(1 for r in self.replicas.values() if r.serving)
+        metrics.REPLICAS.labels(self.spec.name, "serving").set(serving)
+        metrics.REPLICAS.labels(self.spec.name, "not_serving").set(len(self.replicas) - serving)
+
+    def serving(self) -> bool:
+        return any(r.serving for r in self.replicas.values())
+
+    async def pick(self, key: str | None, exclude: set[str], deadline: float) -> Replica:
+        """A replica for a new call (not in ``exclude``), waiting a bounded time for one to be serving."""
+        wait_until = min(deadline, time.monotonic() + WAIT_FOR_REPLICA_SECONDS)
+        while True:
+            now = time.monotonic()
+            candidates = [r for r in self.replicas.values() if r.routable(now) and r.address not in exclude]
+            if candidates:
+                replica, how = self.picker.pick(candidates, key)
+                metrics.PICKS.labels(self.spec.name, self.spec.policy.value, how.value).inc()
+                return replica  # type: ignore[return-value]
+            if exclude and any(r.routable(now) for r in self.replicas.values()):
+                raise unavailable("every replica of the model failed this request")
+            if now >= wait_until:
+                raise unavailable(f"no replica of the model {self.model or self.spec.name!r} is serving")
+            self._changed.clear()
+            try:
+                # Woken by a change; also re-check soon, since a failed replica becomes routable again by time.
+                await asyncio.wait_for(self._changed.wait(), min(0.25, wait_until - now))
+            except TimeoutError:
+                pass

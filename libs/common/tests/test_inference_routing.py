@@ -13,10 +13,10 @@ import grpc
 import pytest
 
 from chatplane.common.errors import ServiceError
-from chatplane.common.inference import client as client_module
-from chatplane.common.inference.client import Pool
+from chatplane.common.inference import replica as replica_module
 from chatplane.common.inference.discovery import Discoverer, ready_addresses
 from chatplane.common.inference.pools import Discovery, Policy, PoolSpec, parse_pools, parse_target
+from chatplane.common.inference.replica import Pool
 from chatplane.common.inference.routing import BOUND, Pick, Picker, by_affinity, capacity, ranking
 
 
@@ -133,7 +133,7 @@ async def test_draining_unhealthy_leaving_and_failed_replicas_are_skipped():
 
 
 async def test_with_no_replica_serving_a_pick_waits_then_fails_unavailable(monkeypatch):
-    monkeypatch.setattr(client_module, "WAIT_FOR_REPLICA_SECONDS", 0.3)
+    monkeypatch.setattr(replica_module, "WAIT_FOR_REPLICA_SECONDS", 0.3)
     reps = replicas(1)
     reps[0].serving = False
     pool = pool_with(reps)
