@@ -11,7 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from chatplane.common import tracing
-from chatplane.common.metrics import ActiveCalls, ServerMetricsInterceptor
+from chatplane.common.grpc_metrics import ActiveCalls, ServerMetricsInterceptor
 from chatplane.common.settings import GrpcServiceSettings
 from chatplane.common.tls import AccessPolicy, TlsSettings
 
