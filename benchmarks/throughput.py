@@ -58,7 +58,7 @@ async def direct(streams: int, max_tokens: int) -> dict:
     from vllm.sampling_params import RequestOutputKind
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    from chatplane.inference.engine import prepare_environment, engine_kwargs
+    from chatplane.inference.vllm_engine import prepare_environment, engine_kwargs
     from chatplane.inference.settings import InferenceSettings
 
     settings = InferenceSettings(model_path=MODEL_DIR)

@@ -5,8 +5,8 @@ inference, behind the real servicer and server (:func:`chatplane.inference.serve
 everything above the engine (gRPC, the conversation service, the gateway, SSE) without the model's cost with it, the
 way llm-d's inference simulator and production-stack's fake server do for their routers, and tests that need a
 working inference service without a model start it (tests/test_tracing.py, tests/test_fleet.py,
-services/inference/tests/test_synthetic.py). It behaves like :class:`VllmEngine` where the
-platform can tell: the same context-window errors, usage on the last chunk, ``max_num_seqs`` running at once with
+services/inference/tests/test_synthetic.py). It behaves like the vLLM engine (:mod:`chatplane.inference.vllm_engine`)
+where the platform can tell: the same context-window errors, usage on the last chunk, ``max_num_seqs`` running at once with
 the rest waiting, engine statistics, stop sequences, and a cancelled stream frees its slot at once.
 
 Tokens are words of a small fixed vocabulary, each one chunk (" word"), chosen by a generator seeded with the
