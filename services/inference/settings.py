@@ -79,6 +79,11 @@ class InferenceSettings(GrpcServiceSettings):
     synthetic_prompt_token_seconds: float = Field(
         0.0, ge=0, description="Synthetic engine: delay before the first token, per prompt token (prefill)."
     )
+    synthetic_script: list[str] = Field(
+        default_factory=list,
+        description="Synthetic engine: the reply's tokens, one chunk each, instead of made-up words (the same reply "
+        "to every request); it ends (`stop`) after the last, or at max_tokens (`length`). Empty: made-up words.",
+    )
     synthetic_reply_tokens: int = Field(
         64, ge=1, description="Synthetic engine: reply length when a request sets no max_tokens (capped by the context)."
     )

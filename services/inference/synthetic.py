@@ -5,12 +5,14 @@ inference, behind the real servicer and server (:func:`chatplane.inference.serve
 everything above the engine (gRPC, the conversation service, the gateway, SSE) without the model's cost with it, the
 way llm-d's inference simulator and production-stack's fake server do for their routers, and tests that need a
 working inference service without a model start it (tests/test_tracing.py, tests/test_fleet.py,
-services/inference/tests/test_synthetic.py). It behaves like the vLLM engine (:mod:`chatplane.inference.vllm_engine`)
-where the platform can tell: the same context-window errors, usage on the last chunk, ``max_num_seqs`` running at once with
-the rest waiting, engine statistics, stop sequences, and a cancelled stream frees its slot at once.
+services/inference/tests/test_synthetic.py, the conversation service's tests). It behaves like the vLLM engine
+(:mod:`chatplane.inference.vllm_engine`) where the platform can tell: the same context-window errors, usage on the last
+chunk, ``max_num_seqs`` running at once with the rest waiting, engine statistics, stop sequences, and a cancelled
+stream frees its slot at once.
 
 Tokens are words of a small fixed vocabulary, each one chunk (" word"), chosen by a generator seeded with the
-request's seed (or the engine seed), so the same request gives the same reply. Prompts are counted with a simple
+request's seed (or the engine seed), so the same request gives the same reply; or, with ``synthetic_script``, the
+script's tokens, ending like a model's end of text after the last one. Prompts are counted with a simple
 deterministic tokenizer: one token per word or punctuation mark, plus a few per message for the chat template.
 """
 
@@ -62,6 +64,7 @@ class SyntheticEngine:
         self.created = int(time.time())
         self.load = EngineLoad()
         self._interval = 1.0 / settings.synthetic_tokens_per_second if settings.synthetic_tokens_per_second else 0.0
+        self.script = tuple(settings.synthetic_script)  # the reply's tokens; empty: made-up words
         self._slots: asyncio.Semaphore | None = None
         self._tokens_in_use = 0
 
@@ -82,8 +85,9 @@ class SyntheticEngine:
             return sum(TOKENS_PER_MESSAGE + count_text(m[1]) for m in messages) + opened
         return count_text(prompt or "")
 
-    def _budget(self, prompt_tokens: int, sampling: Sampling, chat: bool, given: int = 0) -> int:
-        """max_tokens as vLLM would check it (same errors), with ``synthetic_reply_tokens`` when none is given."""
+    def _budget(self, prompt_tokens: int, sampling: Sampling, chat: bool, reply: int) -> int:
+        """max_tokens as vLLM would check it (same errors), with ``reply`` tokens (capped by the room left) when none
+        is given."""
         if prompt_tokens == 0:
             raise InvalidArgument("the prompt is empty", param="messages" if chat else "prompt")
         room = self.max_model_len - prompt_tokens
@@ -97,7 +101,7 @@ class SyntheticEngine:
                 param="messages" if room < 1 or asked is None else "max_tokens",
                 code="context_length_exceeded",
             )
-        return asked if asked is not None else min(room, max(1, self.settings.synthetic_reply_tokens - given))
+        return asked if asked is not None else min(room, max(1, reply))
 
     async def generate(
         self,
@@ -120,12 +124,21 @@ class SyntheticEngine:
         prompt_tokens = self.count_tokens(messages=messages, prompt=prompt, continue_final=continue_final)
         # A continued reply goes on with the same words the uninterrupted one would have had (same seed): the words
         # already given are skipped, so a stream continued on another replica reads exactly like one that was not.
-        given = count_text(messages[-1][1]) if continue_final and messages else 0
-        max_tokens = self._budget(prompt_tokens, sampling, messages is not None, given)
-        seed = sampling.seed if sampling.seed is not None else self.settings.seed
-        words = _reply(seed, given + max_tokens)[given:]
-        # With no max_tokens the reply ends on its own ("stop", the model's end of text); otherwise at the limit.
-        end_reason = "stop" if sampling.max_tokens is None else "length"
+        given_text = messages[-1][1] if continue_final and messages else ""
+        if self.script:
+            words = _after(self.script, given_text)
+            max_tokens = self._budget(prompt_tokens, sampling, messages is not None, len(words))
+            # The script's end is the model's end of text ("stop"), unless max_tokens comes first ("length").
+            end_reason = "stop" if len(words) <= max_tokens else "length"
+            words = words[:max_tokens]
+        else:
+            given = count_text(given_text)
+            reply = self.settings.synthetic_reply_tokens - given
+            max_tokens = self._budget(prompt_tokens, sampling, messages is not None, reply)
+            seed = sampling.seed if sampling.seed is not None else self.settings.seed
+            words = _reply(seed, given + max_tokens)[given:]
+            # With no max_tokens the reply ends on its own ("stop", the model's end of text); otherwise at the limit.
+            end_reason = "stop" if sampling.max_tokens is None else "length"
         load = self.load
         finished = False
         load.waiting += 1
@@ -156,6 +169,9 @@ class SyntheticEngine:
         if prefill:
             await asyncio.sleep(prefill)
         interval = self._interval
+        if not words:  # a continued reply that was already whole
+            yield Chunk("", end_reason, prompt_tokens, 0)
+            return
         text = ""
         last = len(words) - 1
         for i, word in enumerate(words):
@@ -165,7 +181,7 @@ class SyntheticEngine:
                 await asyncio.sleep(delay if delay > 0 else 0)
             else:
                 await asyncio.sleep(0)  # as fast as possible, but let others (and cancellation) in
-            piece = " " + word
+            piece = word
             if stop:
                 hit = _first_stop(text + piece, stop, len(text))
                 if hit is not None:
@@ -191,7 +207,16 @@ class SyntheticEngine:
 def _reply(seed: int, length: int) -> tuple[str, ...]:
     """The words of a reply; cached, since seeding a generator costs more than the rest of a fast request."""
     rng = random.Random(seed)
-    return tuple(rng.choice(VOCABULARY) for _ in range(length))
+    return tuple(" " + rng.choice(VOCABULARY) for _ in range(length))
+
+
+def _after(script: tuple[str, ...], given: str) -> tuple[str, ...]:
+    """The script's tokens after those ``given`` already holds (a continued reply goes on where it stopped)."""
+    done = 0
+    while done < len(script) and script[done] and given.startswith(script[done]):
+        given = given[len(script[done]):]
+        done += 1
+    return script[done:]
 
 
 def _first_stop(text: str, stop: tuple[str, ...], searched: int) -> str | None:

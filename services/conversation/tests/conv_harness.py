@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from conv_fake_inference import FakeInferenceServicer
+from conv_inference import Inference
 
 from chatplane.common.errors import error_details
 from chatplane.conversation.server import RunningServer, running
@@ -23,7 +23,7 @@ SYSTEM_PROMPT = "You are a careful test assistant."
 class Harness:
     stub: conversation_pb2_grpc.ConversationServiceStub
     server: RunningServer
-    fake: FakeInferenceServicer
+    inference: Inference
     settings: ConversationSettings
 
     async def create(self, user: str = "alice", title: str = "") -> pb.Conversation:
@@ -42,12 +42,12 @@ class Harness:
 
 @asynccontextmanager
 async def harness(
-    database_url: str, fake: FakeInferenceServicer, data_dir: Path, **overrides
+    database_url: str, inference: Inference, data_dir: Path, **overrides
 ) -> AsyncIterator[Harness]:
-    """The conversation service on ``database_url``, talking to ``fake``; ``overrides`` are settings fields."""
+    """The conversation service on ``database_url``, talking to ``inference``; ``overrides`` are settings fields."""
     fields = dict(
         database_url=database_url,
-        inference_pools=fake.target,
+        inference_pools=inference.target,
         port=0,
         data_dir=data_dir,
         system_prompt=SYSTEM_PROMPT,
@@ -56,7 +56,7 @@ async def harness(
     )
     settings = ConversationSettings(**{**fields, **overrides})
     async with running(settings) as server, grpc.aio.insecure_channel(server.address) as chan:
-        yield Harness(conversation_pb2_grpc.ConversationServiceStub(chan), server, fake, settings)
+        yield Harness(conversation_pb2_grpc.ConversationServiceStub(chan), server, inference, settings)
 
 
 def status_of(err: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str | None, str | None]:

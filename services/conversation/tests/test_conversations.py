@@ -76,7 +76,7 @@ async def test_another_users_conversation_is_not_found(conv: Harness):
     mine = await conv.create(title="private")
     await conv.send(mine.id, "my secret plans")
     before = await conv.get(mine.id)
-    generations = len(conv.fake.generate_requests)
+    generations = len(conv.inference.generations)
 
     calls = {
         "get": lambda cid: conv.get(cid, user="mallory"),
@@ -97,7 +97,7 @@ async def test_another_users_conversation_is_not_found(conv: Harness):
             assert err.value.details() == NOT_FOUND_MESSAGE, (name, target)
 
     assert await conv.get(mine.id) == before
-    assert len(conv.fake.generate_requests) == generations
+    assert len(conv.inference.generations) == generations
     assert await list_all(conv, user="mallory") == []
 
 

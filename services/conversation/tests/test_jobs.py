@@ -16,8 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 import redis
-from conv_fake_inference import FakeInferenceServicer
 from conv_harness import status_of
+from conv_inference import inference_service
 from tests_support import eventually
 from sqlalchemy import select, text, update
 
@@ -37,7 +37,6 @@ from chatplane.conversation.service import MIGRATIONS
 from chatplane.conversation.settings import ConversationSettings
 from chatplane.protos.conversation.v1 import conversation_pb2 as pb
 from chatplane.protos.conversation.v1 import conversation_pb2_grpc
-from chatplane.protos.inference.v1 import inference_pb2_grpc
 
 REDIS = os.environ.get("CHATPLANE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 DEFAULT = "New conversation"
@@ -113,19 +112,6 @@ def start_worker(settings: ConversationSettings, log: Path) -> Service:
 
 
 @asynccontextmanager
-async def fake_inference_on(port: int, servicer: FakeInferenceServicer) -> AsyncIterator[FakeInferenceServicer]:
-    server = grpc.aio.server()
-    inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    servicer.target = f"127.0.0.1:{port}"
-    try:
-        yield servicer
-    finally:
-        await server.stop(0)
-
-
-@asynccontextmanager
 async def conversation_service(
     settings: ConversationSettings,
 ) -> AsyncIterator[conversation_pb2_grpc.ConversationServiceStub]:
@@ -193,20 +179,18 @@ async def test_title_job_retries_until_inference_is_back(jobs: Jobs, tmp_path):
     """Inference is down when the job first runs: it is retried with backoff and the title appears once it is up."""
     port = free_port()  # nothing listens here yet
     settings = jobs.settings(jobs.new_queue(), inference_pools=f"127.0.0.1:{port}", title_max_tokens=7)
-    service_inference = FakeInferenceServicer()
     worker = start_worker(settings, tmp_path / "worker.log")
     try:
-        async with fake_inference_on(free_port(), service_inference) as fake:
+        async with inference_service() as served:
             # The service itself talks to a working inference; only the worker's is down.
-            async with conversation_service(settings.model_copy(update={"inference_pools": fake.target})) as stub:
+            async with conversation_service(settings.model_copy(update={"inference_pools": served.target})) as stub:
                 conv = await exchange(stub, "rita", "Tell me about the Eiffel tower")
                 await asyncio.sleep(1.5)  # the job has run and failed at least once by now
                 assert await title_of(stub, "rita", conv.id) == DEFAULT
-                model = FakeInferenceServicer()
-                model.chunks = ['"The', " Eiffel", " Tower.", '"', "\nextra", " words", " here", " ignored"]
-                async with fake_inference_on(port, model):
+                script = ['"The', " Eiffel", " Tower.", '"', "\nextra", " words", " here", " ignored"]
+                async with inference_service(port, synthetic_script=script) as model:
                     titled = await eventually(lambda: _changed(stub, "rita", conv.id), timeout=40, interval=0.2)
-                sampling = model.generate_requests[0].sampling
+                sampling = model.generations[0].sampling
     finally:
         worker.stop()
     assert titled == "The Eiffel Tower"
@@ -214,21 +198,21 @@ async def test_title_job_retries_until_inference_is_back(jobs: Jobs, tmp_path):
 
 
 async def test_title_job_twice_changes_nothing_and_a_rename_wins(jobs: Jobs, tmp_path):
-    async with fake_inference_on(free_port(), FakeInferenceServicer()) as fake:
-        settings = jobs.settings(jobs.new_queue(), inference_pools=fake.target, generate_titles=False)
+    async with inference_service() as served:
+        settings = jobs.settings(jobs.new_queue(), inference_pools=served.target, generate_titles=False)
         async with conversation_service(settings) as stub:
             first = await exchange(stub, "ida", "How do magnets work?")
             renamed = await exchange(stub, "ida", "What is a prime number?")
             await stub.UpdateConversation(
                 pb.UpdateConversationRequest(user_id="ida", conversation_id=renamed.id, title="My primes")
             )
-            fake.chunks = ["Magnets", " explained"]
+            served.reply("Magnets", " explained")
             ctx = JobContext.open(settings)
             try:
                 assert await generate_title(ctx, first.id) == "Magnets explained"
-                calls = len(fake.generate_requests)
+                calls = len(served.generations)
                 assert await generate_title(ctx, first.id) is None  # already titled: the model is not asked again
-                assert len(fake.generate_requests) == calls
+                assert len(served.generations) == calls
                 assert await generate_title(ctx, renamed.id) is None
             finally:
                 await ctx.close()
@@ -258,8 +242,8 @@ async def finished_export(stub, user: str, conversation_id: str, export_id: str)
 
 
 async def test_export_markdown_and_json(export_worker: ConversationSettings):
-    async with fake_inference_on(free_port(), FakeInferenceServicer()) as fake:
-        settings = export_worker.model_copy(update={"inference_pools": fake.target})
+    async with inference_service() as served:
+        settings = export_worker.model_copy(update={"inference_pools": served.target})
         async with conversation_service(settings) as stub:
             tricky = "Quote: \"x\" | `code` ; DROP TABLE messages;\n# not a heading"
             conv = await exchange(stub, "eve", tricky, title="Notes")
@@ -434,9 +418,9 @@ async def test_retention_off_deletes_nothing(jobs: Jobs):
 
 async def test_a_broken_queue_never_fails_the_reply(jobs: Jobs):
     """The title job cannot be queued (broker down): the reply is still stored and answered."""
-    async with fake_inference_on(free_port(), FakeInferenceServicer()) as fake:
+    async with inference_service() as served:
         settings = jobs.settings(
-            jobs.new_queue(), inference_pools=fake.target, celery_broker_url=f"redis://127.0.0.1:{free_port()}/0"
+            jobs.new_queue(), inference_pools=served.target, celery_broker_url=f"redis://127.0.0.1:{free_port()}/0"
         )
         async with conversation_service(settings) as stub:
             conv = await exchange(stub, "noq", "Hello there")

@@ -7,9 +7,10 @@ import asyncio
 
 import grpc
 import pytest
-from conv_fake_inference import MODEL
 from conv_harness import SYSTEM_PROMPT, Harness, status_of
+from conv_inference import MODEL
 
+from chatplane.inference.engine import Function
 from chatplane.protos.conversation.v1 import conversation_pb2 as pb
 from chatplane.protos.inference.v1 import inference_pb2 as ipb
 
@@ -32,16 +33,16 @@ async def test_a_new_response_is_a_new_conversation(conv: Harness):
     assert done.assistant_message.id == started.reply_id == done.assistant_message_id
     stored = await conv.get(started.conversation_id)
     assert [(m.role, m.content) for m in stored.messages] == [("user", "Hi there"),
-                                                             ("assistant", "Hello from the fake model.")]
+                                                             ("assistant", "Hello from the synthetic model.")]
     assert stored.messages[0].id == started.user_message_id
     # The instructions are a system message of this reply only, after the service's own system prompt.
-    sent = conv.fake.generate_requests[0]
-    assert [(m.role, m.content) for m in sent.chat.messages] == [
+    sent = conv.inference.generations[0]
+    assert [(m.role, m.content) for m in sent.messages] == [
         ("system", SYSTEM_PROMPT + "\n\nBe brief."), ("user", "Hi there")]
 
 
 async def test_a_chain_continues_its_conversation_with_tool_calls(conv: Harness):
-    conv.fake.tool_call = ("call_7", "get_weather", ['{"city":', ' "Oslo"}'])
+    conv.inference.engine.tool_call = ("call_7", "get_weather", ['{"city":', ' "Oslo"}'])
     first = await respond(conv, user("Weather in Oslo?"), tools=[WEATHER], store=True)
     started = first[0].started
     deltas = [d for e in first if e.WhichOneof("event") == "delta" for d in e.delta.tool_calls]
@@ -50,7 +51,7 @@ async def test_a_chain_continues_its_conversation_with_tool_calls(conv: Harness)
     assert reply.finish_reason == "tool_calls"
     assert [(c.id, c.name, c.arguments) for c in reply.tool_calls] == [("call_7", "get_weather", '{"city": "Oslo"}')]
 
-    conv.fake.tool_call = None
+    conv.inference.engine.tool_call = None
     second = await respond(conv, pb.InputItem(role="tool", content="snow", tool_call_id="call_7"), tools=[WEATHER],
                            previous_response_id=started.reply_id, store=True)
     assert second[0].started.conversation_id == started.conversation_id
@@ -59,11 +60,11 @@ async def test_a_chain_continues_its_conversation_with_tool_calls(conv: Harness)
     assert stored.messages[2].tool_call_id == "call_7"
     assert stored.messages[1].tool_calls[0].name == "get_weather"
     # Inference saw the whole chain, the tool call and its result included.
-    history = conv.fake.generate_requests[-1].chat.messages
+    history = conv.inference.generations[-1].messages
     assert [(m.role, m.tool_call_id) for m in history][1:] == [
         ("user", ""), ("assistant", ""), ("tool", "call_7")]
     assert history[2].tool_calls[0].arguments == '{"city": "Oslo"}'
-    assert list(conv.fake.generate_requests[-1].tools) == [WEATHER]
+    assert conv.inference.generations[-1].tools.functions == (Function("get_weather", parameters={"type": "object"}),)
 
     latest = second[-1].done.assistant_message_id
     found = await conv.stub.GetResponse(pb.GetResponseRequest(user_id="alice", response_id=latest))
@@ -105,7 +106,7 @@ async def test_bad_input_is_invalid_argument(sqlite_conv: Harness, items, param)
 
 
 async def test_a_response_cut_short_is_stored_incomplete(conv: Harness):
-    conv.fake.chunk_delay = 0.2
+    conv.inference.engine.pace(0.2)
     call = conv.stub.Respond(pb.RespondRequest(user_id="alice", input=[user("Tell me")], store=True))
     started = None
     async for event in call:

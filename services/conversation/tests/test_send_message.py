@@ -7,10 +7,11 @@ from datetime import UTC
 
 import grpc
 import pytest
-from conv_fake_inference import MODEL, Failure, chat_tokens
 from conv_harness import SYSTEM_PROMPT, Harness, harness, status_of
+from conv_inference import MODEL, REPLY, calls, inference_service
 from tests_support import eventually
 
+from chatplane.common.errors import InvalidArgument
 from chatplane.common.limits import MAX_MESSAGE_CHARS
 from chatplane.dev.procs import free_port
 from chatplane.conversation.replies import Delta, SendRequest
@@ -20,20 +21,20 @@ from chatplane.protos.conversation.v1 import conversation_pb2 as pb
 
 
 def sent_chat(h: Harness, index: int = -1) -> list[tuple[str, str]]:
-    """The chat messages inference received in a Generate call."""
-    return [(m.role, m.content) for m in h.fake.generate_requests[index].chat.messages]
+    """The chat the engine generated from (as inference fitted it) in a generation."""
+    return [(m.role, m.content) for m in h.inference.generations[index].messages]
 
 
 async def test_reply_is_streamed_and_stored(conv: Harness):
     c = await conv.create()
-    conv.fake.chunk_delay = 0.02  # paced as a model's tokens are (chunks ready together go on as one delta)
+    conv.inference.engine.pace(0.02)  # paced as a model's tokens are (chunks ready together go on as one delta)
     events = await conv.send(c.id, "What is the capital of France?", request_id="req-1")
 
     kinds = [e.WhichOneof("event") for e in events]
-    assert kinds == ["started"] + ["delta"] * len(conv.fake.chunks) + ["done"]
+    assert kinds == ["started"] + ["delta"] * len(REPLY) + ["done"]
     started, done = events[0].started, events[-1].done
     assert started.model == MODEL
-    assert "".join(e.delta.text for e in events[1:-1]) == "Hello from the fake model."
+    assert "".join(e.delta.text for e in events[1:-1]) == "Hello from the synthetic model."
 
     stored = await conv.get(c.id)
     user, assistant = stored.messages
@@ -42,20 +43,20 @@ async def test_reply_is_streamed_and_stored(conv: Harness):
     assert done.user_message_id == user.id == started.user_message_id
     assert done.assistant_message_id == assistant.id
     assert done.assistant_message == assistant
-    expected_prompt = chat_tokens([("system", SYSTEM_PROMPT), ("user", "What is the capital of France?")])
+    expected_prompt = conv.inference.count([("system", SYSTEM_PROMPT), ("user", "What is the capital of France?")])
     assert (assistant.role, assistant.content, assistant.status) == (
         "assistant",
-        "Hello from the fake model.",
+        "Hello from the synthetic model.",
         pb.MESSAGE_STATUS_COMPLETE,
     )
     assert (assistant.model, assistant.finish_reason) == (MODEL, "stop")
-    assert (assistant.prompt_tokens, assistant.completion_tokens) == (expected_prompt, len(conv.fake.chunks))
+    assert (assistant.prompt_tokens, assistant.completion_tokens) == (expected_prompt, len(REPLY))
     assert (done.prompt_tokens, done.completion_tokens, done.finish_reason) == (expected_prompt, 5, "stop")
 
-    request = conv.fake.generate_requests[0]
-    assert request.request_id == "req-1"
-    assert request.sampling.max_tokens == conv.settings.default_max_tokens
-    assert not request.sampling.HasField("temperature")
+    generation = conv.inference.generations[0]
+    assert generation.request_id == "req-1"
+    assert generation.sampling.max_tokens == conv.settings.default_max_tokens
+    assert generation.sampling.temperature is None
     # Sending touched the conversation: it is the newest now.
     assert stored.conversation.updated_at.ToDatetime(UTC) > c.updated_at.ToDatetime(UTC)
     other = await conv.create()
@@ -66,9 +67,10 @@ async def test_reply_is_streamed_and_stored(conv: Harness):
 
 async def test_history_is_sent_in_order(conv: Harness):
     c = await conv.create()
-    conv.fake.chunks = ["first answer"]
+    counted, generated = calls("CountTokens"), calls("Generate")
+    conv.inference.reply("first", " answer")
     await conv.send(c.id, "one")
-    conv.fake.chunks = ["second answer"]
+    conv.inference.reply("second", " answer")
     await conv.send(c.id, "two", max_tokens=3, temperature=0.5)
     await conv.send(c.id, "three")
     assert sent_chat(conv) == [
@@ -79,47 +81,48 @@ async def test_history_is_sent_in_order(conv: Harness):
         ("assistant", "second answer"),
         ("user", "three"),
     ]
-    sampling = conv.fake.generate_requests[1].sampling
+    sampling = conv.inference.generations[1].sampling
     assert sampling.max_tokens == 3 and sampling.temperature == pytest.approx(0.5)
     # One inference call per message: inference fits the chat it generates from (nothing is counted apart).
-    assert conv.fake.count_requests == [] and len(conv.fake.generate_requests) == 3
+    assert calls("CountTokens") == counted and calls("Generate") == generated + 3
+    assert len(conv.inference.generations) == 3
 
 
-async def test_oldest_turns_are_dropped_to_fit(sqlite_conv: Harness):
-    h = sqlite_conv
-    h.fake.max_model_len = 100
-    c = await h.create()
-    words = " ".join(["word"] * 10)
-    turns = []
-    for i in range(6):
-        h.fake.chunks = [f"reply{i}"]
-        await h.send(c.id, f"q{i} {words}")
-        turns.append([("user", f"q{i} {words}"), ("assistant", f"reply{i}")])
+async def test_oldest_turns_are_dropped_to_fit(sqlite_database_url, tmp_path):
+    async with inference_service(max_model_len=100) as inference, \
+            harness(sqlite_database_url, inference, tmp_path) as h:
+        c = await h.create()
+        words = " ".join(["word"] * 10)
+        turns = []
+        for i in range(6):
+            inference.reply(f"reply{i}")
+            await h.send(c.id, f"q{i} {words}")
+            turns.append([("user", f"q{i} {words}"), ("assistant", f"reply{i}")])
 
-    h.fake.chunks = ["ok"]
-    await h.send(c.id, "final question", max_tokens=20)
-    chat = sent_chat(h)
-    # The system prompt and the new message always stay; whole turns go, oldest first.
-    assert chat[0] == ("system", SYSTEM_PROMPT) and chat[-1] == ("user", "final question")
-    history = chat[1:-1]
-    kept = len(history) // 2
-    assert 0 < kept < 6
-    assert history == [m for turn in turns[6 - kept :] for m in turn]
-    # As many turns as fit: one more would not.
-    assert chat_tokens(chat) + 20 <= 100
-    assert chat_tokens([chat[0], *turns[6 - kept - 1], *chat[1:]]) + 20 > 100
-    # Nothing was lost from storage.
-    assert len((await h.get(c.id)).messages) == 14
+        inference.reply("ok")
+        await h.send(c.id, "final question", max_tokens=20)
+        chat = sent_chat(h)
+        # The system prompt and the new message always stay; whole turns go, oldest first.
+        assert chat[0] == ("system", SYSTEM_PROMPT) and chat[-1] == ("user", "final question")
+        history = chat[1:-1]
+        kept = len(history) // 2
+        assert 0 < kept < 6
+        assert history == [m for turn in turns[6 - kept :] for m in turn]
+        # As many turns as fit: one more would not.
+        assert inference.count(chat) + 20 <= 100
+        assert inference.count([chat[0], *turns[6 - kept - 1], *chat[1:]]) + 20 > 100
+        # Nothing was lost from storage.
+        assert len((await h.get(c.id)).messages) == 14
 
 
-async def test_without_max_tokens_the_reply_gets_the_room_left(sqlite_conv: Harness):
-    h = sqlite_conv
-    h.fake.max_model_len = 30
-    c = await h.create()
-    content = " ".join(["w"] * 10)
-    await h.send(c.id, content)
-    prompt = chat_tokens([("system", SYSTEM_PROMPT), ("user", content)])
-    assert h.fake.generate_requests[-1].sampling.max_tokens == 30 - prompt < h.settings.default_max_tokens
+async def test_without_max_tokens_the_reply_gets_the_room_left(sqlite_database_url, tmp_path):
+    async with inference_service(max_model_len=30) as inference, \
+            harness(sqlite_database_url, inference, tmp_path) as h:
+        c = await h.create()
+        content = " ".join(["w"] * 10)
+        await h.send(c.id, content)
+        prompt = inference.count([("system", SYSTEM_PROMPT), ("user", content)])
+        assert inference.generations[-1].sampling.max_tokens == 30 - prompt < h.settings.default_max_tokens
 
 
 async def test_message_too_long_for_the_context_window_is_rejected_and_not_stored(conv: Harness):
@@ -135,7 +138,7 @@ async def test_message_too_long_for_the_context_window_is_rejected_and_not_store
         await conv.send(c.id, "fine", max_tokens=1000)
     assert status_of(err.value) == (grpc.StatusCode.INVALID_ARGUMENT, "context_length_exceeded", "max_tokens")
     assert await conv.get(c.id) == before
-    assert len(conv.fake.generate_requests) == 1
+    assert len(conv.inference.generations) == 1
 
 
 @pytest.mark.parametrize(
@@ -154,25 +157,28 @@ async def test_message_too_long_for_the_context_window_is_rejected_and_not_store
 )
 async def test_invalid_requests_store_nothing(sqlite_conv: Harness, fields, param):
     c = await sqlite_conv.create()
+    counted, generated = calls("CountTokens"), calls("Generate")
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await sqlite_conv.send(c.id, **fields)
     assert status_of(err.value) == (grpc.StatusCode.INVALID_ARGUMENT, None, param)
     assert list((await sqlite_conv.get(c.id)).messages) == []
-    assert sqlite_conv.fake.count_requests == [] and sqlite_conv.fake.generate_requests == []
+    assert calls("CountTokens") == counted and calls("Generate") == generated
+    assert sqlite_conv.inference.generations == []
 
 
-async def test_longest_message_is_accepted(sqlite_conv: Harness):
-    sqlite_conv.fake.max_model_len = 100_000
-    c = await sqlite_conv.create()
-    content = "y" * MAX_MESSAGE_CHARS
-    await sqlite_conv.send(c.id, content)
-    assert (await sqlite_conv.get(c.id)).messages[0].content == content
+async def test_longest_message_is_accepted(sqlite_database_url, tmp_path):
+    async with inference_service(max_model_len=100_000) as inference, \
+            harness(sqlite_database_url, inference, tmp_path) as h:
+        c = await h.create()
+        content = "y" * MAX_MESSAGE_CHARS
+        await h.send(c.id, content)
+        assert (await h.get(c.id)).messages[0].content == content
 
 
 async def test_sql_and_control_characters_are_stored_verbatim(conv: Harness):
     c = await conv.create()
     content = "Robert'); DROP TABLE messages;--\t\r\n\x1b[31mred\x1b[0m \u202e\x7f\\x00 %s %(x)s ünïcødé 🎉"
-    conv.fake.chunks = ["'; DELETE FROM conversations; --", "\x01\x02\r\n", "😀"]
+    conv.inference.reply("'; DELETE FROM conversations; --", "\x01\x02\r\n", "😀")
     await conv.send(c.id, content)
     user, assistant = (await conv.get(c.id)).messages
     assert user.content == content
@@ -182,8 +188,9 @@ async def test_sql_and_control_characters_are_stored_verbatim(conv: Harness):
 
 async def test_client_cancel_stops_inference_and_keeps_the_partial_reply(conv: Harness):
     c = await conv.create()
-    conv.fake.chunks = [f" part{i}" for i in range(40)]
-    conv.fake.chunk_delay = 0.05
+    story = [f" part{i}" for i in range(40)]
+    conv.inference.reply(*story)
+    conv.inference.engine.pace(0.05)
     call = conv.stub.SendMessage(
         pb.SendMessageRequest(user_id="alice", conversation_id=c.id, content="tell me a long story", request_id="r-9")
     )
@@ -195,17 +202,17 @@ async def test_client_cancel_stops_inference_and_keeps_the_partial_reply(conv: H
                 break
     call.cancel()
 
-    await eventually(lambda: _async(conv.fake.cancelled == ["r-9"]))
+    await eventually(lambda: _async(conv.inference.engine.cancelled == ["r-9"]))
     messages = await eventually(lambda: _messages_when(conv, c.id, 2))
     user, partial = messages
     assert user.content == "tell me a long story"
     assert partial.status == pb.MESSAGE_STATUS_INCOMPLETE and partial.finish_reason == "abort"
-    assert partial.content.startswith(received) and len(partial.content) < len("".join(conv.fake.chunks))
+    assert partial.content.startswith(received) and len(partial.content) < len("".join(story))
     assert partial.model == MODEL and partial.prompt_tokens > 0
 
     # The partial reply is history for the next message.
-    conv.fake.chunk_delay = 0
-    conv.fake.chunks = ["done"]
+    conv.inference.engine.pace(0)
+    conv.inference.reply("done")
     await conv.send(c.id, "go on")
     assert sent_chat(conv)[-3:] == [("user", "tell me a long story"), ("assistant", partial.content), ("user", "go on")]
 
@@ -213,8 +220,8 @@ async def test_client_cancel_stops_inference_and_keeps_the_partial_reply(conv: H
 async def test_cancel_while_writing_to_the_client(conv: Harness):
     """The cancellation can also land while an event is being written, not only while waiting for inference."""
     c = await conv.create()
-    conv.fake.chunks = [f" part{i}" for i in range(40)]
-    conv.fake.chunk_delay = 0.02
+    conv.inference.reply(*(f" part{i}" for i in range(40)))
+    conv.inference.engine.pace(0.02)
     written: list[str] = []
 
     async def emit(event):
@@ -234,12 +241,12 @@ async def test_cancel_while_writing_to_the_client(conv: Harness):
         pb.MESSAGE_STATUS_INCOMPLETE,
         "abort",
     )
-    await eventually(lambda: _async(conv.fake.cancelled == ["r-w"]))
+    await eventually(lambda: _async(conv.inference.engine.cancelled == ["r-w"]))
 
 
 async def test_concurrent_messages_in_one_conversation(conv: Harness):
     c = await conv.create()
-    conv.fake.chunk_delay = 0.01
+    conv.inference.engine.pace(0.01)
     results = await asyncio.gather(*(conv.send(c.id, f"message {i}") for i in range(4)))
     assert all(events[-1].HasField("done") for events in results)
     messages = (await conv.get(c.id)).messages
@@ -248,8 +255,8 @@ async def test_concurrent_messages_in_one_conversation(conv: Harness):
     assert len({m.id for m in messages}) == 8
 
 
-async def test_inference_unreachable_is_unavailable_and_stores_nothing(database_url, fake_inference, tmp_path):
-    async with harness(database_url, fake_inference, tmp_path, inference_pools=f"127.0.0.1:{free_port()}") as h:
+async def test_inference_unreachable_is_unavailable_and_stores_nothing(database_url, inference, tmp_path):
+    async with harness(database_url, inference, tmp_path, inference_pools=f"127.0.0.1:{free_port()}") as h:
         c = await h.create()
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await h.send(c.id, "anyone there?")
@@ -259,7 +266,8 @@ async def test_inference_unreachable_is_unavailable_and_stores_nothing(database_
 
 async def test_inference_failing_mid_stream_keeps_the_partial_reply(conv: Harness):
     c = await conv.create()
-    conv.fake.fail_after = 2
+    conv.inference.engine.pace(0.02)  # a message per token
+    conv.inference.engine.fail_after = 2
     events = []
     with pytest.raises(grpc.aio.AioRpcError) as err:
         async for event in conv.stub.SendMessage(
@@ -279,7 +287,7 @@ async def test_inference_failing_mid_stream_keeps_the_partial_reply(conv: Harnes
 
 async def test_inference_failing_before_any_text_stores_no_reply(sqlite_conv: Harness):
     c = await sqlite_conv.create()
-    sqlite_conv.fake.generate_failure = Failure(grpc.StatusCode.UNAVAILABLE, "engine restarting")
+    sqlite_conv.inference.engine.fail_after = 0  # the engine fails before its first token
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await sqlite_conv.send(c.id, "hi")
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -288,8 +296,8 @@ async def test_inference_failing_before_any_text_stores_no_reply(sqlite_conv: Ha
 
 async def test_inference_invalid_argument_passes_through_with_code_and_param(sqlite_conv: Harness):
     c = await sqlite_conv.create()
-    sqlite_conv.fake.generate_failure = Failure(
-        grpc.StatusCode.INVALID_ARGUMENT, "temperature not supported", code="unsupported_value", param="temperature"
+    sqlite_conv.inference.engine.refusal = InvalidArgument(
+        "temperature not supported", code="unsupported_value", param="temperature"
     )
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await sqlite_conv.send(c.id, "hi")

@@ -67,6 +67,20 @@ async def test_without_max_tokens_the_reply_has_the_configured_length_and_stops(
     assert len(chunks) == 5 and chunks[-1].finish_reason == "stop"
 
 
+async def test_a_script_is_the_reply_and_ends_it_like_the_end_of_text():
+    engine = await started(synthetic_script=["Hello", " there", "!"])
+    chunks = await run(engine, Sampling())
+    assert [c.text for c in chunks] == ["Hello", " there", "!"] and chunks[-1].finish_reason == "stop"
+    assert (chunks[-1].prompt_tokens, chunks[-1].completion_tokens) == (11, 3)
+    assert len(await run(engine, Sampling(max_tokens=5))) == 3  # ends before the limit: "stop"
+    cut = await run(engine, Sampling(max_tokens=2))
+    assert "".join(c.text for c in cut) == "Hello there" and cut[-1].finish_reason == "length"
+    # A continued reply goes on after the tokens it already has.
+    go_on = [c async for c in engine.generate(messages=HELLO + [("assistant", "Hello there")], prompt=None,
+                                              sampling=Sampling(), request_id="r", continue_final=True)]
+    assert [c.text for c in go_on] == ["!"] and go_on[-1].finish_reason == "stop"
+
+
 async def test_counts_tokens_with_a_simple_tokenizer_and_the_chat_template():
     engine = await started(max_model_len=100)
     assert count_text("Hello, world!") == 4
