@@ -1,4 +1,4 @@
-"""The inference gRPC adapter and server lifecycle, with a test double engine (no model needed)."""
+"""The inference gRPC adapter and server lifecycle, with the synthetic engine (no model needed)."""
 
 from __future__ import annotations
 
@@ -9,57 +9,34 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from chatplane.common.errors import InvalidArgument
-from chatplane.inference.engine import Chunk, EngineLoad, Sampling
+from chatplane.inference.engine import Chunk, Sampling
 from chatplane.inference.server import build
+from chatplane.inference.settings import InferenceSettings
+from chatplane.inference.synthetic import SyntheticEngine
 from chatplane.protos.inference.v1 import inference_pb2 as pb
 from chatplane.protos.inference.v1 import inference_pb2_grpc
 
 
-class FakeEngine:
-    """Test double: streams ``words`` one per ``delay`` seconds; records what it was asked."""
+class RecordingEngine(SyntheticEngine):
+    """The synthetic engine, recording what it was asked to generate from (the servicer's conversion, tests only)."""
 
-    model_name = "fake-model"
-    max_model_len = 64
-    created = 1
-
-    def __init__(self, words: list[str], delay: float = 0.0) -> None:
-        self.words = words
-        self.delay = delay
-        self.load = EngineLoad()
+    def __init__(self, settings: InferenceSettings) -> None:
+        super().__init__(settings)
         self.seen: list[tuple] = []
-        self.closed = 0
 
-    async def start(self) -> None:
-        return None
-
-    def count_tokens(self, *, messages=None, prompt=None, continue_final=False) -> int:
-        return sum(len(m.content.split()) for m in messages) if messages else len((prompt or "").split())
-
-    async def generate(
-        self, *, messages, prompt, sampling: Sampling, request_id: str, continue_final: bool = False
-    ) -> AsyncIterator[Chunk]:
+    def generate(self, *, messages, prompt, sampling: Sampling, **rest) -> AsyncIterator[Chunk]:
         self.seen.append((messages, prompt, sampling))
-        if sampling.max_tokens and sampling.max_tokens > self.max_model_len:
-            raise InvalidArgument("too long", param="max_tokens", code="context_length_exceeded")
-        self.load.running += 1
-        try:
-            for w in self.words:
-                await asyncio.sleep(self.delay)
-                yield Chunk(w)
-            yield Chunk("", finish_reason="stop", prompt_tokens=3, completion_tokens=len(self.words))
-        finally:
-            self.load.running -= 1
-            self.closed += 1
-
-    async def stop(self) -> None:
-        return None
+        return super().generate(messages=messages, prompt=prompt, sampling=sampling, **rest)
 
 
 @pytest.fixture
 async def running():
-    engine = FakeEngine(["a", "b", "c"], delay=0.05)
-    service, servicer = build(engine)
+    # "a", "b", "c", a token every 50 ms: each its own message (the default stream interval is 20 ms).
+    settings = InferenceSettings(engine="synthetic", served_model_name="synthetic", max_model_len=64,
+                                 synthetic_script=["a", "b", "c"], synthetic_tokens_per_second=20)
+    engine = RecordingEngine(settings)
+    await engine.start()
+    service, servicer = build(engine, settings)
     port = await service.start("127.0.0.1:0")
     chan = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     yield engine, service, servicer, chan
@@ -89,10 +66,10 @@ async def test_streams_deltas_then_usage(running):
     stub = inference_pb2_grpc.InferenceServiceStub(chan)
     msgs = [m async for m in stub.Generate(pb.GenerateRequest(chat=chat("hi there"), sampling=pb.SamplingParams(
         max_tokens=5, temperature=0.5, top_p=0.9, stop=["x"], seed=3)))]
-    # The engine's empty last chunk (usage) comes right after "c", before "c" could be sent: one message for both.
+    # The last token carries the usage: one message for both.
     assert [m.text for m in msgs] == ["a", "b", "c"]
     assert msgs[-1].finish_reason == "stop" and msgs[-1].usage.completion_tokens == 3
-    assert msgs[-1].model == "fake-model"
+    assert msgs[-1].model == "synthetic"
     _, _, sampling = engine.seen[0]
     assert sampling == Sampling(max_tokens=5, temperature=0.5, top_p=pytest.approx(0.9), stop=("x",), seed=3)
 
@@ -120,7 +97,7 @@ async def test_oversized_message_is_rejected(running):
 async def test_cancel_closes_the_engine_stream(running):
     engine, service, servicer, chan = running
     await service.grpc.set_serving(True)
-    engine.words = ["w"] * 100
+    engine.script = ()  # made-up words, as many as the window leaves room for (56 at 20 a second)
     stub = inference_pb2_grpc.InferenceServiceStub(chan)
     call = stub.Generate(pb.GenerateRequest(chat=chat("hi")))
     async for _ in call:
@@ -128,10 +105,10 @@ async def test_cancel_closes_the_engine_stream(running):
     assert engine.load.running == 1
     call.cancel()
     for _ in range(40):
-        if engine.closed:
+        if engine.load.aborted_total:
             break
         await asyncio.sleep(0.05)
-    assert engine.closed == 1 and engine.load.running == 0
+    assert engine.load.aborted_total == 1 and engine.load.running == 0
 
 
 async def test_stop_drains_in_flight_streams(running):
@@ -153,7 +130,7 @@ async def test_generate_fits_and_says_what_it_left_out(running):
     engine, service, servicer, chan = running
     await service.grpc.set_serving(True)
     stub = inference_pb2_grpc.InferenceServiceStub(chan)
-    words = " ".join(["w"] * 20)  # the FakeEngine counts words; its window is 64 tokens
+    words = " ".join(["w"] * 20)  # 20 tokens for the synthetic tokenizer (4 more per message); the window is 64
     chat = pb.ChatMessages(messages=[
         pb.ChatMessage(role="system", content="sys"),
         pb.ChatMessage(role="user", content=f"old {words}"), pb.ChatMessage(role="assistant", content=words),
