@@ -178,3 +178,31 @@ async def test_disconnect_mid_stream_stores_partial_reply_and_aborts(stack, acco
         assert stored[1]["status"] == "incomplete"
         assert stored[1]["content"].startswith(received)
         assert stats.running == 0 and stats.aborted_total == before.aborted_total + 1
+
+
+async def test_regenerate_replaces_the_last_reply(http, account, other_account):
+    conv = await new_conversation(http, account)
+    path = f"/v1/conversations/{conv['id']}/messages"
+    r = await http.post(path, json={"regenerate": True}, headers=account.headers)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "no_user_message"
+    first = await http.post(path, json={"content": "What is the capital of France?", "max_tokens": 20,
+                                        "temperature": 0}, headers=account.headers)
+    assert first.status_code == 201, first.text
+    r = await http.post(path, json={"regenerate": True}, headers=other_account.headers)
+    assert r.status_code == 404
+
+    async with http.stream("POST", path, json={"regenerate": True, "stream": True, "max_tokens": 20,
+                                               "temperature": 0}, headers=account.headers) as resp:
+        assert resp.status_code == 200
+        events = sse_events([line async for line in resp.aiter_lines()])
+    started, *deltas, done, end = events
+    assert end == "[DONE]" and started["user_message_id"] == first.json()["user_message_id"]
+    text = "".join(d["delta"] for d in deltas)
+    assert "Paris" in text
+    stored = await messages_of(http, account, conv["id"])
+    assert [m["role"] for m in stored] == ["user", "assistant"]
+    assert stored[1]["id"] == done["assistant_message_id"] != first.json()["id"]
+    assert stored[1]["content"] == text
+    # Metered as a message: the same prompt (the question without the old reply) and the new reply's tokens.
+    assert done["usage"]["prompt_tokens"] == first.json()["usage"]["prompt_tokens"]
+    assert done["usage"]["completion_tokens"] == stored[1]["usage"]["completion_tokens"] > 0

@@ -79,6 +79,7 @@ class AlreadyExists(_Shorthand): STATUS = grpc.StatusCode.ALREADY_EXISTS  # noqa
 class Unauthenticated(_Shorthand): STATUS = grpc.StatusCode.UNAUTHENTICATED  # noqa: E701
 class FailedPrecondition(_Shorthand): STATUS = grpc.StatusCode.FAILED_PRECONDITION  # noqa: E701
 class ResourceExhausted(_Shorthand): STATUS = grpc.StatusCode.RESOURCE_EXHAUSTED  # noqa: E701
+class Aborted(_Shorthand): STATUS = grpc.StatusCode.ABORTED  # noqa: E701
 class Unavailable(_Shorthand): STATUS = grpc.StatusCode.UNAVAILABLE  # noqa: E701
 
 

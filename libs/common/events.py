@@ -7,7 +7,7 @@ always maps to the same partition).
 | topic | key | events |
 |---|---|---|
 | ``chatplane.auth.v1`` | user id | user.signed_up, api_key.created, api_key.revoked |
-| ``chatplane.conversation.v1`` | conversation id | conversation.created, conversation.deleted, message.stored |
+| ``chatplane.conversation.v1`` | conversation id | conversation.created, conversation.deleted, message.stored, message.deleted |
 | ``chatplane.usage.v1`` | user id | completion.finished |
 """
 
@@ -49,6 +49,7 @@ ROUTES: dict[str, Route] = {
     "conversation_created": Route("conversation.created", CONVERSATION_TOPIC, "conversation_id"),
     "conversation_deleted": Route("conversation.deleted", CONVERSATION_TOPIC, "conversation_id"),
     "message_stored": Route("message.stored", CONVERSATION_TOPIC, "conversation_id"),
+    "message_deleted": Route("message.deleted", CONVERSATION_TOPIC, "conversation_id"),
     "completion_finished": Route("completion.finished", USAGE_TOPIC, "user_id"),
 }
 
@@ -59,6 +60,7 @@ Payload = (
     | events_pb2.ConversationCreated
     | events_pb2.ConversationDeleted
     | events_pb2.MessageStored
+    | events_pb2.MessageDeleted
     | events_pb2.CompletionFinished
 )
 

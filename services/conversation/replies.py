@@ -39,6 +39,7 @@ class SendRequest:
     model: str = ""  # empty: the served model
     api_key_id: str = ""
     request_id: str = ""
+    regenerate: bool = False  # content empty: a new reply to the last user message replaces the last reply
 
 
 # One input item of a Responses API request: a chat message (checked by :func:`input_message`).

@@ -171,6 +171,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
             model=request.model,
             api_key_id=request.api_key_id,
             request_id=request.request_id,
+            regenerate=request.regenerate,
         )
         await self.core.send_message(send, emit)
 

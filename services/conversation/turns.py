@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
@@ -25,6 +26,7 @@ from chatplane.conversation.errors import ServiceError, from_inference, invalid,
 from chatplane.conversation.jobs.queue import EnqueueError, JobQueue
 from chatplane.conversation.models import ROLE_ASSISTANT, ROLE_USER, STATUS_COMPLETE, Message
 from chatplane.conversation.prompt import MAX_HISTORY_MESSAGES, ChatMessage, history_chat
+from chatplane.conversation.regenerate import Replaced, in_progress, regeneration
 from chatplane.conversation.replies import (
     Delta,
     Done,
@@ -65,6 +67,7 @@ class Turns:
     ) -> None:
         self.settings, self.store, self.inference, self.jobs = settings, store, inference, jobs
         self._pending: set[asyncio.Task] = set()
+        self._streaming: Counter[str] = Counter()  # conversation id -> replies streaming into it (this process)
 
     async def close(self) -> None:
         """Finish the protected writes still running (partial replies) and the queued title jobs."""
@@ -78,9 +81,12 @@ class Turns:
         request is invalid, the prompt cannot fit or inference cannot be reached. When the caller goes away
         (cancellation) the inference call is cancelled and the partial reply is stored as incomplete; when inference
         fails mid-stream the partial reply (if any) is stored as incomplete and the failure is raised.
+
+        ``regenerate``: no new message; the last user message is answered again and the new reply replaces the
+        messages after it (:mod:`~chatplane.conversation.regenerate`).
         """
         user_id = validation.user_id(request.user_id)
-        content = validation.content(request.content)
+        content = request.content if request.regenerate else validation.content(request.content)
         max_tokens = validation.max_tokens(request.max_tokens)
         temperature = validation.temperature(request.temperature)
         requested_model = validation.model(request.model)
@@ -92,6 +98,12 @@ class Turns:
         if found is None:
             raise not_found()
         title, history = found
+        replaced: Replaced | None = None
+        if request.regenerate:
+            history, replaced = regeneration(conversation_id, content, history)
+            if self._streaming[conversation_id]:
+                raise in_progress()
+            content = replaced.answered.content
         model = requested_model or await self._served_model()
         generate = self._request(
             self.settings.system_prompt, history, [ChatMessage(ROLE_USER, content)], requested_model, request_id,
@@ -101,6 +113,8 @@ class Turns:
                       conversation_id=conversation_id, started=started)
 
         async def store_input() -> Message | None:
+            if replaced is not None:  # answered again: nothing new to store
+                return replaced.answered_message()
             return await self.store.append_message(
                 user_id, conversation_id, NewMessage(role=ROLE_USER, content=content, status=STATUS_COMPLETE))
 
@@ -108,7 +122,8 @@ class Turns:
             return Started(user_message=user_message, model=model)
 
         user_message, assistant = await self._run(
-            generate, reply, emit, store_input, on_started, store=True, params={"messages": "content"})
+            generate, reply, emit, store_input, on_started, store=True, params={"messages": "content"},
+            replaced=replaced)
         if assistant.status == STATUS_COMPLETE and _first_exchange(title, history):
             self._queue_title(conversation_id)
         await emit(Done(user_message=user_message, assistant_message=assistant))
@@ -218,9 +233,24 @@ class Turns:
     async def _run(
         self, generate: inference_pb2.GenerateRequest, reply: Reply, emit: Emit, store_input: StoreInput,
         on_started: Callable[[Message | None], Started], *, store: bool, params: dict[str, str],
+        replaced: Replaced | None = None,
     ) -> tuple[Message | None, Message]:
         """Stream the reply: the input is stored once inference took the request (its first message), the reply at
-        the end, or cut short. Returns (the last input stored, the reply)."""
+        the end, or cut short (replacing ``replaced``). Returns (the last input stored, the reply)."""
+        streaming = reply.conversation_id if store else ""
+        self._streaming[streaming] += 1
+        try:
+            return await self._stream(generate, reply, emit, store_input, on_started, store, params, replaced)
+        finally:
+            self._streaming[streaming] -= 1
+            if not self._streaming[streaming]:
+                del self._streaming[streaming]
+
+    async def _stream(
+        self, generate: inference_pb2.GenerateRequest, reply: Reply, emit: Emit, store_input: StoreInput,
+        on_started: Callable[[Message | None], Started], store: bool, params: dict[str, str],
+        replaced: Replaced | None,
+    ) -> tuple[Message | None, Message]:
         # Every turn of a conversation goes to the same replica while it can take it: its history is in that
         # replica's prefix cache.
         call = self.inference.generate(generate, key=f"conversation:{reply.conversation_id}")
@@ -260,7 +290,7 @@ class Turns:
             log.warning("inference failed mid-reply", extra={"request_id": reply.request_id,
                                                             "status": err.status.name, "details": err.message})
             if reply.parts or reply.calls:
-                await self._protected(self._end(store, reply, "error"))
+                await self._protected(self._end(store, reply, "error", replaced))
             raise from_inference(err) from None
         except BaseException:
             # The caller went away (CancelledError) or could not be written to: stop the generation, keep what
@@ -268,19 +298,24 @@ class Turns:
             call.cancel()
             if stored_input:
                 log.info("reply cancelled", extra={"request_id": reply.request_id, "chars": len(reply.text)})
-                await self._protected(self._end(store, reply, "abort"))
+                await self._protected(self._end(store, reply, "abort", replaced))
             raise
         finally:
             await ahead.close()
-        assistant = await self._protected(self._end(store, reply, reply.finish_reason or "stop"))
+        assistant = await self._protected(self._end(store, reply, reply.finish_reason or "stop", replaced))
         if assistant is None:  # the conversation was deleted while the reply streamed
             raise not_found()
         return user_message, assistant
 
-    async def _end(self, store: bool, reply: Reply, finish_reason: str) -> Message | None:
-        """Store the reply with its completion event (or only the event, when nothing is stored)."""
+    async def _end(self, store: bool, reply: Reply, finish_reason: str, replaced: Replaced | None = None
+                   ) -> Message | None:
+        """Store the reply with its completion event (or only the event, when nothing is stored); a regenerated
+        reply replaces the messages after the one it answers, unless another message came meanwhile (then only its
+        event is stored, so that what was generated is metered all the same)."""
         new, event = reply.ending(finish_reason)
         try:
+            if store and replaced is not None:
+                return await replaced.store(self.store, reply.user_id, new, event, finish_reason)
             if store:
                 stored = await self.store.append_message(reply.user_id, reply.conversation_id, new, event)
                 if stored is None:

@@ -13,7 +13,7 @@ from chatplane.common import limits
 from chatplane.gateway import convert
 from chatplane.gateway.api_models import check_max_tokens
 from chatplane.gateway.deps import BackendsDep, ConversationStub, CurrentPrincipal, SettingsDep
-from chatplane.gateway.errors import APIError, stream_failure, upstream
+from chatplane.gateway.errors import APIError, invalid, stream_failure, upstream
 from chatplane.gateway.metering import MeteredConversationReply, rough_tokens
 from chatplane.gateway.observability import observe
 from chatplane.gateway.schemas import (
@@ -158,7 +158,8 @@ def _broken() -> APIError:
     "/{conversation_id}/messages",
     status_code=status.HTTP_201_CREATED,
     response_model=SentMessageOut,
-    summary="Send a message and get the assistant's reply (streamed as server-sent events with stream=true)",
+    summary="Send a message and get the assistant's reply (streamed as server-sent events with stream=true); "
+            "regenerate=true without content replaces the last reply with a new one to the last user message",
     responses={200: {"description": "With stream=true: the reply's events (server-sent events)",
                      "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
 )
@@ -169,12 +170,19 @@ async def send_message(
     backends: BackendsDep,
     request: Request,
 ) -> Any:
+    if body.regenerate and body.content is not None:
+        raise invalid("Send either content or regenerate: a regenerated reply answers the last user message again.",
+                      "content")
+    if not body.regenerate and body.content is None:
+        raise invalid("content is required (or regenerate: true to replace the last reply).", "content")
+    content = body.content or ""
     request_id = f"msg-{uuid.uuid4().hex}"
     observe().request_id = request_id  # the access log line names the call
     send = conversation_pb2.SendMessageRequest(
         user_id=principal.user_id,
         conversation_id=conversation_id,
-        content=body.content,
+        content=content,
+        regenerate=body.regenerate,
         model=body.model or "",
         api_key_id=principal.api_key_id,
         request_id=request_id,
@@ -190,7 +198,7 @@ async def send_message(
 
     async def prompt_tokens(exact: bool) -> int:
         # The history is the conversation service's to fit: estimate the new message, settle with the exact usage.
-        return rough_tokens(len(body.content)) + 4
+        return rough_tokens(len(content)) + 4
 
     reserve = body.max_tokens if body.max_tokens is not None else backends.settings.estimated_completion_tokens
     ticket = await backends.admission.admit(principal, prompt_tokens=prompt_tokens, reserve=reserve)

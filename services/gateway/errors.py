@@ -125,6 +125,7 @@ _CLIENT_ERRORS: dict[grpc.StatusCode, tuple[int, str, str | None]] = {
     # Never 403: a resource of another user does not exist for the caller.
     grpc.StatusCode.PERMISSION_DENIED: (404, INVALID_REQUEST, "not_found"),
     grpc.StatusCode.ALREADY_EXISTS: (409, INVALID_REQUEST, "conflict"),
+    grpc.StatusCode.ABORTED: (409, INVALID_REQUEST, "conflict"),  # a concurrent change (e.g. a reply streaming)
     grpc.StatusCode.UNAUTHENTICATED: (401, INVALID_REQUEST, "invalid_api_key"),
     grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error", "rate_limit_exceeded"),
 }

@@ -307,7 +307,9 @@ class ConversationUpdate(_Request):
 
 
 class MessageCreate(_Request):
-    content: Annotated[SafeStr, Field(min_length=1, max_length=limits.MAX_MESSAGE_CHARS)]
+    # Required unless ``regenerate``, which takes none.
+    content: Annotated[SafeStr, Field(min_length=1, max_length=limits.MAX_MESSAGE_CHARS)] | None = None
+    regenerate: bool = False  # replace the last reply with a new one to the last user message
     stream: bool = False
     max_tokens: Annotated[int, Field(ge=1, le=UINT32_MAX)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None

@@ -2,7 +2,7 @@
 
 Conversation queries are scoped by the owning user; message queries take a conversation id whose ownership the
 caller has checked. ``ConversationStore.transaction`` is the single seam where state changes commit; domain events
-(conversation created / deleted, message stored, completion finished) go into the outbox in the same transaction
+(conversation created / deleted, message stored / deleted, completion finished) go into the outbox in the same transaction
 (``await chatplane.common.outbox.add_event(session, envelope)``). The statements of a conversation turn
 (:meth:`ConversationStore.turn_context`, :meth:`ConversationStore.append_messages`) run on the driver itself
 (``turn_sql.py``), in one transaction per append with its events.
@@ -259,17 +259,24 @@ class ConversationStore:
         completion: events_pb2.CompletionFinished | None = None,
         *,
         after: str | None = None,
+        drop_after: int | None = None,
     ) -> list[Message] | None:
         """Store messages, in order, at the end of a conversation in one transaction (see :meth:`append_message`).
 
         ``after``: the id of the message they must follow; :class:`ConversationMoved` when another came since.
+        ``drop_after``: the messages after this position are deleted first, each with a ``message.deleted`` event.
         """
         now = utcnow()
         rows: list[Message] = []
         traceparent = tracing.current_traceparent()  # the events' (build may run in the driver's thread)
 
-        def build(last: int) -> tuple[list[dict], list[tuple]]:
+        def build(last: int, dropped: list[tuple[str, int]]) -> tuple[list[dict], list[tuple]]:
             values, events = [], []
+            for message_id, seq in dropped:
+                events.append(envelope(events_pb2.MessageDeleted(
+                    conversation_id=conversation_id, user_id=user_id, message_id=message_id, seq=seq,
+                    reason="regenerated",
+                ), producer=PRODUCER, traceparent=traceparent))
             for i, new in enumerate(news):
                 row = dict(
                     id=new.id or new_id(), conversation_id=conversation_id, seq=last + 1 + i, role=new.role,
@@ -290,7 +297,7 @@ class ConversationStore:
             return values, [outbox_row(e, now) for e in events]
 
         try:
-            if await self._turns.append(user_id, conversation_id, now, build, after) is None:
+            if await self._turns.append(user_id, conversation_id, now, build, after, drop_after) is None:
                 return None
         except Moved:
             raise ConversationMoved(conversation_id) from None

@@ -40,6 +40,8 @@ LAST_SEQ = "SELECT max(seq) FROM messages WHERE conversation_id = ?"
 SEQ_OF = "SELECT seq FROM messages WHERE id = ?"
 INSERT_MESSAGE = (f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) "
                   f"VALUES ({', '.join('?' * len(MESSAGE_COLUMNS))})")
+DROPPED = "SELECT id, seq FROM messages WHERE conversation_id = ? AND seq > ? ORDER BY seq"
+DROP = "DELETE FROM messages WHERE conversation_id = ? AND seq > ?"
 INSERT_EVENT = f"INSERT INTO outbox ({', '.join(OUTBOX_COLUMNS)}) VALUES ({', '.join('?' * len(OUTBOX_COLUMNS))})"
 TRANSACTION = "; ".join((TOUCH, LAST_SEQ, INSERT_MESSAGE, INSERT_EVENT))
 
@@ -68,9 +70,10 @@ class Moved(Exception):
     """The message the new ones were to follow is not the last one any more."""
 
 
-# Builds the rows of a transaction once the last position is known: (message rows, outbox rows), as dicts of
-# MESSAGE_COLUMNS and tuples of OUTBOX_COLUMNS, with created_at as a timezone-aware datetime.
-Build = Callable[[int], tuple[list[dict[str, Any]], list[tuple]]]
+# Builds the rows of a transaction once the last position and the messages removed ((id, seq), oldest first) are
+# known: (message rows, outbox rows), as dicts of MESSAGE_COLUMNS and tuples of OUTBOX_COLUMNS, with created_at as a
+# timezone-aware datetime.
+Build = Callable[[int, list[tuple[str, int]]], tuple[list[dict[str, Any]], list[tuple]]]
 
 
 class TurnSQL:
@@ -89,9 +92,11 @@ class TurnSQL:
         return rows[0][0], [HistoryMessage(*row[1:]) for row in reversed(rows) if row[1] is not None]
 
     async def append(self, user_id: str, conversation_id: str, now: datetime, build: Build,
-                     after: str | None = None) -> list[dict[str, Any]] | None:
+                     after: str | None = None, drop_after: int | None = None) -> list[dict[str, Any]] | None:
         """Touch the conversation (its lock orders concurrent appends), then insert what ``build`` makes of the last
-        position. None when the conversation is not the user's; :class:`Moved` when ``after`` is not the last."""
+        position. None when the conversation is not the user's; :class:`Moved` when ``after`` is not the last.
+        ``drop_after``: first delete the messages after that position (a reply replaced); the new ones still go
+        after the last position, so that a position is never used twice."""
         raise NotImplementedError
 
     async def _fetch(self, sql: str, args: tuple) -> list[tuple]:
@@ -138,7 +143,7 @@ class _Sqlite(TurnSQL):
 
         return await self._run(read)
 
-    async def append(self, user_id, conversation_id, now, build, after=None):
+    async def append(self, user_id, conversation_id, now, build, after=None, drop_after=None):
         stamp = _sqlite(now)
 
         def write(db: sqlite3.Connection):
@@ -154,7 +159,12 @@ class _Sqlite(TurnSQL):
                     follows = (db.execute(SEQ_OF, (after,)).fetchone() or (None,))[0] if after is not None else last
                 if follows != last:
                     raise Moved(conversation_id)
-                messages, events = build(last)
+                dropped: list[tuple[str, int]] = []
+                if drop_after is not None:
+                    with _timed("delete"):
+                        dropped = db.execute(DROPPED, (conversation_id, drop_after)).fetchall()
+                        db.execute(DROP, (conversation_id, drop_after))
+                messages, events = build(last, dropped)
                 with _timed("insert"):
                     db.executemany(INSERT_MESSAGE, [tuple(_sqlite(m[c]) for c in MESSAGE_COLUMNS) for m in messages])
                     if events:
@@ -218,7 +228,7 @@ class _Postgres(TurnSQL):
         with _timed("select"):
             return [tuple(r) for r in await pool.fetch(_numbered(sql), *args)]
 
-    async def append(self, user_id, conversation_id, now, build, after=None):
+    async def append(self, user_id, conversation_id, now, build, after=None, drop_after=None):
         pool = await self._connections()
         with self._span("INSERT messages", TRANSACTION):
             async with pool.acquire() as conn, conn.transaction():
@@ -231,7 +241,12 @@ class _Postgres(TurnSQL):
                     follows = await conn.fetchval(_numbered(SEQ_OF), after) if after is not None else last
                 if follows != last:
                     raise Moved(conversation_id)
-                messages, events = build(last)
+                dropped: list[tuple[str, int]] = []
+                if drop_after is not None:
+                    with _timed("delete"):
+                        dropped = [tuple(r) for r in await conn.fetch(_numbered(DROPPED), conversation_id, drop_after)]
+                        await conn.execute(_numbered(DROP), conversation_id, drop_after)
+                messages, events = build(last, dropped)
                 with _timed("insert"):
                     await conn.executemany(_numbered(INSERT_MESSAGE),
                                            [tuple(m[c] for c in MESSAGE_COLUMNS) for m in messages])

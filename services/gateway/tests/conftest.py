@@ -346,9 +346,20 @@ class FakeConversationServicer(conversation_pb2_grpc.ConversationServiceServicer
         self.requests.append(request)
         conv = await self._get(context, request.user_id, request.conversation_id)
         model = request.model or MODEL
-        user_msg = conversation_pb2.Message(id=uuid.uuid4().hex, role="user", content=request.content,
-                                            status=conversation_pb2.MESSAGE_STATUS_COMPLETE, created_at=now_ts())
-        conv.messages.append(user_msg)
+        if request.regenerate:  # the last user message answered again; a question without reply is "streaming"
+            users = [i for i, m in enumerate(conv.messages) if m.role == "user"]
+            if not users:
+                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "no user message to answer",
+                            code="no_user_message", param="regenerate")
+            if users[-1] == len(conv.messages) - 1:
+                await abort(context, grpc.StatusCode.ABORTED, "a reply is still streaming",
+                            code="reply_in_progress", param="regenerate")
+            user_msg = conv.messages[users[-1]]
+            del conv.messages[users[-1] + 1:]
+        else:
+            user_msg = conversation_pb2.Message(id=uuid.uuid4().hex, role="user", content=request.content,
+                                                status=conversation_pb2.MESSAGE_STATUS_COMPLETE, created_at=now_ts())
+            conv.messages.append(user_msg)
         yield conversation_pb2.SendMessageEvent(
             started=conversation_pb2.SendMessageStarted(user_message_id=user_msg.id, model=model))
         try:

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from chatplane.common import limits
+from chatplane.protos.conversation.v1 import conversation_pb2
 
 
 async def create(client, headers, title: str | None = "Trip") -> dict:
@@ -53,6 +54,7 @@ async def test_another_users_conversation_is_404_everywhere(client, auth_headers
         ("DELETE", f"/v1/conversations/{cid}", None),
         ("POST", f"/v1/conversations/{cid}/messages", {"content": "hello"}),
         ("POST", f"/v1/conversations/{cid}/messages", {"content": "hello", "stream": True}),
+        ("POST", f"/v1/conversations/{cid}/messages", {"regenerate": True, "stream": True}),
     ]:
         resp = await client.request(method, path, json=body, headers=auth_headers)
         assert resp.status_code == 404, (method, path, resp.text)
@@ -96,7 +98,9 @@ async def test_bad_inputs(client, auth_headers, fakes):
          400, "content"),
         ("POST", f"/v1/conversations/{conv['id']}/messages", {"content": "hi", "temperature": 3}, 400, "temperature"),
         ("POST", f"/v1/conversations/{conv['id']}/messages", {"content": "hi", "tools": []}, 400, "tools"),
-        ("POST", f"/v1/conversations/{conv['id']}/messages", {}, 422, "content"),
+        ("POST", f"/v1/conversations/{conv['id']}/messages", {}, 400, "content"),
+        ("POST", f"/v1/conversations/{conv['id']}/messages", {"content": "hi", "regenerate": True}, 400, "content"),
+        ("POST", f"/v1/conversations/{conv['id']}/messages", {"regenerate": "please"}, 422, "regenerate"),
     ]
     for method, path, body, status, param in cases:
         resp = await client.request(method, path, json=body, headers=auth_headers)
@@ -167,3 +171,40 @@ async def test_client_leaving_a_non_streaming_send_cancels_the_call(live_url, au
             await c.post(f"/v1/conversations/{conv['id']}/messages", json={"content": "slow"}, headers=auth_headers,
                          timeout=0.5)
     await asyncio.wait_for(fakes.conversation.cancelled.wait(), 5)
+
+
+async def test_regenerate_replaces_the_last_reply(client, live_url, auth_headers, fakes):
+    conv = await create(client, auth_headers)
+    path = f"/v1/conversations/{conv['id']}/messages"
+    first = (await client.post(path, json={"content": "Hello?"}, headers=auth_headers)).json()
+
+    resp = await client.post(path, json={"regenerate": True}, headers=auth_headers)
+    assert resp.status_code == 201, resp.text
+    again = resp.json()
+    assert again["user_message_id"] == first["user_message_id"] and again["id"] != first["id"]
+    assert again["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+    sent = fakes.conversation.requests[-1]
+    assert sent.regenerate and not sent.content
+    history = (await client.get(f"/v1/conversations/{conv['id']}", headers=auth_headers)).json()["messages"]
+    assert [(m["role"], m["id"]) for m in history] == [("user", first["user_message_id"]), ("assistant", again["id"])]
+
+    async with httpx.AsyncClient(base_url=live_url) as c:  # streamed like a message
+        resp = await c.post(path, json={"regenerate": True, "stream": True}, headers=auth_headers)
+    parsed = [json.loads(e.removeprefix("data: ")) for e in resp.text.strip().split("\n\n")[:-1]]
+    assert parsed[0] == {"type": "message.started", "user_message_id": first["user_message_id"],
+                         "model": fakes.model}
+    assert parsed[-1]["type"] == "message.done"
+
+
+async def test_regenerate_errors(client, auth_headers, fakes):
+    conv = await create(client, auth_headers)
+    path = f"/v1/conversations/{conv['id']}/messages"
+    resp = await client.post(path, json={"regenerate": True}, headers=auth_headers)
+    assert resp.status_code == 400
+    assert resp.json()["error"] | {"message": ""} == {
+        "message": "", "type": "invalid_request_error", "param": "regenerate", "code": "no_user_message"}
+    fakes.conversation.conversations[conv["id"]].messages.append(conversation_pb2.Message(id="u1", role="user"))
+    resp = await client.post(path, json={"regenerate": True, "stream": True}, headers=auth_headers)
+    assert resp.status_code == 409
+    assert resp.json()["error"] | {"message": ""} == {
+        "message": "", "type": "invalid_request_error", "param": "regenerate", "code": "reply_in_progress"}

@@ -388,6 +388,7 @@ class SendMessageRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     API_KEY_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REGENERATE_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     conversation_id: _builtins.str
     content: _builtins.str
@@ -398,6 +399,8 @@ class SendMessageRequest(_message.Message):
     api_key_id: _builtins.str
     """for metering; empty for JWT callers"""
     request_id: _builtins.str
+    regenerate: _builtins.bool
+    """content empty: replace the last reply with a new one to the last user message"""
     def __init__(
         self,
         *,
@@ -409,10 +412,11 @@ class SendMessageRequest(_message.Message):
         model: _builtins.str = ...,
         api_key_id: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        regenerate: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "max_tokens", b"max_tokens", "temperature", b"temperature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "api_key_id", b"api_key_id", "content", b"content", "conversation_id", b"conversation_id", "max_tokens", b"max_tokens", "model", b"model", "request_id", b"request_id", "temperature", b"temperature", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "api_key_id", b"api_key_id", "content", b"content", "conversation_id", b"conversation_id", "max_tokens", b"max_tokens", "model", b"model", "regenerate", b"regenerate", "request_id", b"request_id", "temperature", b"temperature", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
@@ -434,7 +438,7 @@ class SendMessageStarted(_message.Message):
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
     REPLY_ID_FIELD_NUMBER: _builtins.int
     user_message_id: _builtins.str
-    """Respond: the last stored input message's (empty when nothing is stored)"""
+    """regenerate: the user message answered. Respond: the last stored input message's (empty when nothing is stored)"""
     model: _builtins.str
     conversation_id: _builtins.str
     """Respond: the conversation the reply goes into (empty when nothing is stored)"""

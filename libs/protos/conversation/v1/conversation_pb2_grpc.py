@@ -122,6 +122,9 @@ class ConversationServiceServicer:
     def SendMessage(self, request, context):
         """Stores the user message, streams the assistant reply from inference, stores it.
         Stream: `started` first, then `delta`s, then `done`. Cancelling stores the partial reply as incomplete.
+        With `regenerate`: no new message; a new reply to the last user message replaces the reply after it (in the
+        transaction that stores the new one, cut short or not). INVALID_ARGUMENT when there is no user message to
+        answer; ABORTED while a reply of the conversation is streaming, or when one came in meanwhile.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -41,6 +41,9 @@ class ConversationServiceStub:
     SendMessage: _grpc.UnaryStreamMultiCallable[_conversation_pb2.SendMessageRequest, _conversation_pb2.SendMessageEvent]
     """Stores the user message, streams the assistant reply from inference, stores it.
     Stream: `started` first, then `delta`s, then `done`. Cancelling stores the partial reply as incomplete.
+    With `regenerate`: no new message; a new reply to the last user message replaces the reply after it (in the
+    transaction that stores the new one, cut short or not). INVALID_ARGUMENT when there is no user message to
+    answer; ABORTED while a reply of the conversation is streaming, or when one came in meanwhile.
     """
     Respond: _grpc.UnaryStreamMultiCallable[_conversation_pb2.RespondRequest, _conversation_pb2.SendMessageEvent]
     """The Responses API: a reply to input items (messages, tool results) after the history of previous_response_id
@@ -64,6 +67,9 @@ class ConversationServiceAsyncStub(ConversationServiceStub):
     SendMessage: _aio.UnaryStreamMultiCallable[_conversation_pb2.SendMessageRequest, _conversation_pb2.SendMessageEvent]  # type: ignore[assignment]
     """Stores the user message, streams the assistant reply from inference, stores it.
     Stream: `started` first, then `delta`s, then `done`. Cancelling stores the partial reply as incomplete.
+    With `regenerate`: no new message; a new reply to the last user message replaces the reply after it (in the
+    transaction that stores the new one, cut short or not). INVALID_ARGUMENT when there is no user message to
+    answer; ABORTED while a reply of the conversation is streaming, or when one came in meanwhile.
     """
     Respond: _aio.UnaryStreamMultiCallable[_conversation_pb2.RespondRequest, _conversation_pb2.SendMessageEvent]  # type: ignore[assignment]
     """The Responses API: a reply to input items (messages, tool results) after the history of previous_response_id
@@ -120,6 +126,9 @@ class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_conversation_pb2.SendMessageEvent], _abc.AsyncIterator[_conversation_pb2.SendMessageEvent]]:
         """Stores the user message, streams the assistant reply from inference, stores it.
         Stream: `started` first, then `delta`s, then `done`. Cancelling stores the partial reply as incomplete.
+        With `regenerate`: no new message; a new reply to the last user message replaces the reply after it (in the
+        transaction that stores the new one, cut short or not). INVALID_ARGUMENT when there is no user message to
+        answer; ABORTED while a reply of the conversation is streaming, or when one came in meanwhile.
         """
 
     @_abc_1.abstractmethod

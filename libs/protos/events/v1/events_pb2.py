@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n chatplane/events/v1/events.proto\x12\x13\x63hatplane.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x85\x05\n\rEventEnvelope\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x0b\n\x03key\x18\x05 \x01(\t\x12\x10\n\x08producer\x18\x06 \x01(\t\x12\x13\n\x0btraceparent\x18\x07 \x01(\t\x12;\n\x0euser_signed_up\x18\x14 \x01(\x0b\x32!.chatplane.events.v1.UserSignedUpH\x00\x12=\n\x0f\x61pi_key_created\x18\x15 \x01(\x0b\x32\".chatplane.events.v1.ApiKeyCreatedH\x00\x12=\n\x0f\x61pi_key_revoked\x18\x16 \x01(\x0b\x32\".chatplane.events.v1.ApiKeyRevokedH\x00\x12H\n\x14\x63onversation_created\x18\x17 \x01(\x0b\x32(.chatplane.events.v1.ConversationCreatedH\x00\x12H\n\x14\x63onversation_deleted\x18\x18 \x01(\x0b\x32(.chatplane.events.v1.ConversationDeletedH\x00\x12<\n\x0emessage_stored\x18\x19 \x01(\x0b\x32\".chatplane.events.v1.MessageStoredH\x00\x12\x46\n\x13\x63ompletion_finished\x18\x1a \x01(\x0b\x32\'.chatplane.events.v1.CompletionFinishedH\x00\x42\t\n\x07payload\"\x1f\n\x0cUserSignedUp\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"B\n\rApiKeyCreated\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\napi_key_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"4\n\rApiKeyRevoked\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\napi_key_id\x18\x02 \x01(\t\"?\n\x13\x43onversationCreated\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"O\n\x13\x43onversationDeleted\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"x\n\rMessageStored\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x0b\n\x03seq\x18\x06 \x01(\r\"\xf1\x01\n\x12\x43ompletionFinished\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\napi_key_id\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x15\n\rprompt_tokens\x18\x05 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x06 \x01(\r\x12\x12\n\nlatency_ms\x18\x07 \x01(\r\x12\x0f\n\x07ttft_ms\x18\x08 \x01(\r\x12\x15\n\rfinish_reason\x18\t \x01(\t\x12\x0c\n\x04path\x18\n \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x0b \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n chatplane/events/v1/events.proto\x12\x13\x63hatplane.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc5\x05\n\rEventEnvelope\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x0b\n\x03key\x18\x05 \x01(\t\x12\x10\n\x08producer\x18\x06 \x01(\t\x12\x13\n\x0btraceparent\x18\x07 \x01(\t\x12;\n\x0euser_signed_up\x18\x14 \x01(\x0b\x32!.chatplane.events.v1.UserSignedUpH\x00\x12=\n\x0f\x61pi_key_created\x18\x15 \x01(\x0b\x32\".chatplane.events.v1.ApiKeyCreatedH\x00\x12=\n\x0f\x61pi_key_revoked\x18\x16 \x01(\x0b\x32\".chatplane.events.v1.ApiKeyRevokedH\x00\x12H\n\x14\x63onversation_created\x18\x17 \x01(\x0b\x32(.chatplane.events.v1.ConversationCreatedH\x00\x12H\n\x14\x63onversation_deleted\x18\x18 \x01(\x0b\x32(.chatplane.events.v1.ConversationDeletedH\x00\x12<\n\x0emessage_stored\x18\x19 \x01(\x0b\x32\".chatplane.events.v1.MessageStoredH\x00\x12\x46\n\x13\x63ompletion_finished\x18\x1a \x01(\x0b\x32\'.chatplane.events.v1.CompletionFinishedH\x00\x12>\n\x0fmessage_deleted\x18\x1b \x01(\x0b\x32#.chatplane.events.v1.MessageDeletedH\x00\x42\t\n\x07payload\"\x1f\n\x0cUserSignedUp\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"B\n\rApiKeyCreated\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\napi_key_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"4\n\rApiKeyRevoked\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\napi_key_id\x18\x02 \x01(\t\"?\n\x13\x43onversationCreated\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"O\n\x13\x43onversationDeleted\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"x\n\rMessageStored\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x0b\n\x03seq\x18\x06 \x01(\r\"k\n\x0eMessageDeleted\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x0b\n\x03seq\x18\x04 \x01(\r\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\xf1\x01\n\x12\x43ompletionFinished\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\napi_key_id\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x15\n\rprompt_tokens\x18\x05 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x06 \x01(\r\x12\x12\n\nlatency_ms\x18\x07 \x01(\r\x12\x0f\n\x07ttft_ms\x18\x08 \x01(\r\x12\x15\n\rfinish_reason\x18\t \x01(\t\x12\x0c\n\x04path\x18\n \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x0b \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,19 +33,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chatplane.events.v1.events_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EVENTENVELOPE']._serialized_start=91
-  _globals['_EVENTENVELOPE']._serialized_end=736
-  _globals['_USERSIGNEDUP']._serialized_start=738
-  _globals['_USERSIGNEDUP']._serialized_end=769
-  _globals['_APIKEYCREATED']._serialized_start=771
-  _globals['_APIKEYCREATED']._serialized_end=837
-  _globals['_APIKEYREVOKED']._serialized_start=839
-  _globals['_APIKEYREVOKED']._serialized_end=891
-  _globals['_CONVERSATIONCREATED']._serialized_start=893
-  _globals['_CONVERSATIONCREATED']._serialized_end=956
-  _globals['_CONVERSATIONDELETED']._serialized_start=958
-  _globals['_CONVERSATIONDELETED']._serialized_end=1037
-  _globals['_MESSAGESTORED']._serialized_start=1039
-  _globals['_MESSAGESTORED']._serialized_end=1159
-  _globals['_COMPLETIONFINISHED']._serialized_start=1162
-  _globals['_COMPLETIONFINISHED']._serialized_end=1403
+  _globals['_EVENTENVELOPE']._serialized_end=800
+  _globals['_USERSIGNEDUP']._serialized_start=802
+  _globals['_USERSIGNEDUP']._serialized_end=833
+  _globals['_APIKEYCREATED']._serialized_start=835
+  _globals['_APIKEYCREATED']._serialized_end=901
+  _globals['_APIKEYREVOKED']._serialized_start=903
+  _globals['_APIKEYREVOKED']._serialized_end=955
+  _globals['_CONVERSATIONCREATED']._serialized_start=957
+  _globals['_CONVERSATIONCREATED']._serialized_end=1020
+  _globals['_CONVERSATIONDELETED']._serialized_start=1022
+  _globals['_CONVERSATIONDELETED']._serialized_end=1101
+  _globals['_MESSAGESTORED']._serialized_start=1103
+  _globals['_MESSAGESTORED']._serialized_end=1223
+  _globals['_MESSAGEDELETED']._serialized_start=1225
+  _globals['_MESSAGEDELETED']._serialized_end=1332
+  _globals['_COMPLETIONFINISHED']._serialized_start=1335
+  _globals['_COMPLETIONFINISHED']._serialized_end=1576
 # @@protoc_insertion_point(module_scope)

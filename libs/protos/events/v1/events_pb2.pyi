@@ -39,6 +39,7 @@ class EventEnvelope(_message.Message):
     CONVERSATION_DELETED_FIELD_NUMBER: _builtins.int
     MESSAGE_STORED_FIELD_NUMBER: _builtins.int
     COMPLETION_FINISHED_FIELD_NUMBER: _builtins.int
+    MESSAGE_DELETED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """uuid4 hex; unique; the idempotency key of every consumer"""
     type: _builtins.str
@@ -69,6 +70,8 @@ class EventEnvelope(_message.Message):
     def message_stored(self) -> Global___MessageStored: ...
     @_builtins.property
     def completion_finished(self) -> Global___CompletionFinished: ...
+    @_builtins.property
+    def message_deleted(self) -> Global___MessageDeleted: ...
     def __init__(
         self,
         *,
@@ -86,12 +89,13 @@ class EventEnvelope(_message.Message):
         conversation_deleted: Global___ConversationDeleted | None = ...,
         message_stored: Global___MessageStored | None = ...,
         completion_finished: Global___CompletionFinished | None = ...,
+        message_deleted: Global___MessageDeleted | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["api_key_created", b"api_key_created", "api_key_revoked", b"api_key_revoked", "completion_finished", b"completion_finished", "conversation_created", b"conversation_created", "conversation_deleted", b"conversation_deleted", "message_stored", b"message_stored", "occurred_at", b"occurred_at", "payload", b"payload", "user_signed_up", b"user_signed_up"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["api_key_created", b"api_key_created", "api_key_revoked", b"api_key_revoked", "completion_finished", b"completion_finished", "conversation_created", b"conversation_created", "conversation_deleted", b"conversation_deleted", "message_deleted", b"message_deleted", "message_stored", b"message_stored", "occurred_at", b"occurred_at", "payload", b"payload", "user_signed_up", b"user_signed_up"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_created", b"api_key_created", "api_key_revoked", b"api_key_revoked", "completion_finished", b"completion_finished", "conversation_created", b"conversation_created", "conversation_deleted", b"conversation_deleted", "event_id", b"event_id", "key", b"key", "message_stored", b"message_stored", "occurred_at", b"occurred_at", "payload", b"payload", "producer", b"producer", "traceparent", b"traceparent", "type", b"type", "user_id", b"user_id", "user_signed_up", b"user_signed_up"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_created", b"api_key_created", "api_key_revoked", b"api_key_revoked", "completion_finished", b"completion_finished", "conversation_created", b"conversation_created", "conversation_deleted", b"conversation_deleted", "event_id", b"event_id", "key", b"key", "message_deleted", b"message_deleted", "message_stored", b"message_stored", "occurred_at", b"occurred_at", "payload", b"payload", "producer", b"producer", "traceparent", b"traceparent", "type", b"type", "user_id", b"user_id", "user_signed_up", b"user_signed_up"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["user_signed_up", "api_key_created", "api_key_revoked", "conversation_created", "conversation_deleted", "message_stored", "completion_finished"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["user_signed_up", "api_key_created", "api_key_revoked", "conversation_created", "conversation_deleted", "message_stored", "completion_finished", "message_deleted"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -251,6 +255,42 @@ class MessageStored(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MessageStored: _TypeAlias = MessageStored  # noqa: Y015
+
+@_typing.final
+class MessageDeleted(_message.Message):
+    """A message removed from its conversation (a reply replaced by a regenerated one), in the transaction that stored
+    the message replacing it. Deleting a whole conversation is one ConversationDeleted instead.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    user_id: _builtins.str
+    message_id: _builtins.str
+    seq: _builtins.int
+    reason: _builtins.str
+    """"regenerated" """
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "message_id", b"message_id", "reason", b"reason", "seq", b"seq", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageDeleted: _TypeAlias = MessageDeleted  # noqa: Y015
 
 @_typing.final
 class CompletionFinished(_message.Message):
