@@ -143,6 +143,14 @@ async def conversation_id(page) -> str:
     return page.url.rsplit("/c/", 1)[1]
 
 
+async def api_messages(page, stack, conv_id: str) -> list[dict]:
+    """The conversation's messages as the API has them, with the page's session."""
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as http:
+        token = await page.evaluate("JSON.parse(sessionStorage.getItem('chatplane.session')).token")
+        return (await http.get(f"/v1/conversations/{conv_id}",
+                               headers={"Authorization": f"Bearer {token}"})).json()["messages"]
+
+
 async def test_sign_up_chat_stream_title_reload_and_history(new_page, stack):
     from playwright.async_api import expect
 
@@ -177,6 +185,18 @@ async def test_sign_up_chat_stream_title_reload_and_history(new_page, stack):
     assert title
     await expect(page.get_by_role("heading", level=1)).to_have_text(title)
     await screenshot(page, "chat")
+
+    # Regenerate: a new answer takes the old one's place (no second question, no second reply), stored so.
+    before = await api_messages(page, stack, conv_id)
+    await reply.get_by_role("button", name="Regenerate").click()
+    await expect(page.get_by_role("button", name="Stop")).to_be_visible()
+    await expect(page.get_by_role("button", name="Send")).to_be_visible(timeout=REPLY_TIMEOUT_MS)
+    await expect(page.get_by_role("article")).to_have_count(1)
+    await expect(page.get_by_role("article").last).to_contain_text("Paris")  # temperature 0: the same answer
+    await expect(page.get_by_role("main").get_by_text(QUESTION)).to_have_count(1)
+    after = await api_messages(page, stack, conv_id)
+    assert [m["role"] for m in after] == ["user", "assistant"]
+    assert after[0]["id"] == before[0]["id"] and after[1]["id"] != before[1]["id"]
 
     # Reload: same session (the tab's sessionStorage), same conversation, from the server.
     await page.reload()
@@ -236,10 +256,7 @@ async def test_stop_cuts_a_long_reply_and_what_came_stays(new_page, stack):
     assert await reply.locator(".reply-body").inner_text() == kept  # nothing arrives after Stop
 
     # The server stored the cut reply (as incomplete): a reload shows what had come.
-    async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as http:
-        token = await page.evaluate("JSON.parse(sessionStorage.getItem('chatplane.session')).token")
-        messages = (await http.get(f"/v1/conversations/{conv_id}",
-                                   headers={"Authorization": f"Bearer {token}"})).json()["messages"]
+    messages = await api_messages(page, stack, conv_id)
     assert [m["role"] for m in messages] == ["user", "assistant"]
     assert messages[1]["status"] == "incomplete"
     await page.reload()

@@ -153,6 +153,8 @@ export const api = {
 
 export interface SendOptions {
   content: string;
+  /** Replace the last reply with a new answer to the last user message (`content` is then not sent). */
+  regenerate?: boolean;
   model?: string;
   temperature?: number;
   maxTokens?: number;
@@ -165,7 +167,9 @@ export async function streamMessage(
   onEvent: (event: MessageStreamEvent) => void,
   signal: AbortSignal,
 ): Promise<void> {
-  const body: Record<string, unknown> = { content: options.content, stream: true };
+  const body: Record<string, unknown> = options.regenerate
+    ? { regenerate: true, stream: true }
+    : { content: options.content, stream: true };
   if (options.model) body.model = options.model;
   // Sent only when the user chose them: otherwise the model's own defaults apply.
   if (options.temperature !== undefined) body.temperature = options.temperature;

@@ -6,7 +6,7 @@ import { asApiError } from "../api/errors";
 import { CopyButton } from "../components/CopyButton";
 import { SendIcon, SlidersIcon, StopIcon } from "../components/icons";
 import { ErrorNotice } from "../components/Notice";
-import { chats, dismissFailed, loadConversation, send, stopReply } from "../state/chat";
+import { chats, dismissFailed, loadConversation, regenerate, send, stopReply } from "../state/chat";
 import { list } from "../state/conversations";
 import { generation, loadModels, models, selectModel, setGeneration } from "../state/prefs";
 import { useStore } from "../state/store";
@@ -71,9 +71,18 @@ export function ChatPage() {
     }
   }
 
+  function again(question: Message, reply: Message): void {
+    if (!id) return;
+    setSendError(null);
+    const { selected } = models.get();
+    const { temperature, maxTokens } = generation.get();
+    stickToBottom.current = true;
+    regenerate(id, question, reply, { model: selected || undefined, temperature, maxTokens });
+  }
+
   const title = listTitle || chat?.title || (id ? "" : "New chat"); // the list learns the title job's title
   const notFound = chat?.error?.kind === "not_found";
-  // The last reply can be generated again (its question sent once more).
+  // The last reply can be generated again: a new answer to its question replaces it.
   const lastUser = [...shown].reverse().find((m) => m.kind === "stored" && m.message.role === "user");
   const lastShown = shown[shown.length - 1];
   const canRegenerate = !live && lastShown?.kind === "stored" && lastShown.message.role === "assistant" && lastUser?.kind === "stored";
@@ -117,7 +126,7 @@ export function ChatPage() {
                   status={m.message.status === "incomplete" ? "stopped" : "done"}
                   onRegenerate={
                     canRegenerate && m === lastShown && lastUser?.kind === "stored"
-                      ? () => void submit(lastUser.message.content)
+                      ? () => again(lastUser.message, m.message)
                       : undefined
                   }
                 />

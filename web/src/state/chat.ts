@@ -81,7 +81,9 @@ function settle(id: string, turn: Turn): void {
       usage: null,
       created_at: now,
     };
-    return { ...c, stored: [...c.stored, user, reply], turns: c.turns.filter((t) => t.localId !== turn.localId) };
+    const turns = c.turns.filter((t) => t.localId !== turn.localId);
+    if (turn.replaces) return { ...c, stored: [...c.stored.filter((m) => m.id !== turn.replaces), reply], turns };
+    return { ...c, stored: [...c.stored, user, reply], turns };
   });
 }
 
@@ -96,10 +98,21 @@ export async function send(conversationId: string | null, options: SendOptions):
   }
   const convId = id;
   const firstExchange = chatOf(convId).stored.length === 0 && chatOf(convId).turns.length === 0;
-  const localId = `t${++counter}`;
+  stream(convId, newTurn(`t${++counter}`, options.content), options, firstExchange);
+  return convId;
+}
+
+/** Generate the last reply again: the new one streams in its place, and replaces it once the server stored it. */
+export function regenerate(conversationId: string, question: Message, reply: Message, options: Omit<SendOptions, "content">): void {
+  const turn = newTurn(`t${++counter}`, question.content, { question: question.id, reply: reply.id });
+  stream(conversationId, turn, { ...options, content: "", regenerate: true }, false);
+}
+
+function stream(convId: string, turn: Turn, options: SendOptions, firstExchange: boolean): void {
+  const localId = turn.localId;
   const controller = new AbortController();
   controllers.set(localId, controller);
-  update(convId, (c) => ({ ...c, turns: [...c.turns, newTurn(localId, options.content)] }));
+  update(convId, (c) => ({ ...c, turns: [...c.turns, turn] }));
   void (async () => {
     try {
       await streamMessage(convId, options, (e) => updateTurn(convId, localId, (t) => applyEvent(t, e)), controller.signal);
@@ -120,7 +133,6 @@ export async function send(conversationId: string | null, options: SendOptions):
       }
     }
   })();
-  return convId;
 }
 
 /** Stop the reply being received: the connection closes, the gateway stops the model; what came stays. */

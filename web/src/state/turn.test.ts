@@ -47,4 +47,25 @@ describe("shownMessages", () => {
     const shown = shownMessages(stored, [t]);
     expect(shown.map((s) => (s.kind === "stored" ? s.message.id : s.kind))).toEqual(["u0", "a0", "turn-user", "turn-reply"]);
   });
+
+  it("shows a regenerated reply in place of the one it replaces, under its stored question", () => {
+    const stored = [msg("u0", "user", "first"), msg("a0", "assistant", "old reply")];
+    let t = newTurn("t1", "first", { question: "u0", reply: "a0" });
+    expect(t.userMessageId).toBe("u0");
+    const ids = (turns = [t]) => shownMessages(stored, turns).map((s) => (s.kind === "stored" ? s.message.id : s.kind));
+    expect(ids()).toEqual(["u0", "turn-reply"]);
+    t = applyEvent(t, { type: "started", userMessageId: "u0", model: "m" });
+    t = applyEvent(t, { type: "delta", text: "new reply" });
+    expect(ids([t])).toEqual(["u0", "turn-reply"]);
+    // A list fetched once the new reply is stored holds it (and no longer the old one): shown once.
+    t = applyEvent(t, { type: "done", userMessageId: "u0", assistantMessageId: "a1", finishReason: "stop", usage: null });
+    const after = [msg("u0", "user", "first"), msg("a1", "assistant", "new reply")];
+    expect(shownMessages(after, [t]).map((s) => (s.kind === "stored" ? s.message.id : s.kind))).toEqual(["u0", "turn-reply"]);
+  });
+
+  it("keeps the old reply when regenerating failed before anything came", () => {
+    const stored = [msg("u0", "user", "first"), msg("a0", "assistant", "old reply")];
+    const t = fail(newTurn("t1", "first", { question: "u0", reply: "a0" }), "A reply is still streaming.");
+    expect(shownMessages(stored, [t]).map((s) => (s.kind === "stored" ? s.message.id : s.kind))).toEqual(["u0", "a0", "turn-reply"]);
+  });
 });

@@ -15,19 +15,23 @@ export interface Turn {
   assistantMessageId: string | null;
   finishReason: string | null;
   error: string | null;
+  /** A regenerated reply: the id of the stored reply it replaces (its question is the stored userMessageId). */
+  replaces: string | null;
 }
 
-export function newTurn(localId: string, userText: string): Turn {
+/** A new turn; `regenerate` names the stored question answered again and the stored reply the new one replaces. */
+export function newTurn(localId: string, userText: string, regenerate?: { question: string; reply: string }): Turn {
   return {
     localId,
     userText,
     reply: "",
     status: "sending",
     model: null,
-    userMessageId: null,
+    userMessageId: regenerate?.question ?? null,
     assistantMessageId: null,
     finishReason: null,
     error: null,
+    replaces: regenerate?.reply ?? null,
   };
 }
 
@@ -68,7 +72,8 @@ export function fail(turn: Turn, message: string): Turn {
 /**
  * What the conversation shows: the stored messages, then the turns of this page's life that the stored list does
  * not hold yet. A turn's user message is stored as soon as the reply starts, so a list fetched meanwhile holds it:
- * it is not shown twice, nor the stored (partial) reply that may follow it.
+ * it is not shown twice, nor the stored (partial) reply that may follow it. A regenerated reply takes the place of
+ * the reply it replaces, after its stored question; a failed one that never started leaves the old reply shown.
  */
 export type Shown =
   | { kind: "stored"; message: Message }
@@ -79,7 +84,9 @@ export function shownMessages(stored: Message[], turns: Turn[]): Shown[] {
   const out: Shown[] = [];
   const covered = new Set<string>();
   for (const t of turns) {
-    if (t.userMessageId) covered.add(t.userMessageId);
+    if (t.replaces) {
+      if (t.status !== "failed" || t.reply) covered.add(t.replaces);
+    } else if (t.userMessageId) covered.add(t.userMessageId);
     if (t.assistantMessageId) covered.add(t.assistantMessageId);
   }
   let skipReply = false;
@@ -96,7 +103,8 @@ export function shownMessages(stored: Message[], turns: Turn[]): Shown[] {
     out.push({ kind: "stored", message: m });
   }
   for (const t of turns) {
-    out.push({ kind: "turn-user", turn: t }, { kind: "turn-reply", turn: t });
+    if (!t.replaces) out.push({ kind: "turn-user", turn: t });
+    out.push({ kind: "turn-reply", turn: t });
   }
   return out;
 }
