@@ -7,7 +7,9 @@ old reply) are deleted in the transaction that stores the new one (``Conversatio
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from chatplane.common.errors import Aborted
@@ -46,6 +48,27 @@ class Replaced:
         a = self.answered
         return Message(id=a.id, conversation_id=self.conversation_id, seq=a.seq, role=a.role, content=a.content,
                        status=a.status, tool_calls=a.tool_calls, tool_call_id=a.tool_call_id)
+
+
+class Streaming:
+    """The conversations a reply is streaming into, in this process (a regeneration meanwhile is refused; one on
+    another replica is caught when it stores, by ``Replaced.last_id``)."""
+
+    def __init__(self) -> None:
+        self._count: Counter[str] = Counter()
+
+    def busy(self, conversation_id: str) -> bool:
+        return self._count[conversation_id] > 0
+
+    @contextmanager
+    def into(self, conversation_id: str) -> Iterator[None]:
+        self._count[conversation_id] += 1
+        try:
+            yield
+        finally:
+            self._count[conversation_id] -= 1
+            if not self._count[conversation_id]:
+                del self._count[conversation_id]
 
 
 def regeneration(conversation_id: str, content: str, history: Sequence[HistoryMessage]

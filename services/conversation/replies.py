@@ -21,7 +21,7 @@ from chatplane.conversation.models import (
     STATUS_INCOMPLETE,
     Message,
 )
-from chatplane.conversation.prompt import ChatMessage
+from chatplane.conversation.prompt import ChatMessage, history_chat
 from chatplane.conversation.store import HistoryMessage, NewMessage
 from chatplane.protos.events.v1 import events_pb2
 from chatplane.protos.inference.v1 import inference_pb2
@@ -184,6 +184,25 @@ class Reply:
         if chunk.HasField("usage"):
             self.prompt_tokens = chunk.usage.prompt_tokens or self.prompt_tokens
             self.completion_tokens = chunk.usage.completion_tokens
+
+
+def generate_request(
+    system: str, history: Sequence[Message | HistoryMessage], new: list[ChatMessage], model: str, request_id: str,
+    max_tokens: int | None, temperature: float | None, default_max_tokens: int,
+    tools: Sequence[inference_pb2.Tool] = (),
+) -> inference_pb2.GenerateRequest:
+    """The Generate request of a turn: the system prompt, the history (inference fits it), the new messages."""
+    chat = history_chat(system, [chat_message(m) for m in history], new)
+    sampling = inference_pb2.SamplingParams()
+    if max_tokens is not None:
+        sampling.max_tokens = max_tokens
+    if temperature is not None:
+        sampling.temperature = temperature
+    return inference_pb2.GenerateRequest(
+        model=model, chat=to_chat(chat), sampling=sampling, request_id=request_id, tools=tools,
+        fit=inference_pb2.FitHistory(keep_first=1 if system else 0, keep_last=len(new),
+                                     default_max_tokens=default_max_tokens),
+    )
 
 
 def to_chat(messages: Sequence[ChatMessage]) -> inference_pb2.ChatMessages:

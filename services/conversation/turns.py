@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
@@ -25,8 +24,8 @@ from chatplane.conversation import validation
 from chatplane.conversation.errors import ServiceError, from_inference, invalid, not_found
 from chatplane.conversation.jobs.queue import EnqueueError, JobQueue
 from chatplane.conversation.models import ROLE_ASSISTANT, ROLE_USER, STATUS_COMPLETE, Message
-from chatplane.conversation.prompt import MAX_HISTORY_MESSAGES, ChatMessage, history_chat
-from chatplane.conversation.regenerate import Replaced, in_progress, regeneration
+from chatplane.conversation.prompt import MAX_HISTORY_MESSAGES, ChatMessage
+from chatplane.conversation.regenerate import Replaced, Streaming, in_progress, regeneration
 from chatplane.conversation.replies import (
     Delta,
     Done,
@@ -36,9 +35,8 @@ from chatplane.conversation.replies import (
     SendRequest,
     Started,
     calls_json,
-    chat_message,
+    generate_request,
     input_message,
-    to_chat,
 )
 from chatplane.conversation.settings import ConversationSettings
 from chatplane.conversation.store import ConversationMoved, ConversationStore, HistoryMessage, NewMessage
@@ -67,7 +65,7 @@ class Turns:
     ) -> None:
         self.settings, self.store, self.inference, self.jobs = settings, store, inference, jobs
         self._pending: set[asyncio.Task] = set()
-        self._streaming: Counter[str] = Counter()  # conversation id -> replies streaming into it (this process)
+        self._streaming = Streaming()
 
     async def close(self) -> None:
         """Finish the protected writes still running (partial replies) and the queued title jobs."""
@@ -101,13 +99,13 @@ class Turns:
         replaced: Replaced | None = None
         if request.regenerate:
             history, replaced = regeneration(conversation_id, content, history)
-            if self._streaming[conversation_id]:
+            if self._streaming.busy(conversation_id):
                 raise in_progress()
             content = replaced.answered.content
         model = requested_model or await self._served_model()
-        generate = self._request(
+        generate = generate_request(
             self.settings.system_prompt, history, [ChatMessage(ROLE_USER, content)], requested_model, request_id,
-            max_tokens, temperature,
+            max_tokens, temperature, self.settings.default_max_tokens,
         )
         reply = Reply(model=model, user_id=user_id, api_key_id=request.api_key_id[:64], request_id=request_id,
                       conversation_id=conversation_id, started=started)
@@ -164,9 +162,9 @@ class Turns:
         model = requested_model or await self._served_model()
         system = "\n\n".join(x for x in (self.settings.system_prompt, request.instructions) if x)
         conversation_id = "" if not request.store else previous.conversation.id if previous else new_id()
-        generate = self._request(
-            system, history, inputs,
-            requested_model, request_id, max_tokens, temperature, conversation_id, request.tools,
+        generate = generate_request(
+            system, history, inputs, requested_model, request_id, max_tokens, temperature,
+            self.settings.default_max_tokens, request.tools,
         )
         if request.top_p is not None:
             generate.sampling.top_p = request.top_p
@@ -212,24 +210,6 @@ class Turns:
 
     # -- the stream ------------------------------------------------------------------------------------------------
 
-    def _request(
-        self, system: str, history: Sequence[Message | HistoryMessage], new: list[ChatMessage], model: str, request_id: str,
-        max_tokens: int | None, temperature: float | None, conversation_id: str = "",
-        tools: Sequence[inference_pb2.Tool] = (),
-    ) -> inference_pb2.GenerateRequest:
-        """The Generate request: the system prompt, the history (inference fits it), the new messages."""
-        chat = history_chat(system, [chat_message(m) for m in history], new)
-        sampling = inference_pb2.SamplingParams()
-        if max_tokens is not None:
-            sampling.max_tokens = max_tokens
-        if temperature is not None:
-            sampling.temperature = temperature
-        return inference_pb2.GenerateRequest(
-            model=model, chat=to_chat(chat), sampling=sampling, request_id=request_id, tools=tools,
-            fit=inference_pb2.FitHistory(keep_first=1 if system else 0, keep_last=len(new),
-                                         default_max_tokens=self.settings.default_max_tokens),
-        )
-
     async def _run(
         self, generate: inference_pb2.GenerateRequest, reply: Reply, emit: Emit, store_input: StoreInput,
         on_started: Callable[[Message | None], Started], *, store: bool, params: dict[str, str],
@@ -237,14 +217,8 @@ class Turns:
     ) -> tuple[Message | None, Message]:
         """Stream the reply: the input is stored once inference took the request (its first message), the reply at
         the end, or cut short (replacing ``replaced``). Returns (the last input stored, the reply)."""
-        streaming = reply.conversation_id if store else ""
-        self._streaming[streaming] += 1
-        try:
+        with self._streaming.into(reply.conversation_id if store else ""):
             return await self._stream(generate, reply, emit, store_input, on_started, store, params, replaced)
-        finally:
-            self._streaming[streaming] -= 1
-            if not self._streaming[streaming]:
-                del self._streaming[streaming]
 
     async def _stream(
         self, generate: inference_pb2.GenerateRequest, reply: Reply, emit: Emit, store_input: StoreInput,
