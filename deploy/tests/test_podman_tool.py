@@ -11,29 +11,29 @@ from chart_support import REPO
 
 sys.path.insert(0, str(REPO / "deploy" / "podman"))
 
-import podman_up  # noqa: E402
+import manifests  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def objects():
-    return podman_up.Objects.of(podman_up.render([podman_up.LOCAL_VALUES], {}))
+    return manifests.Objects.of(manifests.render([manifests.LOCAL_VALUES], {}))
 
 
 @pytest.fixture(scope="module")
 def workloads(objects):
-    return {w.name: w for w in podman_up.workloads_of(objects)}
+    return {w.name: w for w in manifests.workloads_of(objects)}
 
 
 def test_variables_expand_as_kubernetes_expands_them():
     env = {"A": "1", "PASSWORD": "s3cr$t"}
-    assert podman_up.expand("x$(A)y", env) == "x1y"
-    assert podman_up.expand("$(B)", env) == "$(B)", "an undefined variable is kept"
-    assert podman_up.expand("$$(A)", env) == "$(A)", "$$ escapes"
-    assert podman_up.expand("redis://:$(PASSWORD)@h", env) == "redis://:s3cr$t@h"
+    assert manifests.expand("x$(A)y", env) == "x1y"
+    assert manifests.expand("$(B)", env) == "$(B)", "an undefined variable is kept"
+    assert manifests.expand("$$(A)", env) == "$(A)", "$$ escapes"
+    assert manifests.expand("redis://:$(PASSWORD)@h", env) == "redis://:s3cr$t@h"
 
 
 def test_tiers_start_stores_and_inference_before_their_callers(workloads):
-    order = {w.name: i for i, tier in enumerate(podman_up.tiers(
+    order = {w.name: i for i, tier in enumerate(manifests.tiers(
         [w for w in workloads.values() if w.kind != "Job"])) for w in tier}
     for store in ("chatplane-postgresql", "chatplane-redis", "chatplane-kafka"):
         assert order[store] < order["chatplane-auth"] and order[store] < order["chatplane-conversation"]
@@ -44,17 +44,17 @@ def test_tiers_start_stores_and_inference_before_their_callers(workloads):
 
 def test_a_cycle_is_refused(workloads):
     a, b = workloads["chatplane-auth"], workloads["chatplane-gateway"]
-    a2 = podman_up.Workload(a.obj, a.services, {b.services[0]})
-    b2 = podman_up.Workload(b.obj, b.services, {a.services[0]})
-    with pytest.raises(podman_up.UpError, match="cycle"):
-        podman_up.tiers([a2, b2])
+    a2 = manifests.Workload(a.obj, a.services, {b.services[0]})
+    b2 = manifests.Workload(b.obj, b.services, {a.services[0]})
+    with pytest.raises(manifests.UpError, match="cycle"):
+        manifests.tiers([a2, b2])
 
 
 def test_pods_get_resolved_secrets_and_no_cluster_only_fields(objects, workloads):
     auth = workloads["chatplane-auth"]
     assert auth.pod_names("1a2b3c4d") == ["chatplane-auth-1a2b3c4d-0", "chatplane-auth-1a2b3c4d-1"]
     assert workloads["chatplane-postgresql"].pod_names("x") == ["chatplane-postgresql-0"], "by ordinal"
-    pod = podman_up.pod_manifest(auth, "chatplane-auth-0", objects, {})
+    pod = manifests.pod_manifest(auth, "chatplane-auth-0", objects, {})
     (container,) = pod["spec"]["containers"]
     env = {e["name"]: e["value"] for e in container["env"]}
     password = objects.secrets["chatplane-postgresql"]["auth-password"]
@@ -73,13 +73,13 @@ def test_pods_get_resolved_secrets_and_no_cluster_only_fields(objects, workloads
         assert field not in container, f"{field} is the tool's job, not podman's"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["spec"]["securityContext"]["runAsUser"] == 10001
-    assert pod["metadata"]["labels"][podman_up.LABEL] == podman_up.RELEASE
+    assert pod["metadata"]["labels"][manifests.LABEL] == manifests.RELEASE
     assert "serviceAccountName" not in pod["spec"] and "topologySpreadConstraints" not in pod["spec"]
 
 
 def test_args_expand_and_claims_become_volumes(objects, workloads):
     redis = workloads["chatplane-redis"]
-    pod = podman_up.pod_manifest(redis, "chatplane-redis-0", objects, {})
+    pod = manifests.pod_manifest(redis, "chatplane-redis-0", objects, {})
     container = pod["spec"]["containers"][0]
     # the password reaches redis through a configuration file, never a command line
     assert objects.secrets["chatplane-redis"]["password"] not in str(container["args"] + container["command"])
@@ -90,19 +90,19 @@ def test_args_expand_and_claims_become_volumes(objects, workloads):
 
 def test_the_gateway_is_published_and_services_resolve_by_every_name(objects, workloads):
     gateway = workloads["chatplane-gateway"]
-    pod = podman_up.pod_manifest(gateway, "chatplane-gateway-0", objects, {"http": 18080})
+    pod = manifests.pod_manifest(gateway, "chatplane-gateway-0", objects, {"http": 18080})
     (port,) = [p for p in pod["spec"]["containers"][0]["ports"] if p["name"] == "http"]
     assert (port["hostPort"], port["hostIP"]) == (18080, "127.0.0.1")
-    names = podman_up.aliases(workloads["chatplane-inference-smollm2"])
+    names = manifests.aliases(workloads["chatplane-inference-smollm2"])
     assert "chatplane-inference-smollm2" in names
     assert "chatplane-inference-smollm2.chatplane.svc.cluster.local" in names
 
 
 def test_a_secret_the_values_only_name_is_a_clear_error():
-    objects = podman_up.Objects.of(podman_up.render([podman_up.LOCAL_VALUES], {"jwt": {"existingSecret": "mine"}}))
-    auth = next(w for w in podman_up.workloads_of(objects) if w.name == "chatplane-auth")
-    with pytest.raises(podman_up.UpError, match="Secret mine is not rendered by the chart"):
-        podman_up.pod_manifest(auth, "chatplane-auth-0", objects, {})
+    objects = manifests.Objects.of(manifests.render([manifests.LOCAL_VALUES], {"jwt": {"existingSecret": "mine"}}))
+    auth = next(w for w in manifests.workloads_of(objects) if w.name == "chatplane-auth")
+    with pytest.raises(manifests.UpError, match="Secret mine is not rendered by the chart"):
+        manifests.pod_manifest(auth, "chatplane-auth-0", objects, {})
 
 
 def test_only_the_gateway_port_reaches_the_host(objects, workloads):
@@ -110,7 +110,7 @@ def test_only_the_gateway_port_reaches_the_host(objects, workloads):
     with the host's): pods list only what is published."""
     for workload in workloads.values():
         publish = {"http": 18080} if workload.name == "chatplane-gateway" else {}
-        pod = podman_up.pod_manifest(workload, workload.pod_names("0")[0], objects, publish)
+        pod = manifests.pod_manifest(workload, workload.pod_names("0")[0], objects, publish)
         ports = [p for c in pod["spec"]["containers"] for p in c.get("ports", [])]
         if workload.name == "chatplane-gateway":
             assert [(p["hostPort"], p["hostIP"]) for p in ports] == [(18080, "127.0.0.1")]

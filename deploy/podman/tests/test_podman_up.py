@@ -24,6 +24,8 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+import kubelet  # noqa: E402
+import manifests  # noqa: E402
 import podman_up  # noqa: E402
 
 REPO = HERE.parents[2]
@@ -39,7 +41,7 @@ if subprocess.run(["podman", "info"], capture_output=True).returncode != 0:  # p
 
 
 # More values files over deploy/podman/values.yaml, e.g. PODMAN_UP_VALUES="my-values.yaml".
-VALUES = [podman_up.LOCAL_VALUES, *(Path(p) for p in os.environ.get("PODMAN_UP_VALUES", "").split())]
+VALUES = [manifests.LOCAL_VALUES, *(Path(p) for p in os.environ.get("PODMAN_UP_VALUES", "").split())]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,7 @@ def platform():
     podman_up.down()  # what an interrupted run may have left
     try:
         up = podman_up.up(VALUES)
-    except podman_up.UpError as exc:
+    except manifests.UpError as exc:
         podman_up.down()
         pytest.fail(f"podman-up failed: {exc}")
     print(f"\nplatform up in {up.seconds:.0f} s: {up.url}")
@@ -74,13 +76,13 @@ def sse(lines) -> list:
 
 
 def test_every_workload_runs_from_our_images_with_the_chart_settings(platform):
-    pods = json.loads(podman_up.podman("pod", "ps", "--format", "json", "--filter",
-                                      f"label={podman_up.LABEL}={podman_up.RELEASE}"))
+    pods = json.loads(kubelet.podman("pod", "ps", "--format", "json", "--filter",
+                                      f"label={manifests.LABEL}={manifests.RELEASE}"))
     assert {p["Name"] for p in pods} == {pod for names in platform.pods.values() for pod in names}
     assert len(platform.pods["chatplane-auth"]) == 2 and platform.pods["chatplane-postgresql"] == ["chatplane-postgresql-0"]
     assert {"chatplane-gateway", "chatplane-inference-smollm2", "chatplane-conversation-worker", "chatplane-redis",
             "chatplane-kafka", "chatplane-auth-usage-consumer", "chatplane-conversation"} <= set(platform.pods)
-    gateway = json.loads(podman_up.podman("inspect", f"{platform.pods['chatplane-gateway'][0]}-gateway"))[0]
+    gateway = json.loads(kubelet.podman("inspect", f"{platform.pods['chatplane-gateway'][0]}-gateway"))[0]
     assert gateway["Config"]["User"] == "10001:10001" or gateway["Config"]["User"].startswith("10001")
     assert gateway["HostConfig"]["ReadonlyRootfs"] is True
     assert gateway["ImageName"].endswith("chatplane/gateway:0.1.0")
@@ -95,8 +97,8 @@ def test_grpc_inside_is_mutual_tls_with_the_chart_certificates(platform):
 
     from chatplane.protos.auth.v1 import auth_pb2, auth_pb2_grpc
 
-    secrets = podman_up.load_state()["secrets"]
-    ip = podman_up.pod_ip(platform.pods["chatplane-auth"][0])
+    secrets = kubelet.load_state()["secrets"]
+    ip = kubelet.pod_ip(platform.pods["chatplane-auth"][0])
 
     def tls_channel(identity: str) -> grpc.Channel:
         files = secrets[f"chatplane-tls-{identity}"]
@@ -181,7 +183,7 @@ def stream_through_a_restart(platform, user, pick_container) -> dict:
     def restart_inference() -> None:
         restart["container"] = pick_container()
         restart["at"] = time.monotonic()
-        podman_up.restart_container(restart["container"], grace=5)
+        kubelet.restart_container(restart["container"], grace=5)
 
     started = time.monotonic()
     thread = None
@@ -290,7 +292,7 @@ def serving_replica(pods: list[str]) -> str:
     at the pod's address, as Prometheus would)."""
     for _ in range(40):
         for pod in pods:
-            text = httpx.get(f"http://{podman_up.pod_ip(pod)}:9090/metrics", timeout=5).text
+            text = httpx.get(f"http://{kubelet.pod_ip(pod)}:9090/metrics", timeout=5).text
             running = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                        if line.startswith("chatplane_inference_requests_running")]
             if running and max(running) > 0:
