@@ -135,13 +135,21 @@ class ServiceRuntime:
         for hook in self._drain:
             hook()
         await self.grpc.stop(grace)
+        # Every hook runs even when one before it fails: a failing one must not leave a store or engine open.
         for stopped in self._stopped:
-            await stopped()
+            await self._quietly(stopped)
         while self._started:
-            await self._started.pop().stop()
+            await self._quietly(self._started.pop().stop)
         for close in reversed(self._close):
-            await close()
+            await self._quietly(close)
         log.info("stopped")
+
+    async def _quietly(self, hook: Hook) -> None:
+        try:
+            await hook()
+        except Exception:
+            log.exception("stopping: a hook failed",
+                          extra={"service": self.name, "hook": getattr(hook, "__qualname__", repr(hook))})
 
     async def serve(self) -> None:
         """The process's life: listen, prepare (a signal meanwhile stops it), serve until SIGTERM/SIGINT, stop."""

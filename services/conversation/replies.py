@@ -97,7 +97,6 @@ class Reply:
 
     model: str
     prompt_tokens: int = 0  # from the first message (the fitted prompt), then the usage
-    dropped_messages: int = 0  # history messages inference left out to fit the context window
     parts: list[str] = field(default_factory=list)
     finish_reason: str = ""
     completion_tokens: int | None = None  # the engine's count, on the last message
@@ -172,8 +171,6 @@ class Reply:
             self.first_token_at = time.monotonic()
         if chunk.prompt_tokens:  # the first message: the prompt as fitted by inference
             self.prompt_tokens = chunk.prompt_tokens
-        if chunk.dropped_messages:
-            self.dropped_messages = chunk.dropped_messages
         if chunk.text:
             self.parts.append(chunk.text)
         self.tokens += chunk.tokens

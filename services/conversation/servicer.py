@@ -3,7 +3,12 @@ errors into statuses. No logic of its own."""
 
 from __future__ import annotations
 
-from chatplane.common.errors import handled
+import sqlite3
+
+from asyncpg import PostgresConnectionError
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from chatplane.common import errors
 from chatplane.conversation.models import (
     EXPORT_COMPLETED,
     EXPORT_FAILED,
@@ -103,6 +108,15 @@ def event_pb(event: Event) -> pb.SendMessageEvent:
             )
         )
     raise TypeError(f"unknown event {event!r}")
+
+
+# The conversation database unreachable or locked (through SQLAlchemy or the turn's own drivers): UNAVAILABLE (the
+# gateway answers 503 and the client's service config retries the idempotent reads), not an internal error.
+handled = errors.handled(
+    unavailable=(OperationalError, InterfaceError, sqlite3.OperationalError, PostgresConnectionError, OSError,
+                 TimeoutError),
+    unavailable_message="the conversation database is unavailable, retry later",
+)
 
 
 class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):

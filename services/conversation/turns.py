@@ -272,7 +272,9 @@ class Turns:
             call.cancel()
             if stored_input:
                 log.info("reply cancelled", extra={"request_id": reply.request_id, "chars": len(reply.text)})
-                await self._protected(self._end(store, reply, "abort", replaced))
+                # A regeneration stopped before any text keeps the reply it was to replace (its event still meters).
+                keep_old = replaced is not None and not (reply.parts or reply.calls)
+                await self._protected(self._end(store and not keep_old, reply, "abort", replaced))
             raise
         finally:
             await ahead.close()

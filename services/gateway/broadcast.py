@@ -60,8 +60,11 @@ class Invalidations:
             self._task = asyncio.create_task(self._listen(), name="invalidations")
 
     async def _listen(self) -> None:
-        # Redis away: subscribed again by the one retry policy (0.2 s doubling up to 5 s).
-        await retry.until_success(self._subscription, first=0.2, maximum=5.0, on_failure=self._lost)
+        # Redis away: subscribed again by the one retry policy (0.2 s doubling up to 5 s). A subscription that was
+        # up and then ended starts the policy afresh (a reconnect after hours of health does not wait the maximum).
+        while True:
+            await retry.until_success(self._subscription, first=0.2, maximum=5.0, on_failure=self._lost)
+            await asyncio.sleep(0.2)  # never a tight loop, even if Redis accepts and drops subscriptions at once
 
     async def _subscription(self) -> None:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
@@ -74,6 +77,10 @@ class Invalidations:
                     kind, _, ident = data.decode(errors="replace").partition(":")
                     self._apply(kind, ident)
             raise ConnectionError("the subscription ended")
+        except Exception as exc:
+            if not self.subscribed.is_set():
+                raise  # never subscribed: the retry policy waits
+            self._lost(exc, 0.0)  # it was up: subscribe again at once, and back off only if that fails
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()

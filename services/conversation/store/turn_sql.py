@@ -37,7 +37,7 @@ CONTEXT = ("SELECT c.title, m.id, m.seq, m.role, m.content, m.status, m.tool_cal
            "WHERE c.id = ? AND c.user_id = ? ORDER BY m.seq DESC LIMIT ?")
 TOUCH = "UPDATE conversations SET updated_at = ? WHERE id = ? AND user_id = ?"
 LAST_SEQ = "SELECT max(seq) FROM messages WHERE conversation_id = ?"
-SEQ_OF = "SELECT seq FROM messages WHERE id = ?"
+SEQ_OF = "SELECT seq FROM messages WHERE id = ? AND conversation_id = ?"
 INSERT_MESSAGE = (f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) "
                   f"VALUES ({', '.join('?' * len(MESSAGE_COLUMNS))})")
 DROPPED = "SELECT id, seq FROM messages WHERE conversation_id = ? AND seq > ? ORDER BY seq"
@@ -156,7 +156,9 @@ class _Sqlite(TurnSQL):
                     return None
                 with _timed("select"):
                     last = db.execute(LAST_SEQ, (conversation_id,)).fetchone()[0] or 0
-                    follows = (db.execute(SEQ_OF, (after,)).fetchone() or (None,))[0] if after is not None else last
+                    follows = last
+                    if after is not None:
+                        follows = (db.execute(SEQ_OF, (after, conversation_id)).fetchone() or (None,))[0]
                 if follows != last:
                     raise Moved(conversation_id)
                 dropped: list[tuple[str, int]] = []
@@ -209,7 +211,11 @@ def _numbered(sql: str) -> str:
 class _Postgres(TurnSQL):
     def __init__(self, engine: AsyncEngine) -> None:
         super().__init__(engine)
-        self._dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        # What SQLAlchemy's asyncpg dialect passes to asyncpg for this URL (host, user, database, and query items such as
+        # ssl=require), so the turn's pool connects exactly as the engine does; the cache size is SQLAlchemy's own.
+        _, self._connect_args = engine.dialect.create_connect_args(engine.url)
+        self._connect_args.pop("prepared_statement_cache_size", None)
+        self._connect_args.pop("prepared_statement_name_func", None)
         self._pool = None
         self._opening: asyncio.Lock | None = None
 
@@ -220,7 +226,7 @@ class _Postgres(TurnSQL):
             self._opening = self._opening or asyncio.Lock()
             async with self._opening:
                 if self._pool is None:
-                    self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=10)
+                    self._pool = await asyncpg.create_pool(min_size=1, max_size=10, **self._connect_args)
         return self._pool
 
     async def _fetch(self, sql: str, args: tuple) -> list[tuple]:
@@ -238,7 +244,9 @@ class _Postgres(TurnSQL):
                     return None
                 with _timed("select"):
                     last = await conn.fetchval(_numbered(LAST_SEQ), conversation_id) or 0
-                    follows = await conn.fetchval(_numbered(SEQ_OF), after) if after is not None else last
+                    follows = last
+                    if after is not None:
+                        follows = await conn.fetchval(_numbered(SEQ_OF), after, conversation_id)
                 if follows != last:
                     raise Moved(conversation_id)
                 dropped: list[tuple[str, int]] = []
