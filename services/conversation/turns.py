@@ -99,8 +99,6 @@ class Turns:
         replaced: Replaced | None = None
         if request.regenerate:
             history, replaced = regeneration(conversation_id, content, history)
-            if self._streaming.busy(conversation_id):
-                raise in_progress()
             content = replaced.answered.content
         model = requested_model or await self._served_model()
         generate = generate_request(
@@ -217,6 +215,9 @@ class Turns:
     ) -> tuple[Message | None, Message]:
         """Stream the reply: the input is stored once inference took the request (its first message), the reply at
         the end, or cut short (replacing ``replaced``). Returns (the last input stored, the reply)."""
+        # Checked where the stream is counted, with no await between: two regenerations cannot both pass.
+        if replaced is not None and self._streaming.busy(reply.conversation_id):
+            raise in_progress()
         with self._streaming.into(reply.conversation_id if store else ""):
             return await self._stream(generate, reply, emit, store_input, on_started, store, params, replaced)
 
