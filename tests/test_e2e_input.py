@@ -122,7 +122,9 @@ def test_schemathesis_finds_no_server_error_and_no_schema_break(stack, make_acco
         "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
                     "response_schema_conformance",
         "--max-examples", "15", "--max-time", "75", "--seed", seed, "--workers", "1",
-        "--request-timeout", "30",
+        # A conversation message without max_tokens may generate the default 512 tokens: on a loaded 2-core machine
+        # that took more than 30 s (a slow reply, not an error); --max-time still bounds the run.
+        "--request-timeout", "120",
     ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,  # noqa: S603
                          env={**os.environ, "NO_COLOR": "1"})
