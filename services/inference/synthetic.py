@@ -8,10 +8,14 @@ working inference service without a model start it (tests/test_tracing.py, tests
 services/inference/tests/test_synthetic.py, the conversation service's tests). It behaves like the vLLM engine
 (:mod:`chatplane.inference.vllm_engine`) where the platform can tell: the same context-window errors, usage on the last
 chunk, ``max_num_seqs`` running at once with the rest waiting, engine statistics, stop sequences, and a cancelled
-stream frees its slot at once.
+stream frees its slot at once. It speaks the engine contract's richer requests the same way too: ``n`` choices
+(interleaved, each ending on its own, the usage of all on the last chunk), log-probabilities with ``logprobs``
+alternatives, the prompt's log-probabilities (the first token has none), tool calls (with ``required`` or a named
+function: one call of it whose arguments are a JSON value of its parameters' schema, streamed in pieces; with
+``auto`` or ``none`` a text reply) and structured output (a JSON value of the schema, or a JSON object).
 
 Tokens are words of a small fixed vocabulary, each one chunk (" word"), chosen by a generator seeded with the
-request's seed (or the engine seed), so the same request gives the same reply; or, with ``synthetic_script``, the
+request's seed (or the engine seed; choice i of n: seed + i), so the same request gives the same reply; or, with ``synthetic_script``, the
 script's tokens, ending like a model's end of text after the last one. Prompts are counted with a simple
 deterministic tokenizer: one token per word or punctuation mark, plus a few per message for the chat template.
 """
@@ -19,40 +23,32 @@ deterministic tokenizer: one token per word or punctuation mark, plus a few per 
 from __future__ import annotations
 
 import asyncio
-import functools
+import json
 import random
-import re
 import time
+import uuid
 from collections.abc import AsyncIterator
+from typing import NamedTuple
 
 from chatplane.common.errors import InvalidArgument
+from chatplane.inference import synthetic_content as content
 from chatplane.inference.engine import (
     Chunk,
     EngineLoad,
     Messages,
     Sampling,
     Structured,
+    TokenLogprob,
+    ToolCallDelta,
     ToolUse,
 )
 from chatplane.inference.settings import InferenceSettings
+from chatplane.inference.synthetic_content import count_text
 
 DEFAULT_MAX_MODEL_LEN = 2048
 # Per message "<|im_start|>", role, "\n" ... "<|im_end|>" and "\n"; the generation prompt "<|im_start|>assistant\n".
 TOKENS_PER_MESSAGE = 4
 GENERATION_PROMPT_TOKENS = 3
-VOCABULARY = (
-    "the", "a", "river", "bread", "dragon", "baked", "slowly", "under", "golden", "light", "and", "every", "morning",
-    "village", "smelled", "of", "warm", "crust", "while", "children", "laughed", "near", "old", "stone", "bridge",
-    "quiet", "ovens", "glowed", "through", "long", "winter", "nights",
-)
-_TOKEN = re.compile(r"\w+|[^\w\s]")
-
-
-def count_text(text: str) -> int:
-    """Tokens of ``text``: one per word or punctuation mark."""
-    return len(_TOKEN.findall(text))
-
-
 class SyntheticEngine:
     """Streams deterministic tokens; see the module docstring."""
 
@@ -82,7 +78,8 @@ class SyntheticEngine:
     ) -> int:
         if messages is not None:
             opened = 0 if continue_final else GENERATION_PROMPT_TOKENS
-            return sum(TOKENS_PER_MESSAGE + count_text(m[1]) for m in messages) + opened
+            offered = count_text(json.dumps([content.function_json(f) for f in tools.functions])) if tools else 0
+            return sum(TOKENS_PER_MESSAGE + count_text(m[1]) for m in messages) + opened + offered
         return count_text(prompt or "")
 
     def _budget(self, prompt_tokens: int, sampling: Sampling, chat: bool, reply: int) -> int:
@@ -116,17 +113,45 @@ class SyntheticEngine:
     ) -> AsyncIterator[Chunk]:
         if self._slots is None:
             raise RuntimeError("the engine is not started")
-        for param, used in (("n", sampling.n > 1), ("logprobs", sampling.logprobs is not None),
-                            ("logprobs", sampling.prompt_logprobs is not None), ("tools", tools is not None),
-                            ("response_format", structured is not None)):
-            if used:
-                raise InvalidArgument(f"the synthetic engine does not support {param}", param=param)
-        prompt_tokens = self.count_tokens(messages=messages, prompt=prompt, continue_final=continue_final)
+        prompt_tokens = self.count_tokens(messages=messages, prompt=prompt, tools=tools, continue_final=continue_final)
+        if (sampling.n > 1 or sampling.logprobs is not None or sampling.prompt_logprobs is not None
+                or tools is not None or structured is not None):
+            choices = self._choices(prompt_tokens, sampling, messages is not None, tools, structured)
+            budget = sum(len(c.pieces) for c in choices)
+            prompt_logprobs = self._prompt_logprobs(messages, prompt, sampling)
+            stream = self._stream_choices(choices, prompt_tokens, sampling.logprobs, prompt_logprobs)
+        else:
+            stream, budget = self._plain(prompt_tokens, sampling, messages, continue_final)
+        load = self.load
+        finished = False
+        load.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            load.waiting -= 1
+        load.running += 1
+        self._tokens_in_use += prompt_tokens + budget
+        self._update_load()
+        try:
+            async for chunk in stream:
+                finished = chunk.finish_reason is not None and not chunk.more
+                yield chunk
+        finally:
+            self._slots.release()
+            load.running -= 1
+            self._tokens_in_use -= prompt_tokens + budget
+            self._update_load()
+            if not finished:
+                load.aborted_total += 1  # the caller went away: its slot is free again
+
+    def _plain(self, prompt_tokens: int, sampling: Sampling, messages: Messages | None,
+               continue_final: bool) -> tuple[AsyncIterator[Chunk], int]:
+        """The common case (one choice of text): its stream and its token budget."""
         # A continued reply goes on with the same words the uninterrupted one would have had (same seed): the words
         # already given are skipped, so a stream continued on another replica reads exactly like one that was not.
         given_text = messages[-1][1] if continue_final and messages else ""
         if self.script:
-            words = _after(self.script, given_text)
+            words = content.after(self.script, given_text)
             max_tokens = self._budget(prompt_tokens, sampling, messages is not None, len(words))
             # The script's end is the model's end of text ("stop"), unless max_tokens comes first ("length").
             end_reason = "stop" if len(words) <= max_tokens else "length"
@@ -136,30 +161,10 @@ class SyntheticEngine:
             reply = self.settings.synthetic_reply_tokens - given
             max_tokens = self._budget(prompt_tokens, sampling, messages is not None, reply)
             seed = sampling.seed if sampling.seed is not None else self.settings.seed
-            words = _reply(seed, given + max_tokens)[given:]
+            words = content.reply(seed, given + max_tokens)[given:]
             # With no max_tokens the reply ends on its own ("stop", the model's end of text); otherwise at the limit.
             end_reason = "stop" if sampling.max_tokens is None else "length"
-        load = self.load
-        finished = False
-        load.waiting += 1
-        try:
-            await self._slots.acquire()
-        finally:
-            load.waiting -= 1
-        load.running += 1
-        self._tokens_in_use += prompt_tokens + max_tokens
-        self._update_load()
-        try:
-            async for chunk in self._stream(words, prompt_tokens, sampling.stop, end_reason):
-                finished = chunk.finish_reason is not None
-                yield chunk
-        finally:
-            self._slots.release()
-            load.running -= 1
-            self._tokens_in_use -= prompt_tokens + max_tokens
-            self._update_load()
-            if not finished:
-                load.aborted_total += 1  # the caller went away: its slot is free again
+        return self._stream(words, prompt_tokens, sampling.stop, end_reason), max_tokens
 
     async def _stream(
         self, words: tuple[str, ...], prompt_tokens: int, stop: tuple[str, ...], end_reason: str
@@ -183,7 +188,7 @@ class SyntheticEngine:
                 await asyncio.sleep(0)  # as fast as possible, but let others (and cancellation) in
             piece = word
             if stop:
-                hit = _first_stop(text + piece, stop, len(text))
+                hit = content.first_stop(text + piece, stop, len(text))
                 if hit is not None:
                     # As vLLM does: the stop sequence and what follows are not part of the reply.
                     yield Chunk(hit[len(text):], "stop", prompt_tokens, i + 1, tokens=1)
@@ -194,6 +199,87 @@ class SyntheticEngine:
             else:
                 yield Chunk(piece, prompt_tokens=prompt_tokens, tokens=1)
 
+    # --- the richer requests: n choices, logprobs, tool calls, structured output ----------------------------------
+
+    def _choices(self, prompt_tokens: int, sampling: Sampling, chat: bool, tools: ToolUse | None,
+                 structured: Structured | None) -> list[_Choice]:
+        """Every choice's pieces, worked out before the first is sent (they are deterministic)."""
+        choices = []
+        seed = sampling.seed if sampling.seed is not None else self.settings.seed
+        for i in range(sampling.n):
+            words = iter(content.reply(seed + i, 64))
+            call = None
+            if tools is not None and tools.choice in ("required", "function"):
+                name = tools.function or tools.functions[0].name
+                schema = next(f.parameters for f in tools.functions if f.name == name)
+                call = name
+                value = content.instance(schema or {"type": "object"}, schema, words)
+                pieces: tuple[str, ...] = content.pieces(json.dumps(value))
+                done = "tool_calls"
+            elif structured is not None:
+                value = content.instance(structured.json_schema, structured.json_schema, words) if structured.json_schema \
+                    else {"answer": next(words).strip()}
+                pieces, done = content.pieces(json.dumps(value)), "stop"
+            elif self.script:
+                pieces, done = self.script, "stop"
+            else:
+                pieces = content.reply(seed + i, self.settings.synthetic_reply_tokens if sampling.max_tokens is None
+                                else sampling.max_tokens + 1)
+                done = "stop"
+            max_tokens = self._budget(prompt_tokens, sampling, chat, len(pieces))
+            if len(pieces) > max_tokens:
+                pieces, done = pieces[:max_tokens], "length"
+            if call is None and sampling.stop:
+                pieces, done = content.cut_at_stop(pieces, sampling.stop, done)
+            choices.append(_Choice(i, pieces, done, call, random.Random(seed * 7919 + i)))
+        return choices
+
+    def _prompt_logprobs(self, messages: Messages | None, prompt: str | None,
+                         sampling: Sampling) -> list[TokenLogprob] | None:
+        """The prompt's tokens with made-up logprobs (the first has none: 0 and no alternatives, as vLLM gives)."""
+        if sampling.prompt_logprobs is None:
+            return None
+        text = prompt if messages is None else "\n".join(m[1] for m in messages)
+        rng = random.Random(len(text or ""))
+        tokens = [p for p in content.pieces(text or "") if not p.isspace()]
+        return [TokenLogprob(t, 0.0, []) if j == 0 else content.logprob(t, sampling.prompt_logprobs, rng)
+                for j, t in enumerate(tokens)]
+
+    async def _stream_choices(self, choices: list[_Choice], prompt_tokens: int, logprobs: int | None,
+                              prompt_logprobs: list[TokenLogprob] | None) -> AsyncIterator[Chunk]:
+        """The choices' pieces interleaved step by step, each choice's last with its finish reason (``more`` while
+        others go on), the usage of all on the stream's last chunk."""
+        prefill = prompt_tokens * self.settings.synthetic_prompt_token_seconds
+        start = time.monotonic() + prefill
+        if prefill:
+            await asyncio.sleep(prefill)
+        steps = [(step, c) for step in range(max(len(c.pieces) for c in choices))
+                 for c in choices if step < len(c.pieces)]
+        total = len(steps)
+        paced = -1
+        for sent, (step, choice) in enumerate(steps, 1):
+            if step != paced:  # one token of every choice a step, paced like the plain stream
+                paced = step
+                delay = start + step * self._interval - time.monotonic() if self._interval else 0
+                await asyncio.sleep(delay if delay > 0 else 0)
+            piece = choice.pieces[step]
+            chunk = Chunk(piece, index=choice.index, tokens=1)
+            if choice.call is not None:
+                chunk.text = ""
+                first = step == 0
+                chunk.tool_calls = [ToolCallDelta(0, f"call_{uuid.uuid4().hex[:24]}" if first else "",
+                                                  choice.call if first else "", piece)]
+            if logprobs is not None:
+                chunk.logprobs = [content.logprob(piece, logprobs, choice.rng)]
+            if prompt_logprobs is not None and sent == 1:
+                chunk.prompt_logprobs = prompt_logprobs
+            if step == len(choice.pieces) - 1:
+                chunk.finish_reason = choice.done
+                chunk.more = sent < total
+            if sent == total:
+                chunk.prompt_tokens, chunk.completion_tokens = prompt_tokens, total
+            yield chunk
+
     def _update_load(self) -> None:
         capacity = self.settings.max_num_seqs * self.max_model_len
         self.load.kv_cache_usage = min(1.0, self._tokens_in_use / capacity)
@@ -203,27 +289,9 @@ class SyntheticEngine:
         return None
 
 
-@functools.lru_cache(maxsize=256)
-def _reply(seed: int, length: int) -> tuple[str, ...]:
-    """The words of a reply; cached, since seeding a generator costs more than the rest of a fast request."""
-    rng = random.Random(seed)
-    return tuple(" " + rng.choice(VOCABULARY) for _ in range(length))
-
-
-def _after(script: tuple[str, ...], given: str) -> tuple[str, ...]:
-    """The script's tokens after those ``given`` already holds (a continued reply goes on where it stopped)."""
-    done = 0
-    while done < len(script) and script[done] and given.startswith(script[done]):
-        given = given[len(script[done]):]
-        done += 1
-    return script[done:]
-
-
-def _first_stop(text: str, stop: tuple[str, ...], searched: int) -> str | None:
-    """``text`` cut before the earliest stop sequence that ends past ``searched``, None when there is none."""
-    cut = None
-    for s in stop:
-        at = text.find(s, max(0, searched - len(s) + 1))
-        if at != -1 and (cut is None or at < cut):
-            cut = at
-    return None if cut is None else text[:cut]
+class _Choice(NamedTuple):
+    index: int
+    pieces: tuple[str, ...]  # one token each: text, or a tool call's arguments when ``call`` is set
+    done: str  # its finish reason
+    call: str | None  # the function it calls
+    rng: random.Random  # its logprobs
