@@ -89,6 +89,7 @@ def test_each_pool_has_its_own_scheduling_scaling_and_rollout(renders):
     assert small["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
     # the shared defaults still apply where a pool says nothing
     assert env_of(small_pod["containers"][0])["CHATPLANE_INFERENCE_MAX_NUM_SEQS"]["value"] == "32"
+    assert env_of(small_pod["containers"][0])["CHATPLANE_INFERENCE_MAX_WAITING"]["value"] == "128"
     assert env_of(qwen_pod["containers"][0])["CHATPLANE_INFERENCE_ENFORCE_EAGER"]["value"] == "false"
     assert env_of(small_pod["containers"][0])["CHATPLANE_INFERENCE_ENFORCE_EAGER"]["value"] == "true"
 

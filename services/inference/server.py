@@ -21,7 +21,8 @@ def build(engine: Engine, settings: InferenceSettings | None = None) -> tuple[Se
     servicer's: generations are refused until it is SERVING and once it drains."""
     settings = settings if settings is not None else InferenceSettings()
     runtime = ServiceRuntime("inference", [SERVICE_NAME], settings, access=ACCESS)
-    servicer = InferenceServicer(engine, runtime.grpc, stream_interval=settings.stream_interval_ms / 1000)
+    servicer = InferenceServicer(engine, runtime.grpc, stream_interval=settings.stream_interval_ms / 1000,
+                                 capacity=settings.max_num_seqs + settings.max_waiting)
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, runtime.server)
     return runtime, servicer
 

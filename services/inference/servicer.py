@@ -9,7 +9,7 @@ import contextlib
 import dataclasses
 import logging
 
-from chatplane.common.errors import InvalidArgument, NotFound, Unavailable, handled
+from chatplane.common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable, handled
 from chatplane.common.grpc_server import GrpcService
 from chatplane.common.streams import ReadAhead
 from chatplane.inference import checks, fitting
@@ -25,12 +25,16 @@ STATS_HEARTBEAT_SECONDS = 5.0
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, engine: Engine, service: GrpcService, *, stream_interval: float) -> None:
+    def __init__(self, engine: Engine, service: GrpcService, *, stream_interval: float, capacity: int) -> None:
         self.engine = engine
         # The service's readiness (its one place: service.state): work is refused until it is serving, and once it
         # drains (the streams under way finish, new work goes to other replicas).
         self.service = service
         self.stream_interval = stream_interval  # seconds between two messages of a stream after its first
+        # Generate calls admitted at once (the engine's max_num_seqs running + max_waiting): one more is refused
+        # before it reaches the engine, so that the client takes it to another replica instead of queueing here.
+        self.capacity = capacity
+        self.under_way = 0  # Generate calls admitted and not yet ended
         self._stopped = asyncio.Event()  # ends the stats watches
 
     @property
@@ -43,6 +47,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             raise Unavailable("this replica is shutting down")
         if state != "serving":
             raise Unavailable("the model engine is starting")
+
+    def _admit(self) -> None:
+        if self.under_way >= self.capacity:
+            raise ResourceExhausted(
+                f"This replica's queue is full ({self.capacity} requests); retry shortly.", code="rate_limit_exceeded"
+            )
+        self.under_way += 1
 
     def stop_watches(self) -> None:
         self._stopped.set()
@@ -72,61 +83,65 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             extras["structured"] = structured
         if request.continue_final_message:
             extras["continue_final"] = True
-        dropped = 0
-        if request.HasField("fit") and messages is not None:
-            messages, sampling, dropped = self._fit(request, messages, sampling, tools)
-        stream = self.engine.generate(
-            messages=messages, prompt=prompt, sampling=sampling, request_id=request.request_id, **extras
-        )
-        ahead = ReadAhead(stream)
-        # The RPC's end (finished, cancelled, deadline) stops the engine at once, even while this generator is left
-        # suspended at a yield by a cancelled send.
-        context.add_done_callback(ahead.stop)
-        model = self.engine.model_name
-        interval = self.stream_interval
-        first = True  # the first message carries the prompt's token count (a client continuing elsewhere needs it)
+        self._admit()  # no await between the check and the count
         try:
-            while True:
-                chunks = await ahead.ready()
-                if not chunks:
-                    return
-                last = chunks[-1]
-                if all(_plain(c) for c in chunks):
-                    if len(chunks) == 1:
-                        text, tokens = last.text, last.tokens
-                    else:
-                        text, tokens = "".join([c.text for c in chunks]), sum([c.tokens for c in chunks])
-                    prompt_tokens = last.prompt_tokens if first else 0
-                    dropped_messages, dropped = dropped, 0
-                    first = False
-                    if last.finish_reason is None:
-                        yield pb.GenerateResponse(text=text, tokens=tokens, prompt_tokens=prompt_tokens,
-                                                  dropped_messages=dropped_messages)
-                        if interval:
-                            await ahead.hold(interval)
-                        continue
-                    yield pb.GenerateResponse(
-                        text=text,
-                        finish_reason=last.finish_reason,
-                        usage=pb.Usage(prompt_tokens=last.prompt_tokens, completion_tokens=last.completion_tokens),
-                        model=model,
-                        tokens=tokens,
-                        prompt_tokens=prompt_tokens,
-                        dropped_messages=dropped_messages,
-                    )
-                    return
-                messages_out = _messages(chunks, model)
-                if dropped and messages_out:
-                    messages_out[0].dropped_messages, dropped = dropped, 0
-                for message in messages_out:
-                    yield message
-                if messages_out and messages_out[-1].HasField("usage"):
-                    return
-                if interval:
-                    await ahead.hold(interval)
+            dropped = 0
+            if request.HasField("fit") and messages is not None:
+                messages, sampling, dropped = self._fit(request, messages, sampling, tools)
+            stream = self.engine.generate(
+                messages=messages, prompt=prompt, sampling=sampling, request_id=request.request_id, **extras
+            )
+            ahead = ReadAhead(stream)
+            # The RPC's end (finished, cancelled, deadline) stops the engine at once, even while this generator is left
+            # suspended at a yield by a cancelled send.
+            context.add_done_callback(ahead.stop)
+            model = self.engine.model_name
+            interval = self.stream_interval
+            first = True  # the first message carries the prompt's token count (a client continuing elsewhere needs it)
+            try:
+                while True:
+                    chunks = await ahead.ready()
+                    if not chunks:
+                        return
+                    last = chunks[-1]
+                    if all(_plain(c) for c in chunks):
+                        if len(chunks) == 1:
+                            text, tokens = last.text, last.tokens
+                        else:
+                            text, tokens = "".join([c.text for c in chunks]), sum([c.tokens for c in chunks])
+                        prompt_tokens = last.prompt_tokens if first else 0
+                        dropped_messages, dropped = dropped, 0
+                        first = False
+                        if last.finish_reason is None:
+                            yield pb.GenerateResponse(text=text, tokens=tokens, prompt_tokens=prompt_tokens,
+                                                      dropped_messages=dropped_messages)
+                            if interval:
+                                await ahead.hold(interval)
+                            continue
+                        yield pb.GenerateResponse(
+                            text=text,
+                            finish_reason=last.finish_reason,
+                            usage=pb.Usage(prompt_tokens=last.prompt_tokens, completion_tokens=last.completion_tokens),
+                            model=model,
+                            tokens=tokens,
+                            prompt_tokens=prompt_tokens,
+                            dropped_messages=dropped_messages,
+                        )
+                        return
+                    messages_out = _messages(chunks, model)
+                    if dropped and messages_out:
+                        messages_out[0].dropped_messages, dropped = dropped, 0
+                    for message in messages_out:
+                        yield message
+                    if messages_out and messages_out[-1].HasField("usage"):
+                        return
+                    if interval:
+                        await ahead.hold(interval)
+            finally:
+                # Cancelled RPC (client gone): stopping the reader aborts the request in the engine.
+                await ahead.close()
         finally:
-            # Cancelled RPC (client gone): stopping the reader aborts the request in the engine.
-            await ahead.close()
+            self.under_way -= 1  # finished, failed or cancelled
 
     def _fit(self, request: pb.GenerateRequest, messages: Messages, sampling: Sampling, tools):
         """The chat fitted to the context window (``request.fit``), its reply budget and the messages left out."""

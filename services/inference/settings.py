@@ -37,6 +37,11 @@ class InferenceSettings(GrpcServiceSettings):
         2048, ge=16, description="Context window in tokens (prompt + reply). Unset: the model's own maximum."
     )
     max_num_seqs: int = Field(32, ge=1, description="Requests the engine runs at once; the rest wait in its queue.")
+    max_waiting: int = Field(
+        128, ge=0, description="Generate calls that may wait beyond the max_num_seqs being run; one more is refused "
+        "at once (RESOURCE_EXHAUSTED, `rate_limit_exceeded`): the client tries the pool's other replicas, else the "
+        "gateway answers 429. 0: none waits."
+    )
     dtype: str = Field("auto", description="Weights' dtype for vLLM (auto, bfloat16, float16, float32).")
     enforce_eager: bool = Field(
         True, description="Skip graph capture/compilation: starts in ~20 s instead of minutes; slower per token."

@@ -3,6 +3,8 @@
 A request that fails before its first token is sent to another replica; a reply cut off mid-stream is continued on
 another replica from the prompt plus what was already said (the partial reply as an assistant message to continue),
 so the caller reads one uninterrupted stream. What cannot be continued (:func:`can_continue`) ends with an error.
+A replica whose queue is full (RESOURCE_EXHAUSTED before the first token) is healthy, only busy: the request tries
+the pool's replicas not tried yet, and when none is left the caller hears that the model is busy.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ REPLICA_FAILURES = frozenset({
     grpc.StatusCode.INTERNAL,
     grpc.StatusCode.ABORTED,
 })
-MAX_ATTEMPTS = 4  # replicas one request may try in all
+MAX_ATTEMPTS = 4  # replicas one request may try in all (those that were only full are not counted)
 
 
 def can_continue(request: pb.GenerateRequest) -> bool:
@@ -69,6 +71,7 @@ class Generation:
         self._call = None
         self._tried: set[str] = set()
         self._attempts = 0
+        self._full = 0  # of the attempts, those a full replica refused
         self._text: list[str] = []  # the text the caller has been given
         self._given = False  # whether the caller has been given anything (text, tool calls, log-probabilities)
         self._tokens = 0  # completion tokens given
@@ -114,6 +117,10 @@ class Generation:
             except grpc.aio.AioRpcError as err:
                 if self._cancelled:
                     raise ServiceError(grpc.StatusCode.CANCELLED, "the generation was cancelled") from None
+                if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and not self._given:
+                    self._last_error = ServiceError.from_rpc(err)
+                    self._pass_full()
+                    continue
                 if err.code() in REPLICA_FAILURES:
                     self._last_error = ServiceError.from_rpc(err)
                     self._fail_over(err.code().name)
@@ -143,7 +150,7 @@ class Generation:
 
     async def _start(self) -> pb.GenerateResponse | None:
         """Send the request (or its continuation) to a replica; a last reply when there is nothing left to ask."""
-        if self._attempts >= MAX_ATTEMPTS:
+        if self._attempts - self._full >= MAX_ATTEMPTS:
             raise self._lost("the model's replicas kept failing")
         if time.monotonic() >= self.deadline:
             raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, "the generation did not finish in time")
@@ -243,6 +250,15 @@ class Generation:
         metrics.FAILOVERS.labels(self.pool.spec.name, stage).inc()
         if stage == "mid_stream":
             self._tried = {replica.address} if replica else set()  # a fresh choice among the others
+
+    def _pass_full(self) -> None:
+        """The replica refused the request because its queue is full: another one not tried yet gets it. The replica
+        is not failed (it serves), and this is no failover (the replicas not tried yet bound these attempts)."""
+        log.debug("inference replica full, trying another",
+                  extra={"pool": self.pool.spec.name, "replica": self.replica.address if self.replica else None,
+                         "request_id": self.request.request_id})
+        self._finish("full")
+        self._full += 1
 
     def _finish(self, outcome: str, *, cancel: bool = False) -> None:
         call, self._call = self._call, None

@@ -9,12 +9,12 @@ from contextlib import suppress
 
 from prometheus_client import Counter, Gauge
 
-OUTCOMES = ("ok", "error", "failed_over", "cancelled")
+OUTCOMES = ("ok", "error", "failed_over", "cancelled", "full")
 
 REQUESTS = Counter(
     "chatplane_inference_client_requests_total",
     "Calls to inference replicas by outcome: ok, error, cancelled (by the caller), failed_over (the replica failed "
-    "and the request went on elsewhere).",
+    "and the request went on elsewhere), full (the replica's queue was full: the request tried another, if any).",
     ["pool", "replica", "outcome"],
 )
 IN_FLIGHT = Gauge(

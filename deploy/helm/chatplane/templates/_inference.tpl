@@ -188,6 +188,8 @@ container:
     {{- end }}
     - name: CHATPLANE_INFERENCE_MAX_NUM_SEQS
       value: {{ $p.engine.maxNumSeqs | quote }}
+    - name: CHATPLANE_INFERENCE_MAX_WAITING
+      value: {{ $p.engine.maxWaiting | quote }}
     - name: CHATPLANE_INFERENCE_DTYPE
       value: {{ $p.engine.dtype | quote }}
     - name: CHATPLANE_INFERENCE_ENFORCE_EAGER
