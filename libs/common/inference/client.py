@@ -21,6 +21,7 @@ from chatplane.common.inference.replica import WAIT_FOR_REPLICA_SECONDS, Pool
 from chatplane.protos.inference.v1 import inference_pb2 as pb
 
 log = logging.getLogger(__name__)
+SETTLE_SECONDS = 1.0  # right after start, a model's details wait this long at most for the replicas' first answers
 
 
 class InferenceClient:
@@ -90,6 +91,7 @@ class InferenceClient:
         pool = await self.find_pool(model)
         if pool is None:
             return None
+        await self._settle([pool])
         return next((m for m in pool.models() if m.id == model or not model), None)
 
     def models(self) -> list[pb.Model]:
@@ -101,9 +103,18 @@ class InferenceClient:
     async def wait_models(self) -> list[pb.Model]:
         """:meth:`models`, waiting a bounded time for the first replica to answer when none has yet."""
         deadline = time.monotonic() + min(self.timeout, WAIT_FOR_REPLICA_SECONDS)
-        while not (found := self.models()) and time.monotonic() < deadline:
+        while not self.models() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        return found
+        await self._settle(self.pools)
+        return self.models()
+
+    @staticmethod
+    async def _settle(pools: list[Pool], timeout: float = SETTLE_SECONDS) -> None:
+        """Wait a little (right after start) for the replicas' first answers, so that a configured model is told
+        with its context window and creation time rather than as a placeholder."""
+        deadline = time.monotonic() + timeout
+        while not all(pool.settled() for pool in pools) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
     async def ready(self, timeout: float = 1.0) -> bool:
         """Every pool has a serving replica (waiting up to ``timeout`` for replicas whose health is not known yet,

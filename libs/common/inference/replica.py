@@ -190,6 +190,11 @@ class Pool:
             return [found.get(self.spec.model) or inference_pb2.Model(id=self.spec.model, owned_by="chatplane")]
         return list(found.values())
 
+    def settled(self) -> bool:
+        """Every replica's health is known (so each serving one has listed its models): :meth:`models` holds what
+        the replicas say, not the configuration's placeholder (no context window, no creation time)."""
+        return all(r.known.is_set() for r in self.replicas.values())
+
     @property
     def model(self) -> str:
         """The pool's (first) model, "" while unknown."""

@@ -1,5 +1,5 @@
 """Fixtures: a real in-process conversation server (SQLite and PostgreSQL) talking to a real in-process inference
-service on the synthetic engine (conv_inference.py)."""
+service on the synthetic engine (chatplane.dev.inference)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 # The helper modules next to this file (uniquely named: every service's tests share one interpreter).
 sys.path.insert(0, str(Path(__file__).parent))
 from conv_harness import Harness, harness  # noqa: E402
-from conv_inference import Inference, inference_service  # noqa: E402
+from chatplane.dev.inference import Inference, inference_service  # noqa: E402
 
 
 @pytest.fixture

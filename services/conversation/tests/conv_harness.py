@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from conv_inference import Inference
+from chatplane.dev.inference import Inference
 
 from chatplane.common.errors import error_details
 from chatplane.conversation.server import RunningServer, running

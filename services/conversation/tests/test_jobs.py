@@ -17,7 +17,7 @@ import grpc
 import pytest
 import redis
 from conv_harness import status_of
-from conv_inference import inference_service
+from chatplane.dev.inference import inference_service
 from tests_support import eventually
 from sqlalchemy import select, text, update
 

@@ -8,7 +8,7 @@ import asyncio
 import grpc
 import pytest
 from conv_harness import SYSTEM_PROMPT, Harness, status_of
-from conv_inference import MODEL
+from chatplane.dev.inference import MODEL
 
 from chatplane.inference.engine import Function
 from chatplane.protos.conversation.v1 import conversation_pb2 as pb

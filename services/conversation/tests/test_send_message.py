@@ -8,7 +8,7 @@ from datetime import UTC
 import grpc
 import pytest
 from conv_harness import SYSTEM_PROMPT, Harness, harness, status_of
-from conv_inference import MODEL, REPLY, calls, inference_service
+from chatplane.dev.inference import MODEL, REPLY, calls, inference_service
 from tests_support import eventually
 
 from chatplane.common.errors import InvalidArgument

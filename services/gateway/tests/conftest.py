@@ -1,8 +1,9 @@
-"""Gateway test fixtures: the real FastAPI app against in-process grpc.aio test doubles of auth, conversation and
-inference (``FakeAuthServicer``, ``FakeConversationServicer``, ``FakeInferenceServicer``) that implement the proto
-contracts, plus a real uvicorn server for SSE, disconnect and SDK tests.
+"""Gateway test fixtures: the real FastAPI app against in-process grpc.aio test doubles of auth and conversation
+(``FakeAuthServicer``, ``FakeConversationServicer``) that implement the proto contracts, the real inference service
+on the synthetic engine (:mod:`chatplane.dev.inference`: two of them, two models in two pools), plus a real uvicorn
+server for SSE, disconnect and SDK tests.
 
-The doubles are shared by the whole session (they are cheap to reset); every test gets a fresh app, so the
+The servers are shared by the whole session (they are cheap to reset); every test gets a fresh app, so the
 gateway's caches (API keys, JWKS, models) start empty in each test.
 """
 
@@ -27,6 +28,7 @@ from jwt.algorithms import OKPAlgorithm
 
 from chatplane.common.errors import abort
 from chatplane.common.grpc_server import GrpcService
+from chatplane.dev.inference import Inference, calls, inference_service
 from chatplane.dev.procs import free_port
 from chatplane.gateway.app import create_app
 from chatplane.gateway.settings import GatewaySettings
@@ -39,8 +41,8 @@ ISSUER = "chatplane-auth-test"
 AUDIENCE = "chatplane-test"
 MODEL = "test-model"
 SLASH_MODEL = "org/slash-model"
-REPLY_PIECES = ["Hello", ", ", "world", "!"]
-PROMPT_TOKENS = 7
+REPLY_PIECES = ("Hello", ", ", "world", "!")  # the synthetic engine's script: every reply, one token each
+MAX_MODEL_LEN = 2048
 SECRET_DETAIL = "db password is hunter2 at /srv/internal.py:42"
 
 
@@ -169,111 +171,6 @@ class FakeAuthServicer(auth_pb2_grpc.AuthServiceServicer):
         if key.revoked_at is None:
             key.revoked_at = now_ts()
         return key.proto()
-
-
-# --- inference ----------------------------------------------------------------------------------------------------
-
-
-class FakeInferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    """Test double of inference. The last message's content picks a behaviour:
-
-    ``slow``: one delta, then waits (to be cancelled); ``busy``: RESOURCE_EXHAUSTED; ``too long``: INVALID_ARGUMENT
-    context_length_exceeded; ``crash``: INTERNAL with a secret detail; ``break``: one delta, then INTERNAL;
-    ``abort``: finish_reason abort. Anything else: REPLY_PIECES then stop (or length when max_tokens < pieces).
-    """
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.requests: list[inference_pb2.GenerateRequest] = []
-        self.cancelled = asyncio.Event()
-        self.list_models_calls = 0
-
-    async def ListModels(self, request, context):
-        self.list_models_calls += 1
-        return inference_pb2.ListModelsResponse(models=[
-            inference_pb2.Model(id=MODEL, max_model_len=2048, created=1_700_000_000, owned_by="chatplane"),
-            inference_pb2.Model(id=SLASH_MODEL, max_model_len=2048, created=1_700_000_001, owned_by="org"),
-        ])
-
-    async def CountTokens(self, request, context):
-        return inference_pb2.CountTokensResponse(token_count=PROMPT_TOKENS, max_model_len=2048)
-
-    async def Generate(self, request, context):
-        self.requests.append(request)
-        last = request.chat.messages[-1].content if request.HasField("chat") else request.prompt
-        if last == "busy":
-            await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "The engine queue is full.",
-                        code="rate_limit_exceeded")
-        if last == "too long":
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "This model's maximum context length is 2048.",
-                        code="context_length_exceeded", param="messages")
-        if last == "crash":
-            await abort(context, grpc.StatusCode.INTERNAL, SECRET_DETAIL)
-        if (request.sampling.n > 1 or request.tools or request.sampling.HasField("logprobs")
-                or request.HasField("structured_output")):
-            for reply in self._rich(request):
-                yield reply
-            return
-        try:
-            if last == "slow":
-                yield inference_pb2.GenerateResponse(text="Thinking", model=request.model)
-                await asyncio.sleep(30)
-            if last == "break":
-                yield inference_pb2.GenerateResponse(text="Half", model=request.model)
-                await abort(context, grpc.StatusCode.INTERNAL, SECRET_DETAIL)
-            if last == "abort":
-                yield inference_pb2.GenerateResponse(text="Hal", model=request.model)
-                yield inference_pb2.GenerateResponse(finish_reason="abort", model=request.model,
-                                                     usage=inference_pb2.Usage(prompt_tokens=1, completion_tokens=1))
-                return
-            limit = request.sampling.max_tokens if request.sampling.HasField("max_tokens") else len(REPLY_PIECES)
-            pieces = REPLY_PIECES[:limit]
-            for piece in pieces[:-1]:
-                yield inference_pb2.GenerateResponse(text=piece, model=request.model)
-            yield inference_pb2.GenerateResponse(
-                text=pieces[-1],
-                model=request.model,
-                finish_reason="length" if limit < len(REPLY_PIECES) else "stop",
-                usage=inference_pb2.Usage(prompt_tokens=PROMPT_TOKENS, completion_tokens=len(pieces)),
-            )
-        except asyncio.CancelledError:
-            self.cancelled.set()
-            raise
-
-
-    @staticmethod
-    def _rich(request):
-        """Several choices (interleaved), tool calls (a named function: its call, arguments in two pieces), log
-        probabilities of each piece, structured output (a JSON object)."""
-        n = request.sampling.n or 1
-        lp = request.sampling.logprobs if request.sampling.HasField("logprobs") else None
-        named = request.tool_choice.function
-        pieces = ['{"a":', " 1}"] if request.HasField("structured_output") else REPLY_PIECES
-        for step, piece in enumerate(pieces):
-            for i in range(n):
-                reply = inference_pb2.GenerateResponse(index=i)
-                if step == 0 and i == 0 and request.sampling.HasField("prompt_logprobs"):
-                    for j, word in enumerate(request.prompt.split(" ")):
-                        reply.prompt_logprobs.add(token=word if j == 0 else " " + word, logprob=0.0 if j == 0 else -1)
-                if named:
-                    if step == 0:
-                        reply.tool_calls.add(index=0, id=f"call_{i}", name=named, arguments='{"city":')
-                    elif step == 1:
-                        reply.tool_calls.add(index=0, arguments=' "Oslo"}')
-                else:
-                    reply.text = piece
-                if lp is not None:
-                    reply.logprobs.add(token=piece, logprob=-0.5,
-                                       top_logprobs=[inference_pb2.TopLogprob(token=piece, logprob=-0.5)] * lp)
-                if step == len(pieces) - 1:
-                    reply.finish_reason = "tool_calls" if named else "stop"
-                    if i == n - 1:
-                        reply.model = request.model
-                        reply.usage.prompt_tokens = PROMPT_TOKENS
-                        reply.usage.completion_tokens = n * len(pieces)
-                yield reply
 
 
 # --- conversation -------------------------------------------------------------------------------------------------
@@ -443,29 +340,37 @@ class FakeConversationServicer(conversation_pb2_grpc.ConversationServiceServicer
 class Backends:
     auth: FakeAuthServicer
     conversation: FakeConversationServicer
-    inference: FakeInferenceServicer
+    inference: Inference  # serves MODEL
+    slash: Inference  # serves SLASH_MODEL
     services: dict[str, GrpcService]
     targets: dict[str, str]
     # What the doubles answer, for assertions.
     model: str = MODEL
     slash_model: str = SLASH_MODEL
     reply_text: str = "".join(REPLY_PIECES)
-    reply_pieces: tuple[str, ...] = tuple(REPLY_PIECES)
-    prompt_tokens: int = PROMPT_TOKENS
+    reply_pieces: tuple[str, ...] = REPLY_PIECES
     secret_detail: str = SECRET_DETAIL
+
+    def count(self, content: str = "Hi", *, prompt: str | None = None) -> int:
+        """The prompt tokens inference counts for one user message ``content`` (or a text ``prompt``)."""
+        return self.inference.count(prompt=prompt) if prompt is not None else self.inference.count([("user", content)])
+
+    call_base: dict[str, float] = field(default_factory=dict)
+
+    def inference_calls(self, method: str) -> float:
+        """Calls of ``method`` the inference servers got since the test started (their own metrics)."""
+        return calls(method) - self.call_base.get(method, 0.0)
 
 
 @pytest.fixture(scope="session")
 async def fakes() -> AsyncIterator[Backends]:
-    auth, conv, inf = FakeAuthServicer(), FakeConversationServicer(), FakeInferenceServicer()
+    auth, conv = FakeAuthServicer(), FakeConversationServicer()
     services: dict[str, GrpcService] = {}
     targets: dict[str, str] = {}
     for name, servicer, add, full_name in (
         ("auth", auth, auth_pb2_grpc.add_AuthServiceServicer_to_server, "chatplane.auth.v1.AuthService"),
         ("conversation", conv, conversation_pb2_grpc.add_ConversationServiceServicer_to_server,
          "chatplane.conversation.v1.ConversationService"),
-        ("inference", inf, inference_pb2_grpc.add_InferenceServiceServicer_to_server,
-         "chatplane.inference.v1.InferenceService"),
     ):
         service = GrpcService([full_name])
         add(servicer, service.server)
@@ -473,7 +378,17 @@ async def fakes() -> AsyncIterator[Backends]:
         await service.set_serving(True)
         services[name] = service
         targets[name] = f"127.0.0.1:{port}"
-    yield Backends(auth, conv, inf, services, targets)
+    async with contextlib.AsyncExitStack() as stack:
+        replicas = [
+            await stack.enter_async_context(inference_service(
+                served_model_name=model, max_model_len=MAX_MODEL_LEN, synthetic_script=list(REPLY_PIECES)))
+            for model in (MODEL, SLASH_MODEL)
+        ]
+        targets["inference"] = json.dumps([
+            {"name": "test", "model": MODEL, "target": replicas[0].target},
+            {"name": "slash", "model": SLASH_MODEL, "target": replicas[1].target},
+        ])
+        yield Backends(auth, conv, replicas[0], replicas[1], services, targets)
     for service in services.values():
         await service.stop(0)
 
@@ -482,9 +397,28 @@ async def fakes() -> AsyncIterator[Backends]:
 async def _reset(fakes: Backends) -> None:
     fakes.auth.reset()
     fakes.conversation.reset()
-    fakes.inference.reset()
+    fakes.call_base = {method: calls(method) for method in ("Generate", "ListModels", "CountTokens")}
+    for inference in (fakes.inference, fakes.slash):
+        inference.engine.reset()
+        await inference.set_serving(True)
     for service in fakes.services.values():
         await service.set_serving(True)
+
+
+@pytest.fixture
+async def full_replica(settings: GatewaySettings) -> AsyncIterator[GatewaySettings]:
+    """Gateway settings whose MODEL has one replica, and that one full: one request runs (held by this fixture, one
+    token and then nothing for a minute), none may wait (``max_waiting`` 0)."""
+    async with inference_service(served_model_name=MODEL, max_model_len=MAX_MODEL_LEN, max_num_seqs=1,
+                                 max_waiting=0) as full:
+        full.pace(60)
+        async with grpc.aio.insecure_channel(full.target) as channel:
+            held = inference_pb2_grpc.InferenceServiceStub(channel).Generate(inference_pb2.GenerateRequest(
+                model=MODEL, prompt="hold the only slot", sampling=inference_pb2.SamplingParams(max_tokens=8)))
+            await held.read()  # running: the first token came
+            pools = json.dumps([{"name": "test", "model": MODEL, "target": full.target}])
+            yield settings.model_copy(update={"inference_pools": pools})
+            held.cancel()
 
 
 def read_spool(path) -> list[events_pb2.EventEnvelope]:

@@ -7,8 +7,11 @@ import json
 import logging
 
 import httpx
+import jsonschema
 import openai
 import pytest
+
+from chatplane.inference.synthetic_content import pieces
 
 
 def chat(content: str = "Hi", **extra) -> dict:
@@ -43,7 +46,7 @@ async def test_unsupported_params_are_400_naming_them(client, auth_headers, fake
     assert err["type"] == "invalid_request_error"
     assert err["param"] == param
     assert param in err["message"]
-    assert fakes.inference.requests == []
+    assert fakes.inference_calls("Generate") == 0
 
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
@@ -82,7 +85,7 @@ async def test_bad_values_are_400_naming_the_parameter(client, auth_headers, fak
     resp = await client.post("/v1/chat/completions", json=chat(**extra), headers=auth_headers)
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"]["param"] == param, resp.text
-    assert fakes.inference.requests == []
+    assert fakes.inference_calls("Generate") == 0
 
 
 async def test_neutral_values_of_unsupported_params_are_accepted(client, auth_headers):
@@ -110,18 +113,24 @@ async def test_sampling_tools_and_format_reach_inference(client, auth_headers, f
     )
     resp = await client.post("/v1/chat/completions", json=body, headers=auth_headers)
     assert resp.status_code == 200, resp.text
-    (sent,) = fakes.inference.requests
+    # What the engine was asked, as inference understood the request.
+    (sent,) = fakes.inference.generations
     s = sent.sampling
     assert (s.n, s.presence_penalty, s.frequency_penalty, s.logprobs) == (2, 0.5, -1, 3)
     assert dict(s.logit_bias) == {42: -100, 7: 2.5}
-    assert [(m.role, m.content, m.tool_call_id) for m in sent.chat.messages] == [
+    assert [(m.role, m.content, m.tool_call_id) for m in sent.messages] == [
         ("system", "Be brief.", ""), ("user", "Weather?", ""), ("assistant", "", ""), ("tool", "cold", "call_1")]
-    (call,) = sent.chat.messages[2].tool_calls
+    (call,) = sent.messages[2].tool_calls
     assert (call.id, call.name, json.loads(call.arguments)) == ("call_1", "get_weather", {"city": "Oslo"})
-    (tool,) = sent.tools
-    assert tool.name == "get_weather" and json.loads(tool.parameters_json) == WEATHER["function"]["parameters"]
-    assert sent.tool_choice.function == "get_weather" and sent.parallel_tool_calls is False
-    assert json.loads(sent.structured_output.json_schema) == schema
+    (tool,) = sent.tools.functions
+    assert tool.name == "get_weather" and tool.parameters == WEATHER["function"]["parameters"]
+    assert (sent.tools.choice, sent.tools.function, sent.tools.parallel) == ("function", "get_weather", False)
+    assert sent.structured.json_schema == schema
+    # The named function is called (for both choices) with arguments of its schema.
+    for choice in resp.json()["choices"]:
+        (made,) = choice["message"]["tool_calls"]
+        assert made["function"]["name"] == "get_weather"
+        jsonschema.validate(json.loads(made["function"]["arguments"]), WEATHER["function"]["parameters"])
 
 
 async def test_unknown_param_is_400_like_openai(client, auth_headers):
@@ -159,11 +168,11 @@ async def test_non_streaming_response_shape(client, auth_headers, fakes):
         "finish_reason": "stop",
     }]
     n = len(fakes.reply_pieces)
-    assert data["usage"] == {"prompt_tokens": fakes.prompt_tokens, "completion_tokens": n,
-                             "total_tokens": fakes.prompt_tokens + n}
-    # What inference was asked.
-    (sent,) = fakes.inference.requests
-    assert [(m.role, m.content) for m in sent.chat.messages] == [("system", "Be brief."), ("user", "Hello\nthere")]
+    prompt = fakes.inference.count([("system", "Be brief."), ("user", "Hello\nthere")])
+    assert data["usage"] == {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
+    # What the engine was asked.
+    (sent,) = fakes.inference.generations
+    assert [(m.role, m.content) for m in sent.messages] == [("system", "Be brief."), ("user", "Hello\nthere")]
     assert sent.sampling.max_tokens == 100
     assert sent.sampling.temperature == pytest.approx(0.5)
     assert sent.sampling.top_p == pytest.approx(0.9)
@@ -182,10 +191,13 @@ async def test_max_tokens_gives_finish_reason_length(client, auth_headers, fakes
 async def test_model_ids_with_slashes(client, auth_headers, fakes):
     resp = await client.get(f"/v1/models/{fakes.slash_model}", headers=auth_headers)
     assert resp.status_code == 200
-    assert resp.json() == {"id": fakes.slash_model, "object": "model", "created": 1_700_000_001, "owned_by": "org"}
+    assert resp.json() == {"id": fakes.slash_model, "object": "model", "created": fakes.slash.engine.created,
+                           "owned_by": "chatplane"}
     resp = await client.post("/v1/chat/completions", json={**chat(), "model": fakes.slash_model},
                              headers=auth_headers)
     assert resp.json()["model"] == fakes.slash_model
+    # Served by the model's own pool: the other replica was never asked.
+    assert len(fakes.slash.generations) == 1 and fakes.inference.generations == []
 
 
 async def test_models_list_is_cached(client, auth_headers, fakes):
@@ -194,7 +206,7 @@ async def test_models_list_is_cached(client, auth_headers, fakes):
         assert resp.status_code == 200
     assert resp.json()["object"] == "list"
     assert [m["id"] for m in resp.json()["data"]] == [fakes.model, fakes.slash_model]
-    assert fakes.inference.list_models_calls == 1
+    assert fakes.inference_calls("ListModels") == 2  # once per pool
 
 
 async def test_stream_is_openai_sse(live_url, auth_headers, fakes):
@@ -211,7 +223,8 @@ async def test_stream_is_openai_sse(live_url, auth_headers, fakes):
     assert len({c["id"] for c in chunks}) == 1
     assert all("usage" not in c for c in chunks)
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    assert [c["choices"][0]["delta"].get("content") for c in chunks[1:-1]] == list(fakes.reply_pieces)
+    deltas = [c["choices"][0]["delta"].get("content") for c in chunks[1:-1]]
+    assert all(deltas) and "".join(deltas) == fakes.reply_text  # tokens ready together may come in one chunk
     assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1])
     assert chunks[-1]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
 
@@ -226,37 +239,38 @@ async def test_stream_with_include_usage(live_url, auth_headers, fakes):
     assert all(c["usage"] is None for c in chunks[:-1])
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
     assert chunks[-1]["choices"] == []
-    n = len(fakes.reply_pieces)
-    assert chunks[-1]["usage"] == {"prompt_tokens": fakes.prompt_tokens, "completion_tokens": n,
-                                   "total_tokens": fakes.prompt_tokens + n}
+    n, prompt = len(fakes.reply_pieces), fakes.count("Hi")
+    assert chunks[-1]["usage"] == {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
 
 
-async def test_stream_error_before_first_byte_is_an_http_error(live_url, auth_headers):
-    async with httpx.AsyncClient(base_url=live_url) as c:
-        resp = await c.post("/v1/chat/completions", json=chat("busy", stream=True), headers=auth_headers)
+async def test_stream_error_before_first_byte_is_an_http_error(make_client, full_replica, auth_headers):
+    async with make_client(full_replica) as c:
+        resp = await c.post("/v1/chat/completions", json=chat(stream=True), headers=auth_headers)
     assert resp.status_code == 429
     assert resp.headers["content-type"].startswith("application/json")
     assert resp.json()["error"]["code"] == "rate_limit_exceeded"
 
 
 async def test_stream_error_after_start_is_an_error_event(live_url, auth_headers, fakes):
+    fakes.inference.engine.fail_after = 1  # the engine fails after the first token
     async with httpx.AsyncClient(base_url=live_url) as c:
-        resp = await c.post("/v1/chat/completions", json=chat("break", stream=True), headers=auth_headers)
+        resp = await c.post("/v1/chat/completions", json=chat(stream=True), headers=auth_headers)
     assert resp.status_code == 200
     data = sse_data(resp.text)
     assert "[DONE]" not in data
     last = json.loads(data[-1])
     assert set(last["error"]) == {"message", "type", "param", "code"}
     assert last["error"]["type"] == "server_error"
-    assert "hunter2" not in resp.text
-    assert json.loads(data[1])["choices"][0]["delta"]["content"] == "Half"
+    assert "0xdeadbeef" not in resp.text
+    assert json.loads(data[1])["choices"][0]["delta"]["content"] == fakes.reply_pieces[0]
 
 
-async def test_engine_abort_is_not_a_normal_finish(client, live_url, auth_headers):
-    resp = await client.post("/v1/chat/completions", json=chat("abort"), headers=auth_headers)
+async def test_engine_abort_is_not_a_normal_finish(client, live_url, auth_headers, fakes):
+    fakes.inference.engine.abort_after = 1  # the engine gives the request up after the first token
+    resp = await client.post("/v1/chat/completions", json=chat(), headers=auth_headers)
     assert resp.status_code == 503
     async with httpx.AsyncClient(base_url=live_url) as c:
-        resp = await c.post("/v1/chat/completions", json=chat("abort", stream=True), headers=auth_headers)
+        resp = await c.post("/v1/chat/completions", json=chat(stream=True), headers=auth_headers)
     data = sse_data(resp.text)
     assert "[DONE]" not in data
     assert "error" in json.loads(data[-1])
@@ -271,7 +285,7 @@ async def test_openai_sdk_non_streaming(live_url, user_key, fakes):
     assert completion.choices[0].message.content == fakes.reply_text
     assert completion.choices[0].finish_reason == "stop"
     assert completion.usage.completion_tokens == len(fakes.reply_pieces)
-    assert completion.usage.total_tokens == fakes.prompt_tokens + len(fakes.reply_pieces)
+    assert completion.usage.total_tokens == fakes.count("Hi") + len(fakes.reply_pieces)
     models = await sdk.models.list()
     assert [m.id for m in models.data] == [fakes.model, fakes.slash_model]
     await sdk.close()
@@ -292,12 +306,12 @@ async def test_openai_sdk_streaming_with_usage(live_url, user_key, fakes):
             usage = chunk.usage
     assert text == fakes.reply_text
     assert finish == "stop"
-    assert usage.prompt_tokens == fakes.prompt_tokens
+    assert usage.prompt_tokens == fakes.count("Hi")
     assert usage.completion_tokens == len(fakes.reply_pieces)
     await sdk.close()
 
 
-async def test_openai_sdk_errors(live_url, user_key):
+async def test_openai_sdk_errors(live_url, user_key, fakes):
     sdk = openai.AsyncOpenAI(base_url=f"{live_url}/v1", api_key=user_key.secret, max_retries=0)
     with pytest.raises(openai.NotFoundError) as exc:
         await sdk.chat.completions.create(model="nope", messages=[{"role": "user", "content": "Hi"}])
@@ -313,8 +327,9 @@ async def test_openai_sdk_errors(live_url, user_key):
     with pytest.raises(openai.AuthenticationError):
         await bad.models.list()
     # An error after the stream started reaches the SDK as an APIError.
+    fakes.inference.engine.fail_after = 1
     stream = await sdk.chat.completions.create(
-        model="test-model", messages=[{"role": "user", "content": "break"}], stream=True
+        model="test-model", messages=[{"role": "user", "content": "Hi"}], stream=True
     )
     with pytest.raises(openai.APIError):
         async for _ in stream:
@@ -324,22 +339,24 @@ async def test_openai_sdk_errors(live_url, user_key):
 
 
 async def test_client_disconnect_cancels_generation(live_url, auth_headers, fakes):
+    fakes.inference.pace(30)  # the first token at once, the next in 30 s
     async with httpx.AsyncClient(base_url=live_url, timeout=10) as c:
-        async with c.stream("POST", "/v1/chat/completions", json=chat("slow", stream=True),
+        async with c.stream("POST", "/v1/chat/completions", json=chat(stream=True),
                             headers=auth_headers) as resp:
             assert resp.status_code == 200
             async for line in resp.aiter_lines():
-                if "Thinking" in line:
+                if fakes.reply_pieces[0] in line:
                     break
         # Leaving the block closes the connection mid-stream.
-    await asyncio.wait_for(fakes.inference.cancelled.wait(), 5)
+    await asyncio.wait_for(fakes.inference.engine.closed.wait(), 5)
 
 
 async def test_client_leaving_a_non_streaming_request_cancels_generation(live_url, auth_headers, fakes):
+    fakes.inference.pace(30)
     async with httpx.AsyncClient(base_url=live_url, timeout=0.5) as c:
         with pytest.raises(httpx.ReadTimeout):
-            await c.post("/v1/chat/completions", json=chat("slow"), headers=auth_headers)
-    await asyncio.wait_for(fakes.inference.cancelled.wait(), 5)
+            await c.post("/v1/chat/completions", json=chat(), headers=auth_headers)
+    await asyncio.wait_for(fakes.inference.engine.closed.wait(), 5)
 
 
 async def test_one_access_log_line_per_request_names_the_call_and_never_the_key(client, auth_headers, caplog):
@@ -393,16 +410,17 @@ async def test_sdk_streams_n_choices_and_named_tool_calls(live_url, user_key):
         usage = chunk.usage
     assert sorted(roles) == [0, 1]
     assert finishes == {0: "tool_calls", 1: "tool_calls"}
-    assert {i: (c["name"], json.loads(c["arguments"])) for i, c in calls.items()} == {
-        0: ("get_weather", {"city": "Oslo"}), 1: ("get_weather", {"city": "Oslo"})}
-    assert usage.completion_tokens == 2 * 4
+    assert sorted(calls) == [0, 1] and all(c["name"] == "get_weather" for c in calls.values())
+    for call in calls.values():
+        jsonschema.validate(json.loads(call["arguments"]), WEATHER["function"]["parameters"])
+    assert usage.completion_tokens == sum(len(pieces(c["arguments"])) for c in calls.values())
     reply = await sdk.chat.completions.create(
         model="test-model", messages=[{"role": "user", "content": "Weather?"}],
         tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}},
     )
     (call,) = reply.choices[0].message.tool_calls
-    assert (call.id, call.function.name, json.loads(call.function.arguments)) == (
-        "call_0", "get_weather", {"city": "Oslo"})
+    assert call.id.startswith("call_") and call.function.name == "get_weather"
+    assert set(json.loads(call.function.arguments)) == {"city"}
     assert reply.choices[0].message.content is None and reply.choices[0].finish_reason == "tool_calls"
 
 

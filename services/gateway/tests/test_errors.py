@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import grpc
 import pytest
 
 from chatplane.common import limits
+from chatplane.common.errors import ServiceError
 
 
 def assert_error(resp, status: int, *, param=None, code=None, type_=None) -> dict:
@@ -77,7 +79,7 @@ async def test_streamed_oversized_body_without_length_is_413(client, auth_header
                              "Content-Type": "application/json"})
     assert_error(resp, 413)
     assert sent < 100, "the gateway read the whole body"
-    assert fakes.inference.requests == []
+    assert fakes.inference_calls("Generate") == 0
 
 
 async def test_missing_credential_is_401(client):
@@ -111,18 +113,22 @@ async def test_short_password_is_400_at_the_edge(client, fakes):
     assert "a@example.com" not in fakes.auth.users
 
 
-async def test_upstream_resource_exhausted_is_429(client, auth_headers):
-    resp = await client.post("/v1/chat/completions", json=chat(content="busy"), headers=auth_headers)
+async def test_a_full_replica_is_429(make_client, full_replica, auth_headers):
+    async with make_client(full_replica) as c:
+        resp = await c.post("/v1/chat/completions", json=chat(), headers=auth_headers)
     assert_error(resp, 429, code="rate_limit_exceeded")
 
 
 async def test_context_length_error_keeps_code_and_param(client, auth_headers):
-    resp = await client.post("/v1/chat/completions", json=chat(content="too long"), headers=auth_headers)
+    too_long = "word " * 2100  # the test model's context is 2048 tokens
+    resp = await client.post("/v1/chat/completions", json=chat(content=too_long), headers=auth_headers)
     assert_error(resp, 400, code="context_length_exceeded", param="messages")
 
 
 async def test_internal_upstream_error_is_500_without_details(client, auth_headers, fakes):
-    resp = await client.post("/v1/chat/completions", json=chat(content="crash"), headers=auth_headers)
+    # An upstream that tells too much: the gateway never passes an internal error's details on.
+    fakes.inference.engine.refusal = ServiceError(grpc.StatusCode.INTERNAL, fakes.secret_detail)
+    resp = await client.post("/v1/chat/completions", json=chat(), headers=auth_headers)
     assert_error(resp, 500, type_="server_error")
     assert "hunter2" not in resp.text and "internal.py" not in resp.text
 
@@ -151,7 +157,7 @@ async def test_auth_down_is_503_not_401(make_client, settings, user_key):
 async def test_unknown_model_is_404_model_not_found(client, auth_headers, fakes):
     resp = await client.post("/v1/chat/completions", json=chat(model="gpt-17"), headers=auth_headers)
     assert_error(resp, 404, code="model_not_found", param="model")
-    assert fakes.inference.requests == []
+    assert fakes.inference_calls("Generate") == 0
     assert_error(await client.get("/v1/models/gpt-17", headers=auth_headers), 404, code="model_not_found")
 
 
@@ -174,7 +180,7 @@ async def test_unknown_model_is_404_model_not_found(client, auth_headers, fakes)
 async def test_bad_values_are_400_naming_the_param(client, auth_headers, fakes, body, param):
     resp = await client.post("/v1/chat/completions", json=body, headers=auth_headers)
     assert_error(resp, 400, param=param, type_="invalid_request_error")
-    assert fakes.inference.requests == []
+    assert fakes.inference_calls("Generate") == 0
 
 
 async def test_too_many_messages_is_400(client, auth_headers):

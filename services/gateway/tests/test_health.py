@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from grpc_health.v1 import health_pb2
 
 from chatplane.dev.procs import free_port
 
@@ -21,7 +20,7 @@ async def test_readyz_when_all_serve(client):
 
 
 async def test_readyz_503_when_a_backend_is_not_serving(client, fakes):
-    await fakes.services["inference"].health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    await fakes.inference.set_serving(False)
     resp = await client.get("/readyz")
     assert resp.status_code == 503
     body = resp.json()

@@ -126,7 +126,7 @@ async def test_quota_admits_exactly_the_budget_and_settles_with_the_exact_usage(
                                                                                  spooled):
     user_id, headers = new_key(fakes)
     fakes.auth.limits[user_id] = auth_pb2.Limits(quotas=[day_quota(user_id, limit=100, used=50)])
-    prompt = fakes.prompt_tokens  # counted by inference's CountTokens when a quota applies
+    prompt = fakes.count("Hi")  # counted by inference's CountTokens when a quota applies
     async with make_client(limiter_settings) as client:
         # 50 used + (prompt + max_tokens) = exactly 100: admitted.
         r = await client.post("/v1/chat/completions", json=chat(max_tokens=50 - prompt), headers=headers)

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import uuid
 
+import grpc
 from prometheus_client import REGISTRY
+
+from chatplane.common.errors import ServiceError
 
 
 def sample(name: str, **labels: str) -> float:
@@ -61,8 +64,10 @@ async def test_a_rejection_is_counted_by_its_reason_and_an_error_after_admission
     limited = settings.model_copy(update={"rate_limit_requests_per_minute": 2, "rate_limit_tokens_per_minute": 0})
     async with make_client(limited) as client:
         # Admitted, then inference fails: the 500 still tells the caller its budget.
-        r = await client.post("/v1/chat/completions", json=chat("crash"), headers=headers)
+        fakes.inference.engine.refusal = ServiceError(grpc.StatusCode.INTERNAL, "the engine failed")
+        r = await client.post("/v1/chat/completions", json=chat(), headers=headers)
         assert r.status_code == 500
+        fakes.inference.engine.refusal = None
         assert r.headers["x-ratelimit-remaining-requests"] == "1"
         r = await client.post("/v1/chat/completions", json=chat(stream=True), headers=headers)
         assert r.status_code == 200 and r.headers["x-ratelimit-remaining-requests"] == "0"
