@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,21 +23,29 @@ from pathlib import Path
 
 
 PR_SET_PDEATHSIG = 1
+# util-linux's setpriv sets the parent-death signal and execs the command: nothing of Python runs in the forked child.
+SETPRIV = shutil.which("setpriv")
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True) if sys.platform.startswith(
+    "linux") and not SETPRIV else None
 
 
 def _die_with_parent() -> None:
-    """In the child, before exec: the kernel sends SIGTERM when the launching process dies, however it dies (even
-    SIGKILL), so that no service outlives ``make run`` or a test run holding its ports."""
+    """In the child, before exec (only without setpriv): the kernel sends SIGTERM when the launching process dies.
+    Python in a forked child of a process with threads (gRPC's) is fragile, so this does the least: libc was loaded
+    in the parent."""
     parent = os.getppid()
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != parent:  # the parent died before the line above: nobody would send the signal
         os.kill(os.getpid(), signal.SIGTERM)
 
 
 def popen(argv: list[str], **kwargs) -> subprocess.Popen:
-    """Start a child in its own session (Ctrl-C reaches only the launcher) that dies with its launcher."""
-    preexec = _die_with_parent if sys.platform.startswith("linux") else None
+    """Start a child in its own session (Ctrl-C reaches only the launcher) that dies with its launcher, however the
+    launcher dies (even SIGKILL), so that no service outlives ``make run`` or a test run holding its ports."""
+    if SETPRIV:
+        return subprocess.Popen([SETPRIV, "--pdeathsig", "TERM", "--", *argv], start_new_session=True,  # noqa: S603
+                                **kwargs)
+    preexec = _die_with_parent if _LIBC is not None else None
     return subprocess.Popen(argv, start_new_session=True, preexec_fn=preexec, **kwargs)  # noqa: S603, PLW1509
 
 
