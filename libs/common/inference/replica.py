@@ -191,9 +191,11 @@ class Pool:
         return list(found.values())
 
     def settled(self) -> bool:
-        """Every replica's health is known (so each serving one has listed its models): :meth:`models` holds what
-        the replicas say, not the configuration's placeholder (no context window, no creation time)."""
-        return all(r.known.is_set() for r in self.replicas.values())
+        """A replica has listed its models, or every replica's health is known (none serves): :meth:`models` holds
+        what the replicas say, not the configuration's placeholder (no context window, no creation time), whenever a
+        replica can tell."""
+        replicas = self.replicas.values()
+        return any(r.models for r in replicas) or all(r.known.is_set() for r in replicas)
 
     @property
     def model(self) -> str:
