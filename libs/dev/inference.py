@@ -55,7 +55,8 @@ class RecordingEngine(SyntheticEngine):
         self.generations: list[Generation] = []
         self.cancelled: list[str] = []  # request ids of streams closed before their end
         self.closed = asyncio.Event()  # set when a stream is closed before its end
-        self.fail_after: int | None = None  # the engine fails (an internal error) after this many chunks
+        self.fail_after: int | None = None  # the engine fails after this many chunks, with ``failure``
+        self.failure: Exception = RuntimeError("engine died: CUDA error at 0xdeadbeef (a detail no caller may see)")
         self.abort_after: int | None = None  # the engine gives the request up (finish "abort") after this many
         self.refusal: ServiceError | None = None  # raised before any token, as the engine's input errors are
         self.tool_call: tuple[str, str, list[str]] | None = None  # (id, name, argument pieces), when tools are given
@@ -84,7 +85,7 @@ class RecordingEngine(SyntheticEngine):
             sent = 0
             async for chunk in stream:
                 if self.fail_after is not None and sent == self.fail_after:
-                    raise RuntimeError("engine died: CUDA error at 0xdeadbeef (a detail no caller may see)")
+                    raise self.failure
                 if self.abort_after is not None and sent == self.abort_after:
                     yield Chunk("", "abort", chunk.prompt_tokens, sent)
                     return

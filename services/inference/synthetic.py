@@ -15,14 +15,15 @@ function: one call of it whose arguments are a JSON value of its parameters' sch
 ``auto`` or ``none`` a text reply) and structured output (a JSON value of the schema, or a JSON object).
 
 Tokens are words of a small fixed vocabulary, each one chunk (" word"), chosen by a generator seeded with the
-request's seed (or the engine seed; choice i of n: seed + i), so the same request gives the same reply; or, with ``synthetic_script``, the
-script's tokens, ending like a model's end of text after the last one. Prompts are counted with a simple
+request's seed (or the engine seed; choice i of n: seed + i), so the same request gives the same reply; or, with
+``synthetic_script``, the script's tokens, ending like a model's end of text after the last one. Prompts are counted with a simple
 deterministic tokenizer: one token per word or punctuation mark, plus a few per message for the chat template.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import time
@@ -162,8 +163,9 @@ class SyntheticEngine:
             max_tokens = self._budget(prompt_tokens, sampling, messages is not None, reply)
             seed = sampling.seed if sampling.seed is not None else self.settings.seed
             words = content.reply(seed, given + max_tokens)[given:]
-            # With no max_tokens the reply ends on its own ("stop", the model's end of text); otherwise at the limit.
-            end_reason = "stop" if sampling.max_tokens is None else "length"
+            # With no max_tokens the reply ends on its own ("stop", the model's end of text) unless the context window
+            # ends it first; otherwise at the limit ("length").
+            end_reason = "stop" if sampling.max_tokens is None and max_tokens >= reply else "length"
         return self._stream(words, prompt_tokens, sampling.stop, end_reason), max_tokens
 
     async def _stream(
@@ -207,7 +209,7 @@ class SyntheticEngine:
         choices = []
         seed = sampling.seed if sampling.seed is not None else self.settings.seed
         for i in range(sampling.n):
-            words = iter(content.reply(seed + i, 64))
+            words = itertools.cycle(content.reply(seed + i, 64))  # never ends: schemas can be large
             call = None
             if tools is not None and tools.choice in ("required", "function"):
                 name = tools.function or tools.functions[0].name
@@ -217,8 +219,8 @@ class SyntheticEngine:
                 pieces: tuple[str, ...] = content.pieces(json.dumps(value))
                 done = "tool_calls"
             elif structured is not None:
-                value = content.instance(structured.json_schema, structured.json_schema, words) if structured.json_schema \
-                    else {"answer": next(words).strip()}
+                schema = structured.json_schema
+                value = content.instance(schema, schema, words) if schema else {"answer": next(words).strip()}
                 pieces, done = content.pieces(json.dumps(value)), "stop"
             elif self.script:
                 pieces, done = self.script, "stop"
@@ -236,7 +238,8 @@ class SyntheticEngine:
 
     def _prompt_logprobs(self, messages: Messages | None, prompt: str | None,
                          sampling: Sampling) -> list[TokenLogprob] | None:
-        """The prompt's tokens with made-up logprobs (the first has none: 0 and no alternatives, as vLLM gives)."""
+        """The prompt's tokens with made-up logprobs (the first has none: 0 and no alternatives, as vLLM gives). A
+        chat's are its messages' words only (vLLM's include the chat template's tokens)."""
         if sampling.prompt_logprobs is None:
             return None
         text = prompt if messages is None else "\n".join(m[1] for m in messages)
@@ -263,7 +266,8 @@ class SyntheticEngine:
                 delay = start + step * self._interval - time.monotonic() if self._interval else 0
                 await asyncio.sleep(delay if delay > 0 else 0)
             piece = choice.pieces[step]
-            chunk = Chunk(piece, index=choice.index, tokens=1)
+            # Every chunk tells the prompt's size, as the plain stream's do (one choice of text is sent like it).
+            chunk = Chunk(piece, prompt_tokens=prompt_tokens, index=choice.index, tokens=1)
             if choice.call is not None:
                 chunk.text = ""
                 first = step == 0

@@ -21,7 +21,6 @@ from chatplane.common.inference.replica import WAIT_FOR_REPLICA_SECONDS, Pool
 from chatplane.protos.inference.v1 import inference_pb2 as pb
 
 log = logging.getLogger(__name__)
-SETTLE_SECONDS = 1.0  # right after start, a model's details wait this long at most for the replicas' first answers
 
 
 class InferenceClient:
@@ -109,11 +108,11 @@ class InferenceClient:
         return self.models()
 
     @staticmethod
-    async def _settle(pools: list[Pool], timeout: float = SETTLE_SECONDS) -> None:
-        """Wait a little (right after start) for the replicas' first answers, so that a configured model is told
-        with its context window and creation time rather than as a placeholder."""
-        deadline = time.monotonic() + timeout
-        while not all(pool.settled() for pool in pools) and time.monotonic() < deadline:
+    async def _settle(pools: list[Pool]) -> None:
+        """Right after start (at most ``SETTLE_SECONDS`` from a pool's start: see ``Pool.settled``), wait for the
+        replicas' first answers, so that a configured model is told with its context window and creation time
+        rather than as a placeholder. Afterwards this returns at once."""
+        while not all(pool.settled() for pool in pools):
             await asyncio.sleep(0.02)
 
     async def ready(self, timeout: float = 1.0) -> bool:

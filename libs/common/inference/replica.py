@@ -31,6 +31,7 @@ RETRY_FIRST_SECONDS = 0.2  # reconnecting a watch: first wait, doubled up to RET
 RETRY_MAX_SECONDS = 5.0
 FAILED_SKIP_SECONDS = 1.0  # a replica whose call just failed is passed over this long (its health may lag)
 MODELS_TIMEOUT_SECONDS = 5.0
+SETTLE_SECONDS = 1.0  # right after a pool starts, a model's details wait this long at most for the replicas
 WAIT_FOR_REPLICA_SECONDS = 10.0  # a request waits this long at most for a serving replica (start-up, restarts)
 
 
@@ -138,9 +139,13 @@ class Replica:
                     # move requests elsewhere).
                     log.warning("inference replica has no health service; assumed serving",
                                 extra={"pool": self.pool, "replica": self.address})
-                    self.models = await self._list_models()
-                    self._set_serving(True)
-                    return
+                    try:
+                        self.models = await self._list_models()
+                    except grpc.aio.AioRpcError:
+                        pass  # not answering yet: tried again below
+                    else:
+                        self._set_serving(True)
+                        return
             self._set_serving(False)  # the watch ended: the replica is gone, restarting or unreachable
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_SECONDS)
@@ -178,6 +183,7 @@ class Pool:
         self.picker = Picker(spec.policy, spec.bound)
         self._changed = asyncio.Event()
         self._discoverer = Discoverer(spec.target, self._update, discovery_interval)
+        self._settle_by = 0.0  # see settled()
         metrics.start_pool(spec.name, spec.policy.value)
 
     def models(self) -> list[inference_pb2.Model]:
@@ -191,11 +197,12 @@ class Pool:
         return list(found.values())
 
     def settled(self) -> bool:
-        """A replica has listed its models, or every replica's health is known (none serves): :meth:`models` holds
-        what the replicas say, not the configuration's placeholder (no context window, no creation time), whenever a
-        replica can tell."""
+        """A replica has listed its models, or every replica's health is known (none serves), or the pool started
+        more than :data:`SETTLE_SECONDS` ago: :meth:`models` holds what the replicas say, not the configuration's
+        placeholder (no context window, no creation time), whenever a replica could tell in time."""
         replicas = self.replicas.values()
-        return any(r.models for r in replicas) or all(r.known.is_set() for r in replicas)
+        return (time.monotonic() >= self._settle_by or any(r.models for r in replicas)
+                or all(r.known.is_set() for r in replicas))
 
     @property
     def model(self) -> str:
@@ -204,6 +211,7 @@ class Pool:
         return models[0].id if models else ""
 
     def start(self) -> None:
+        self._settle_by = time.monotonic() + SETTLE_SECONDS
         self._discoverer.start()
 
     async def close(self) -> None:

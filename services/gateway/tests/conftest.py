@@ -344,18 +344,17 @@ class Backends:
     slash: Inference  # serves SLASH_MODEL
     services: dict[str, GrpcService]
     targets: dict[str, str]
-    # What the doubles answer, for assertions.
+    # What the doubles and the synthetic engine answer, for assertions.
     model: str = MODEL
     slash_model: str = SLASH_MODEL
     reply_text: str = "".join(REPLY_PIECES)
     reply_pieces: tuple[str, ...] = REPLY_PIECES
     secret_detail: str = SECRET_DETAIL
+    call_base: dict[str, float] = field(default_factory=dict)  # the inference calls before the test
 
     def count(self, content: str = "Hi", *, prompt: str | None = None) -> int:
         """The prompt tokens inference counts for one user message ``content`` (or a text ``prompt``)."""
         return self.inference.count(prompt=prompt) if prompt is not None else self.inference.count([("user", content)])
-
-    call_base: dict[str, float] = field(default_factory=dict)
 
     def inference_calls(self, method: str) -> float:
         """Calls of ``method`` the inference servers got since the test started (their own metrics)."""
@@ -475,9 +474,9 @@ def make_client():
     return asgi_client
 
 
-@pytest.fixture
-async def live_url(settings: GatewaySettings) -> AsyncIterator[str]:
-    """The real app behind a real uvicorn server on 127.0.0.1 (for SSE, disconnects and the openai SDK)."""
+@contextlib.asynccontextmanager
+async def live_server(settings: GatewaySettings) -> AsyncIterator[str]:
+    """The real app behind a real uvicorn server on 127.0.0.1; its base URL."""
     port = free_port()
     config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
@@ -487,9 +486,24 @@ async def live_url(settings: GatewaySettings) -> AsyncIterator[str]:
             break
         await asyncio.sleep(0.02)
     assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await asyncio.wait_for(task, 10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+async def live_url(settings: GatewaySettings) -> AsyncIterator[str]:
+    """The real app behind a real uvicorn server (for SSE, disconnects and the openai SDK)."""
+    async with live_server(settings) as url:
+        yield url
+
+
+@pytest.fixture
+def make_live():
+    """Start a real server with other settings: ``async with make_live(settings) as url``."""
+    return live_server
 
 
 @pytest.fixture

@@ -6,11 +6,13 @@ import asyncio
 import json
 import logging
 
+import grpc
 import httpx
 import jsonschema
 import openai
 import pytest
 
+from chatplane.common.errors import ServiceError
 from chatplane.inference.synthetic_content import pieces
 
 
@@ -200,13 +202,13 @@ async def test_model_ids_with_slashes(client, auth_headers, fakes):
     assert len(fakes.slash.generations) == 1 and fakes.inference.generations == []
 
 
-async def test_models_list_is_cached(client, auth_headers, fakes):
+async def test_models_come_from_the_replicas_not_from_a_call_per_request(client, auth_headers, fakes):
     for _ in range(3):
         resp = await client.get("/v1/models", headers=auth_headers)
         assert resp.status_code == 200
     assert resp.json()["object"] == "list"
     assert [m["id"] for m in resp.json()["data"]] == [fakes.model, fakes.slash_model]
-    assert fakes.inference_calls("ListModels") == 2  # once per pool
+    assert fakes.inference_calls("ListModels") == 2  # once per replica (one per pool), when it became serving
 
 
 async def test_stream_is_openai_sse(live_url, auth_headers, fakes):
@@ -243,16 +245,18 @@ async def test_stream_with_include_usage(live_url, auth_headers, fakes):
     assert chunks[-1]["usage"] == {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
 
 
-async def test_stream_error_before_first_byte_is_an_http_error(make_client, full_replica, auth_headers):
-    async with make_client(full_replica) as c:
+async def test_stream_error_before_first_byte_is_an_http_error(make_live, full_replica, auth_headers):
+    async with make_live(full_replica) as url, httpx.AsyncClient(base_url=url) as c:
         resp = await c.post("/v1/chat/completions", json=chat(stream=True), headers=auth_headers)
-    assert resp.status_code == 429
+    assert resp.status_code == 429 and int(resp.headers["retry-after"]) >= 1
     assert resp.headers["content-type"].startswith("application/json")
     assert resp.json()["error"]["code"] == "rate_limit_exceeded"
 
 
 async def test_stream_error_after_start_is_an_error_event(live_url, auth_headers, fakes):
-    fakes.inference.engine.fail_after = 1  # the engine fails after the first token
+    # After the first token, an upstream error that tells too much.
+    fakes.inference.engine.fail_after = 1
+    fakes.inference.engine.failure = ServiceError(grpc.StatusCode.INTERNAL, fakes.secret_detail)
     async with httpx.AsyncClient(base_url=live_url) as c:
         resp = await c.post("/v1/chat/completions", json=chat(stream=True), headers=auth_headers)
     assert resp.status_code == 200
@@ -261,7 +265,7 @@ async def test_stream_error_after_start_is_an_error_event(live_url, auth_headers
     last = json.loads(data[-1])
     assert set(last["error"]) == {"message", "type", "param", "code"}
     assert last["error"]["type"] == "server_error"
-    assert "0xdeadbeef" not in resp.text
+    assert "hunter2" not in resp.text and "internal.py" not in resp.text
     assert json.loads(data[1])["choices"][0]["delta"]["content"] == fakes.reply_pieces[0]
 
 

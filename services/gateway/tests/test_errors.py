@@ -117,6 +117,7 @@ async def test_a_full_replica_is_429(make_client, full_replica, auth_headers):
     async with make_client(full_replica) as c:
         resp = await c.post("/v1/chat/completions", json=chat(), headers=auth_headers)
     assert_error(resp, 429, code="rate_limit_exceeded")
+    assert int(resp.headers["retry-after"]) >= 1
 
 
 async def test_context_length_error_keeps_code_and_param(client, auth_headers):
