@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import shutil
 import signal
@@ -21,20 +22,32 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 PR_SET_PDEATHSIG = 1
-# util-linux's setpriv sets the parent-death signal and execs the command: nothing of Python runs in the forked child.
-SETPRIV = shutil.which("setpriv")
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True) if sys.platform.startswith(
-    "linux") and not SETPRIV else None
 
 
-def _die_with_parent() -> None:
+@functools.cache
+def _setpriv() -> str | None:
+    """util-linux's setpriv when it can set the parent-death signal (2.33 and later): it sets it and execs the
+    command, so nothing of Python runs in the forked child. (Unlike the fallback it cannot tell whether the launcher
+    died in the instant before: a window of microseconds.)"""
+    path = shutil.which("setpriv")
+    if path is None:
+        return None
+    usage = subprocess.run([path, "--help"], capture_output=True, text=True, check=False).stdout  # noqa: S603
+    return path if "--pdeathsig" in usage else None
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _die_with_parent(libc: ctypes.CDLL) -> None:
     """In the child, before exec (only without setpriv): the kernel sends SIGTERM when the launching process dies.
     Python in a forked child of a process with threads (gRPC's) is fragile, so this does the least: libc was loaded
     in the parent."""
     parent = os.getppid()
-    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != parent:  # the parent died before the line above: nobody would send the signal
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -42,10 +55,13 @@ def _die_with_parent() -> None:
 def popen(argv: list[str], **kwargs) -> subprocess.Popen:
     """Start a child in its own session (Ctrl-C reaches only the launcher) that dies with its launcher, however the
     launcher dies (even SIGKILL), so that no service outlives ``make run`` or a test run holding its ports."""
-    if SETPRIV:
-        return subprocess.Popen([SETPRIV, "--pdeathsig", "TERM", "--", *argv], start_new_session=True,  # noqa: S603
+    if not sys.platform.startswith("linux"):
+        return subprocess.Popen(argv, start_new_session=True, **kwargs)  # noqa: S603
+    setpriv = _setpriv()
+    if setpriv is not None:
+        return subprocess.Popen([setpriv, "--pdeathsig", "TERM", "--", *argv], start_new_session=True,  # noqa: S603
                                 **kwargs)
-    preexec = _die_with_parent if _LIBC is not None else None
+    preexec = functools.partial(_die_with_parent, _libc())  # libc loaded here, in the parent
     return subprocess.Popen(argv, start_new_session=True, preexec_fn=preexec, **kwargs)  # noqa: S603, PLW1509
 
 
