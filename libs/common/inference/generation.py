@@ -3,8 +3,10 @@
 A request that fails before its first token is sent to another replica; a reply cut off mid-stream is continued on
 another replica from the prompt plus what was already said (the partial reply as an assistant message to continue),
 so the caller reads one uninterrupted stream. What cannot be continued (:func:`can_continue`) ends with an error.
-A replica whose queue is full (RESOURCE_EXHAUSTED before the first token) is healthy, only busy: the request tries
-the pool's replicas not tried yet, and when none is left the caller hears that the model is busy.
+A replica whose queue is full (RESOURCE_EXHAUSTED with the code ``rate_limit_exceeded``, before any message of the
+call: :func:`is_full`) is healthy, only busy: the request, or a continuation, tries the pool's replicas not tried yet.
+When none is left the caller hears that the model is busy (:data:`BUSY`, RESOURCE_EXHAUSTED) if any of them was full,
+and a continuation ends as any reply lost mid-stream ends (UNAVAILABLE): never "busy" after text was given.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from chatplane.common.errors import ServiceError
+from chatplane.common.errors import ServiceError, error_details
 from chatplane.common.inference import metrics
 from chatplane.common.inference.replica import Pool, Replica, unavailable
 from chatplane.protos.inference.v1 import inference_pb2 as pb
@@ -37,6 +39,16 @@ REPLICA_FAILURES = frozenset({
     grpc.StatusCode.ABORTED,
 })
 MAX_ATTEMPTS = 4  # replicas one request may try in all (those that were only full are not counted)
+# What the caller hears when no replica is left and one of those tried was full: the model is busy (429 at the
+# gateway), whatever the others answered; no replica's own words (its address, its queue) reach the caller.
+BUSY = "The model is busy: no replica has room for the request now; retry shortly."
+FULL_CODE = "rate_limit_exceeded"  # the code of a replica's "my queue is full" refusal
+
+
+def is_full(err: grpc.aio.AioRpcError) -> bool:
+    """Whether a replica refused a call because its queue is full. RESOURCE_EXHAUSTED alone does not say it: gRPC
+    also gives it to a message over the size limit, which every replica would refuse alike."""
+    return err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and error_details(err)[0] == FULL_CODE
 
 
 def can_continue(request: pb.GenerateRequest) -> bool:
@@ -72,6 +84,7 @@ class Generation:
         self._tried: set[str] = set()
         self._attempts = 0
         self._full = 0  # of the attempts, those a full replica refused
+        self._busy = False  # a replica tried since the request (or its continuation) began looking was full
         self._text: list[str] = []  # the text the caller has been given
         self._given = False  # whether the caller has been given anything (text, tool calls, log-probabilities)
         self._tokens = 0  # completion tokens given
@@ -117,8 +130,7 @@ class Generation:
             except grpc.aio.AioRpcError as err:
                 if self._cancelled:
                     raise ServiceError(grpc.StatusCode.CANCELLED, "the generation was cancelled") from None
-                if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and not self._given:
-                    self._last_error = ServiceError.from_rpc(err)
+                if self._first_of_attempt and is_full(err):  # refused before any message of this call
                     self._pass_full()
                     continue
                 if err.code() in REPLICA_FAILURES:
@@ -166,11 +178,8 @@ class Generation:
             )
         try:
             replica = await self.pool.pick(self.key, self._tried, self.deadline)
-        except ServiceError:
-            if self._last_error is not None:  # no other replica: the caller hears what went wrong
-                self._ended = True
-                raise self._last_error from None
-            raise
+        except ServiceError as err:
+            raise self._none_left(err) from None
         self._attempts += 1
         self._tried.add(replica.address)
         self.replica = replica
@@ -250,6 +259,7 @@ class Generation:
         metrics.FAILOVERS.labels(self.pool.spec.name, stage).inc()
         if stage == "mid_stream":
             self._tried = {replica.address} if replica else set()  # a fresh choice among the others
+            self._busy = False
 
     def _pass_full(self) -> None:
         """The replica refused the request because its queue is full: another one not tried yet gets it. The replica
@@ -259,6 +269,18 @@ class Generation:
                          "request_id": self.request.request_id})
         self._finish("full")
         self._full += 1
+        self._busy = True
+
+    def _none_left(self, err: ServiceError) -> ServiceError:
+        """What the caller hears when no replica is left to try (``err``: the pool's own word for it)."""
+        self._ended = True
+        if self._given:  # a reply cut off: it ends like any other lost mid-stream, whatever the replicas said
+            if self._busy:
+                return self._lost("the reply was cut off and the model's other replicas are busy")
+            return self._last_error or self._lost(err.message)
+        if self._busy:  # the replicas that work are full: retrying later is the answer (those that failed aside)
+            return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, BUSY, code=FULL_CODE)
+        return self._last_error or err
 
     def _finish(self, outcome: str, *, cancel: bool = False) -> None:
         call, self._call = self._call, None
