@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Callable
 
 from chatplane.common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable, handled
 from chatplane.common.grpc_server import GrpcService
@@ -48,12 +49,26 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         if state != "serving":
             raise Unavailable("the model engine is starting")
 
-    def _admit(self) -> None:
+    def _admit(self, context) -> Callable[..., None]:
+        """Count a Generate call as under way, or refuse it (the replica is full); the call that frees its place,
+        once however often it is called: at the RPC's end (``context``'s done callback, even when the handler's
+        generator is left suspended at a yield) and when the handler ends."""
         if self.under_way >= self.capacity:
             raise ResourceExhausted(
-                f"This replica's queue is full ({self.capacity} requests); retry shortly.", code="rate_limit_exceeded"
+                f"This replica is busy ({self.under_way} requests running or waiting); retry shortly.",
+                code="rate_limit_exceeded",
             )
         self.under_way += 1
+        admitted = True
+
+        def release(*_: object) -> None:
+            nonlocal admitted
+            if admitted:
+                admitted = False
+                self.under_way -= 1
+
+        context.add_done_callback(release)
+        return release
 
     def stop_watches(self) -> None:
         self._stopped.set()
@@ -83,7 +98,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             extras["structured"] = structured
         if request.continue_final_message:
             extras["continue_final"] = True
-        self._admit()  # no await between the check and the count
+        release = self._admit(context)  # no await between the check and the count
         try:
             dropped = 0
             if request.HasField("fit") and messages is not None:
@@ -141,7 +156,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 # Cancelled RPC (client gone): stopping the reader aborts the request in the engine.
                 await ahead.close()
         finally:
-            self.under_way -= 1  # finished, failed or cancelled
+            release()  # finished, failed or cancelled
 
     def _fit(self, request: pb.GenerateRequest, messages: Messages, sampling: Sampling, tools):
         """The chat fitted to the context window (``request.fit``), its reply budget and the messages left out."""

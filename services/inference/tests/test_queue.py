@@ -83,7 +83,7 @@ async def test_one_runs_one_waits_the_next_is_refused_and_every_end_frees_its_pl
 
         err = await refused(stub)
         assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert err.details() == "This replica's queue is full (2 requests); retry shortly."
+        assert err.details() == "This replica is busy (2 requests running or waiting); retry shortly."
         assert error_details(err) == ("rate_limit_exceeded", None)
         assert engine.asked == 2  # refused before the engine
 
@@ -120,11 +120,41 @@ async def test_with_no_waiting_places_only_max_num_seqs_are_admitted():
             await call.read()
         err = await refused(stub)
         assert (err.code(), err.details()) == (
-            grpc.StatusCode.RESOURCE_EXHAUSTED, "This replica's queue is full (2 requests); retry shortly.")
+            grpc.StatusCode.RESOURCE_EXHAUSTED, "This replica is busy (2 requests running or waiting); retry shortly.")
         assert engine.load.waiting == 0 and engine.asked == 2
         for call in calls:
             call.cancel()
         await until(lambda: servicer.under_way == 0)
+
+
+class CallEnd:
+    """Stands in for a Generate call's context where the test drives the servicer's generator itself: keeps what the
+    servicer asks to run at the call's end, and runs it on :meth:`end`."""
+
+    def __init__(self) -> None:
+        self.callbacks: list[Callable[..., None]] = []
+
+    def add_done_callback(self, callback: Callable[..., None]) -> None:
+        self.callbacks.append(callback)
+
+    def end(self) -> None:
+        for callback in self.callbacks:
+            callback(self)
+
+
+async def test_the_calls_end_frees_its_place_while_its_generator_is_left_suspended_and_only_once():
+    async with replica(max_num_seqs=1, max_waiting=0) as (engine, servicer, stub):
+        call = CallEnd()
+        replies = servicer.Generate(request(1000), call)
+        await anext(replies)
+        assert servicer.under_way == 1 and (await refused(stub)).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # The RPC ends (a send was cancelled, say) while the generator stays suspended at its yield, not finalized.
+        call.end()
+        assert servicer.under_way == 0
+        replies_of_next = [r async for r in stub.Generate(request(2))]  # admitted: the place is free again
+        assert replies_of_next[-1].finish_reason == "length"
+        await replies.aclose()  # finalized at last: the place is not freed a second time
+        assert servicer.under_way == 0
 
 
 def test_max_waiting_is_read_from_the_environment_and_never_negative(monkeypatch):
