@@ -31,6 +31,8 @@ REPLY_TIMEOUT_MS = 90_000
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 DEFAULT_TITLE = "New conversation"
+STOPPED_NOTE = "The reply was stopped before it was complete."
+LENGTH_NOTE = "The reply was cut off at the length limit."
 
 
 @pytest.fixture(scope="session")
@@ -250,7 +252,7 @@ async def test_stop_cuts_a_long_reply_and_what_came_stays(new_page, stack):
     await expect(page.get_by_role("button", name="Stop")).to_be_visible()
     await page.get_by_role("button", name="Stop").click()
     await expect(page.get_by_role("button", name="Send")).to_be_visible()
-    await expect(reply).to_contain_text("Stopped")
+    await expect(reply.get_by_role("note")).to_have_text(STOPPED_NOTE)
     kept = await reply.locator(".reply-body").inner_text()
     await asyncio.sleep(2.0)
     assert await reply.locator(".reply-body").inner_text() == kept  # nothing arrives after Stop
@@ -262,7 +264,25 @@ async def test_stop_cuts_a_long_reply_and_what_came_stays(new_page, stack):
     await page.reload()
     reloaded = page.get_by_role("article").last
     await expect(reloaded).to_contain_text(" ".join(kept.split()[:6]))
-    await expect(reloaded).to_contain_text("Stopped")
+    await expect(reloaded.get_by_role("note")).to_have_text(STOPPED_NOTE)
+
+    # A reply cut off at the length limit says so, with Regenerate in its note, when it ends and from history.
+    await page.get_by_role("button", name="Settings").click()
+    await page.get_by_label("Max tokens").fill("3")
+    await page.keyboard.press("Escape")
+    await send(page, QUESTION)
+    await expect(page.get_by_role("article")).to_have_count(2)
+    cut = page.get_by_role("article").last
+    await expect(cut.get_by_role("note")).to_have_text(re.compile(re.escape(LENGTH_NOTE)), timeout=REPLY_TIMEOUT_MS)
+    await expect(cut.get_by_role("note").get_by_role("button", name="Regenerate")).to_be_visible()
+    await expect(cut.get_by_role("button", name="Regenerate")).to_have_count(1)
+    assert (await api_messages(page, stack, conv_id))[-1]["finish_reason"] == "length"
+    await screenshot(page, "reply-notes")
+    await page.reload()
+    notes = page.get_by_role("main").get_by_role("note")
+    await expect(notes).to_have_count(2)
+    await expect(notes.first).to_have_text(STOPPED_NOTE)
+    await expect(notes.last).to_contain_text(LENGTH_NOTE)
 
 
 async def test_a_second_user_sees_none_of_the_first_users_conversations(new_page, stack, make_account):

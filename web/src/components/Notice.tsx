@@ -20,3 +20,13 @@ export function InfoNotice({ children }: { children: ReactNode }) {
     </div>
   );
 }
+
+/** A small note under a reply, e.g. that it did not end normally; `action` is a control that fits it. */
+export function ReplyNote({ children, action }: { children: ReactNode; action?: ReactNode }) {
+  return (
+    <div role="note" className="flex flex-wrap items-center gap-x-3 gap-y-1 self-start rounded-lg border border-zinc-200 bg-zinc-50 px-3 py-1.5 text-xs text-zinc-600 dark:border-zinc-700 dark:bg-zinc-900 dark:text-zinc-400">
+      <span>{children}</span>
+      {action}
+    </div>
+  );
+}

@@ -5,7 +5,8 @@ import type { Message } from "../api/client";
 import { asApiError } from "../api/errors";
 import { CopyButton } from "../components/CopyButton";
 import { SendIcon, SlidersIcon, StopIcon } from "../components/icons";
-import { ErrorNotice } from "../components/Notice";
+import { ErrorNotice, ReplyNote } from "../components/Notice";
+import { ENDING_TEXT, messageEnding, turnEnding, type Ending } from "../state/ending";
 import { chats, dismissFailed, loadConversation, regenerate, send, stopReply } from "../state/chat";
 import { list } from "../state/conversations";
 import { generation, loadModels, models, selectModel, setGeneration } from "../state/prefs";
@@ -123,7 +124,8 @@ export function ChatPage() {
                 <Reply
                   key={m.message.id}
                   text={m.message.content}
-                  status={m.message.status === "incomplete" ? "stopped" : "done"}
+                  status="done"
+                  ending={messageEnding(m.message)}
                   onRegenerate={
                     canRegenerate && m === lastShown && lastUser?.kind === "stored"
                       ? () => again(lastUser.message, m.message)
@@ -167,29 +169,34 @@ function UserMessage({ text }: { text: string }) {
 function Reply({
   text,
   status,
+  ending = null,
   error,
   onRegenerate,
 }: {
   text: string;
   status: "waiting" | "streaming" | "done" | "stopped" | "failed";
+  ending?: Ending;
   error?: string | null;
   onRegenerate?: () => void;
 }) {
   const busy = status === "waiting" || status === "streaming";
+  // A reply cut off at the length limit offers Regenerate in its note (the API has no way to continue a reply).
+  const regenerateInNote = ending === "length" && !!onRegenerate;
+  const regenerateButton = onRegenerate && (
+    <button type="button" onClick={onRegenerate} className="rounded px-2 py-0.5 text-xs hover:bg-zinc-200 dark:hover:bg-zinc-700">
+      Regenerate
+    </button>
+  );
   return (
     <article aria-label="Assistant reply" aria-busy={busy} className="group flex flex-col gap-2">
       <div className="reply-body">{text ? <Markdown text={text} /> : status === "waiting" ? <TypingDots /> : null}</div>
       {status === "streaming" && text && <span className="sr-only">Replying…</span>}
-      {status === "stopped" && <p className="text-xs text-zinc-500">Stopped: the reply is incomplete.</p>}
+      {ending && <ReplyNote action={regenerateInNote && regenerateButton}>{ENDING_TEXT[ending]}</ReplyNote>}
       {error && <ErrorNotice>{error}</ErrorNotice>}
       {!busy && text && (
         <div className="flex gap-1 text-zinc-500">
           <CopyButton text={text} label="Copy reply" />
-          {onRegenerate && (
-            <button type="button" onClick={onRegenerate} className="rounded px-2 py-0.5 text-xs hover:bg-zinc-200 dark:hover:bg-zinc-700">
-              Regenerate
-            </button>
-          )}
+          {!regenerateInNote && regenerateButton}
         </div>
       )}
     </article>
@@ -200,7 +207,7 @@ function TurnReply({ turn, conversationId }: { turn: Turn; conversationId: strin
   const status = turn.status === "sending" ? "waiting" : turn.status;
   return (
     <div>
-      <Reply text={turn.reply} status={status} error={turn.error} />
+      <Reply text={turn.reply} status={status} ending={turnEnding(turn)} error={turn.error} />
       {turn.status === "failed" && (
         <button type="button" onClick={() => dismissFailed(conversationId, turn.localId)} className="mt-1 text-xs text-zinc-500 underline">
           Dismiss

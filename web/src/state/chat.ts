@@ -5,7 +5,7 @@ import { api, streamMessage, type Message, type SendOptions } from "../api/clien
 import { asApiError, type ApiError } from "../api/errors";
 import { DEFAULT_TITLE, refreshList, titleOf, upsert, watchForTitle } from "./conversations";
 import { Store } from "./store";
-import { applyEvent, fail, isLive, newTurn, stop, type Turn } from "./turn";
+import { applyEvent, fail, isLive, newTurn, settledMessages, stop, type Turn } from "./turn";
 
 export interface ChatState {
   stored: Message[];
@@ -60,27 +60,7 @@ export async function loadConversation(id: string): Promise<void> {
 function settle(id: string, turn: Turn): void {
   update(id, (c) => {
     if (turn.status === "failed") return c;
-    const now = Math.floor(Date.now() / 1000);
-    const user: Message = {
-      id: turn.userMessageId ?? `local-user-${turn.localId}`,
-      role: "user",
-      content: turn.userText,
-      status: "complete",
-      model: null,
-      finish_reason: null,
-      usage: null,
-      created_at: now,
-    };
-    const reply: Message = {
-      id: turn.assistantMessageId ?? `local-reply-${turn.localId}`,
-      role: "assistant",
-      content: turn.reply,
-      status: turn.status === "done" ? "complete" : "incomplete",
-      model: turn.model,
-      finish_reason: turn.finishReason,
-      usage: null,
-      created_at: now,
-    };
+    const { user, reply } = settledMessages(turn, Math.floor(Date.now() / 1000));
     const turns = c.turns.filter((t) => t.localId !== turn.localId);
     if (turn.replaces) return { ...c, stored: [...c.stored.filter((m) => m.id !== turn.replaces), reply], turns };
     return { ...c, stored: [...c.stored, user, reply], turns };

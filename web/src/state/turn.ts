@@ -2,6 +2,7 @@
 
 import type { Message } from "../api/client";
 import type { MessageStreamEvent } from "../api/sse";
+import { turnEnding } from "./ending";
 
 export type TurnStatus = "sending" | "streaming" | "done" | "stopped" | "failed";
 
@@ -67,6 +68,31 @@ export function stop(turn: Turn): Turn {
 
 export function fail(turn: Turn, message: string): Turn {
   return isLive(turn) ? { ...turn, status: "failed", error: message } : turn;
+}
+
+/** A finished (done or stopped) turn's question and reply as the server stored them: a reply cut short is incomplete. */
+export function settledMessages(turn: Turn, now: number): { user: Message; reply: Message } {
+  const user: Message = {
+    id: turn.userMessageId ?? `local-user-${turn.localId}`,
+    role: "user",
+    content: turn.userText,
+    status: "complete",
+    model: null,
+    finish_reason: null,
+    usage: null,
+    created_at: now,
+  };
+  const reply: Message = {
+    id: turn.assistantMessageId ?? `local-reply-${turn.localId}`,
+    role: "assistant",
+    content: turn.reply,
+    status: turnEnding(turn) === "stopped" ? "incomplete" : "complete",
+    model: turn.model,
+    finish_reason: turn.finishReason,
+    usage: null,
+    created_at: now,
+  };
+  return { user, reply };
 }
 
 /**
