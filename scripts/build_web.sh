@@ -21,7 +21,8 @@ if [[ ! -f "$LOCK_STAMP" || "$(cat "$LOCK_STAMP")" != "$want_lock" ]]; then
 fi
 [[ "${1:-}" == "--deps" ]] && exit 0
 
-BUILD_STAMP=node_modules/.chatplane-build
+# The stamp names this checkout's web/dist: worktrees may share one node_modules (a symlink), never one dist.
+BUILD_STAMP="node_modules/.chatplane-build-$(pwd -P | sha256sum | cut -c1-16)"
 mapfile -t sources < <(find index.html public src package.json package-lock.json vite.config.ts tsconfig.json \
   -type f ! -name '*.test.ts' | LC_ALL=C sort)
 want_build="$(hash_of "${sources[@]}")"
